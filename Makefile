@@ -1,0 +1,39 @@
+# Two commands set everything up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+CONFIG ?= configs/local.yaml
+
+.PHONY: run test install install-dev lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# pip (not uv/poetry) so a local CPU build of torch satisfying torch>=2.13,<2.14 is found first
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+run: install
+	$(BIN)/pipeline run -c $(CONFIG)
+
+test: install-dev
+	$(BIN)/python -m pytest -q
+
+lint: install-dev
+	$(BIN)/ruff check pipeline tests benchmarks
+
+bench: install-dev
+	$(BIN)/python benchmarks/featurize.py
+	$(BIN)/python benchmarks/train_ingest.py
+	$(BIN)/python benchmarks/telemetry_overhead.py
+
+clean:
+	rm -rf .artifacts data

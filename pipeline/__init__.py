@@ -1,0 +1,1 @@
+"""raypipe: a point-in-time-correct training pipeline on Ray."""

@@ -1,0 +1,137 @@
+"""Where stage outputs live: an fsspec artifact root with atomic, manifest-last publishing.
+
+Layout under the root:
+    stages/<stage>/<cache_key>/            a published output; complete iff manifest.json exists
+    stages/<stage>/_staging/<key>-<run>/   work in progress, never read by anyone else
+    runs/<run_id>/run.json                 one record per `pipeline run`
+    registry/<model>/v<N>/entry.json       registered models (entry.json written last)
+
+Object stores have no atomic directory rename, so completeness is defined by the manifest alone: data
+is moved into place first and manifest.json is written last, as one object. A run killed anywhere
+before that leaves a directory without a manifest, which readers treat as absent and the next run
+removes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import pyarrow.fs as pafs
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A published stage output: its location and its manifest."""
+
+    stage: str
+    uri: str
+    manifest: dict[str, Any]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+
+def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem:
+    """The pyarrow view of an fsspec filesystem, for Ray Data and pyarrow.dataset."""
+    if "file" in fs.protocol or "local" in fs.protocol:
+        return pafs.LocalFileSystem()
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+class ArtifactStore:
+    def __init__(self, root: str, storage_options: dict[str, Any] | None = None):
+        self.fs, self.root = fsspec.core.url_to_fs(root, **(storage_options or {}))
+        self.root = self.root.rstrip("/")
+        self.protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+
+    # -- paths -------------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def uri(self, path: str) -> str:
+        """A URI other libraries (Ray Data, pyarrow) can open; plain paths stay plain."""
+        return path if self.is_local else f"{self.protocol}://{path}"
+
+    @property
+    def is_local(self) -> bool:
+        return self.protocol in ("file", "local")
+
+    def arrow_filesystem(self) -> pafs.FileSystem:
+        return arrow_filesystem(self.fs)
+
+    def stage_path(self, stage: str, key: str) -> str:
+        return self.path("stages", stage, key)
+
+    # -- publish protocol --------------------------------------------------------------------
+    def find(self, stage: str, key: str) -> Artifact | None:
+        """The published output for this key, or None (an unfinished directory counts as none)."""
+        final = self.stage_path(stage, key)
+        manifest_path = posixpath.join(final, MANIFEST)
+        if not self.fs.exists(manifest_path):
+            return None
+        return Artifact(stage, final, self.read_json(manifest_path))
+
+    def begin(self, stage: str, key: str, run_id: str) -> str:
+        """A fresh, empty staging directory for one attempt at producing (stage, key)."""
+        staging = self.path("stages", stage, "_staging", f"{key}-{run_id}")
+        if self.fs.exists(staging):
+            self.fs.rm(staging, recursive=True)
+        self.fs.makedirs(staging, exist_ok=True)
+        return staging
+
+    def publish(self, stage: str, key: str, staging: str, manifest: dict[str, Any]) -> Artifact:
+        """Move the staged files into place, then write the manifest: the commit point."""
+        final = self.stage_path(stage, key)
+        if self.fs.exists(final):  # leftovers of a killed attempt: no manifest, never read
+            self.fs.rm(final, recursive=True)
+        self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
+        self.fs.mv(staging, final, recursive=True)
+        self.write_json(posixpath.join(final, MANIFEST), manifest)
+        return Artifact(stage, final, manifest)
+
+    def abandon(self, staging: str) -> None:
+        if self.fs.exists(staging):
+            self.fs.rm(staging, recursive=True)
+
+    # -- content -----------------------------------------------------------------------------
+    def fingerprint(self, directory: str) -> tuple[str, int]:
+        """Content hash of every file below a directory (and their total bytes).
+
+        File *names* are left out (parallel writers name files by random ids); each file counts by
+        its sub-folder and its bytes, so equal content gives an equal fingerprint.
+        """
+        file_digests, total = [], 0
+        for path in self.fs.find(directory):
+            relative = posixpath.relpath(path, directory)
+            if relative == MANIFEST:
+                continue
+            digest = hashlib.sha256(posixpath.dirname(relative).encode())
+            with self.fs.open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 22), b""):
+                    digest.update(block)
+                    total += len(block)
+            file_digests.append(digest.hexdigest())
+        return hashlib.sha256("".join(sorted(file_digests)).encode()).hexdigest(), total
+
+    def write_json(self, path: str, payload: Any) -> None:
+        data = json.dumps(payload, indent=2, sort_keys=True, default=str).encode()
+        if self.is_local:  # write-then-rename so a reader never sees half a file
+            temporary = path + ".tmp"
+            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            with self.fs.open(temporary, "wb") as handle:
+                handle.write(data)
+            self.fs.mv(temporary, path)
+        else:  # a single object PUT is atomic on object stores
+            self.fs.pipe_file(path, data)
+
+    def read_json(self, path: str) -> Any:
+        with self.fs.open(path, "rb") as handle:
+            return json.loads(handle.read())

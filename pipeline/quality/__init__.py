@@ -1,0 +1,1 @@
+"""Row-level data quality rules: pure functions on Arrow tables, no I/O, no Ray."""

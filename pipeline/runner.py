@@ -1,0 +1,254 @@
+"""The DAG runner: cache keys, manifests, atomic publish, spans and row accounting, once for all stages."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pipeline import environment
+from pipeline.artifacts import Artifact, ArtifactStore
+from pipeline.config import PipelineConfig
+from pipeline.datasets import ensure_dataset
+from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.stages import STAGES, stage_by_name
+from pipeline.telemetry import Telemetry, redact
+
+
+class StageFailed(RuntimeError):
+    """A stage could not produce its output; the message says which stage and why."""
+
+
+@dataclass
+class StageOutcome:
+    name: str
+    status: str  # "ran" | "cached"
+    cache_key: str
+    rows_in: int
+    rows_out: int
+    rows_quarantined: int
+    seconds: float
+    artifact: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    trace_id: str
+    stages: list[StageOutcome]
+    run_record: str
+
+    @property
+    def model(self) -> dict[str, Any]:
+        evaluate = next((s for s in self.stages if s.name == "evaluate"), None)
+        return evaluate.details.get("registration", {}) if evaluate else {}
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "trace_id": self.trace_id,
+            "stages": [{k: v for k, v in asdict(s).items() if k != "details"} for s in self.stages],
+            "model_version": self.model.get("version"),
+            "promoted": self.model.get("promoted"),
+            "test_metrics": self.model.get("metrics", {}),
+            "run_record": self.run_record,
+        }
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def cache_key(stage: Stage, config: PipelineConfig, inputs: dict[str, Artifact],
+              external: dict[str, str]) -> str:
+    """hash(stage name, code version, the config it reads, its inputs' fingerprints)."""
+    payload = {
+        "stage": stage.name,
+        "code": stage.code_version,
+        "config": _without_secrets(config.section(*stage.config_sections)),
+        "inputs": {name: artifact.fingerprint for name, artifact in sorted(inputs.items())},
+        "external": external,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _without_secrets(section: Any) -> Any:
+    """Credentials must not change a cache key (rotating a key is not new data)."""
+    if isinstance(section, dict):
+        return {k: _without_secrets(v) for k, v in section.items() if k != "storage_options"}
+    return section
+
+
+class Runner:
+    def __init__(self, config: PipelineConfig, echo: Callable[[str], None] = print):
+        self.config = config
+        self.store = ArtifactStore(config.artifact_root, config.storage_options)
+        self.echo = echo
+        self.run_id = new_run_id()
+
+    def run(self, only: str | None = None) -> RunSummary:
+        """Run the whole DAG, or with `only` one stage from its predecessors' published outputs."""
+        stages = [stage_by_name(only)] if only else STAGES
+        if only in (None, "ingest"):
+            self._prepare_source()
+        run_dir = self._run_dir()
+        telemetry = Telemetry.start(environment.telemetry_spec(self.config, self.run_id, run_dir))
+        outcomes: list[StageOutcome] = []
+        record_path = self.store.path("runs", self.run_id, "run.json")
+        trace_id = ""
+        try:
+            with telemetry.span("run", {"run.id": self.run_id, "config.name": self.config.name,
+                                        "config.digest": self.config.digest()}) as root:
+                trace_id = format(root.get_span_context().trace_id, "032x")
+                published: dict[str, Artifact] = {}
+                if only:
+                    published = self._published_upstream(stage_by_name(only))
+                for stage in stages:
+                    outcome, artifact = self._run_stage(stage, published, telemetry, trace_id)
+                    published[stage.name] = artifact
+                    outcomes.append(outcome)
+                    self.echo(_stage_line(outcome))
+        finally:
+            telemetry.shutdown()
+            summary = RunSummary(self.run_id, trace_id, outcomes,
+                                 self.store.uri(record_path))
+            self._write_run_record(record_path, summary, run_dir)
+        return summary
+
+    # -- one stage ---------------------------------------------------------------------------
+    def _run_stage(self, stage: Stage, upstream: dict[str, Artifact], telemetry: Telemetry,
+                   trace_id: str) -> tuple[StageOutcome, Artifact]:
+        inputs = {name: upstream[name] for name in stage.inputs}
+        external = stage.external_inputs(self.config) if stage.external_inputs else {}
+        key = cache_key(stage, self.config, inputs, external)
+        started = time.perf_counter()
+        with telemetry.span(f"stage.{stage.name}", {"stage.name": stage.name,
+                                                     "stage.cache_key": key,
+                                                     "stage.code_version": stage.code_version}) as span:
+            artifact = self.store.find(stage.name, key)
+            status = "cached" if artifact else "ran"
+            if artifact is None:
+                artifact = self._compute(stage, key, inputs, external, telemetry, trace_id)
+            rows = artifact.manifest["rows"]
+            span.set_attributes({"stage.status": status, "rows.in": rows["in"],
+                                 "rows.out": rows["out"], "rows.quarantined": rows["quarantined"],
+                                 "bytes.written": artifact.manifest.get("bytes", 0) if status == "ran" else 0})
+            telemetry.counter("pipeline.rows", "rows", "rows written per stage").add(
+                rows["out"] if status == "ran" else 0, {"stage": stage.name})
+        outcome = StageOutcome(stage.name, status, key, rows["in"], rows["out"], rows["quarantined"],
+                               round(time.perf_counter() - started, 3),
+                               self.store.uri(artifact.uri), artifact.manifest.get("details", {}))
+        return outcome, artifact
+
+    def _compute(self, stage: Stage, key: str, inputs: dict[str, Artifact],
+                 external: dict[str, str], telemetry: Telemetry, trace_id: str) -> Artifact:
+        environment.ensure_ray(self.config)
+        staging = self.store.begin(stage.name, key, self.run_id)
+        started_at = datetime.now(timezone.utc)
+        started = time.perf_counter()
+        context = StageContext(self.config, self.store, inputs, staging, telemetry, self.run_id, key)
+        try:
+            result = stage.run(context)
+        except Exception as exc:
+            self.store.abandon(staging)
+            raise StageFailed(f"stage {stage.name} failed: {exc}") from exc
+        _check_accounting(stage.name, result)
+        fingerprint, size = self.store.fingerprint(staging)
+        manifest = self._manifest(stage, key, inputs, external, result, fingerprint, size,
+                                  started_at, time.perf_counter() - started, trace_id)
+        return self.store.publish(stage.name, key, staging, manifest)
+
+    def _manifest(self, stage: Stage, key: str, inputs: dict[str, Artifact],
+                  external: dict[str, str], result: StageResult, fingerprint: str, size: int,
+                  started_at: datetime, seconds: float, trace_id: str) -> dict[str, Any]:
+        return redact({
+            "stage": stage.name,
+            "cache_key": key,
+            "code_version": stage.code_version,
+            "run_id": self.run_id,
+            "trace_id": trace_id,
+            "inputs": {name: {"uri": self.store.uri(a.uri), "fingerprint": a.fingerprint,
+                              "cache_key": a.manifest["cache_key"]} for name, a in inputs.items()},
+            "external_inputs": external,
+            "config": self.config.section(*stage.config_sections),
+            "rows": {"in": result.rows_in, "out": result.rows_out,
+                     "quarantined": result.rows_quarantined},
+            "schema": result.schema,
+            "statistics": result.statistics,
+            "details": result.details,
+            "fingerprint": fingerprint,
+            "bytes": size,
+            "timings": {"started_at": started_at.isoformat(), "seconds": round(seconds, 3)},
+            "versions": environment.versions(),
+            "git_commit": environment.git_commit(),
+        })
+
+    def _published_upstream(self, target: Stage) -> dict[str, Artifact]:
+        """The published outputs `target` reads, found by walking the DAG's cache keys from the source."""
+        published: dict[str, Artifact] = {}
+        for stage in STAGES:
+            if stage.name == target.name:
+                return published
+            inputs = {name: published[name] for name in stage.inputs}
+            external = stage.external_inputs(self.config) if stage.external_inputs else {}
+            artifact = self.store.find(stage.name, cache_key(stage, self.config, inputs, external))
+            if artifact is None:
+                raise StageFailed(
+                    f"stage {target.name} needs the output of {stage.name} for this config, and "
+                    f"there is none yet: run `pipeline stage {stage.name}` or `pipeline run` first"
+                )
+            published[stage.name] = artifact
+        raise StageFailed(f"unknown stage {target.name}")
+
+    def _prepare_source(self) -> None:
+        """Generate the configured synthetic dataset when its source is missing."""
+        dataset, generate = self.config.dataset, self.config.dataset.generate
+        if generate and ensure_dataset(dataset.source, generate.kind, generate.rows, dataset.start,
+                                       dataset.end, generate.seed, dataset.storage_options):
+            self.echo(f"generated {generate.rows:,} {generate.kind} rows at {dataset.source}")
+
+    # -- run record --------------------------------------------------------------------------
+    def _run_dir(self) -> Path:
+        """Local folder for this run's span and metric files (uploaded to the root at the end)."""
+        if self.store.is_local:
+            path = Path(self.store.path("runs", self.run_id))
+        else:
+            path = Path.home() / ".cache" / "raypipe" / "runs" / self.run_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _write_run_record(self, record_path: str, summary: RunSummary, run_dir: Path) -> None:
+        if not self.store.is_local:
+            self.store.fs.put(str(run_dir) + "/", self.store.path("runs", self.run_id),
+                              recursive=True)
+        self.store.write_json(record_path, {
+            **summary.as_json(),
+            "config": redact(self.config.model_dump(mode="json", by_alias=True)),
+            "config_digest": self.config.digest(),
+            "finished_at": datetime.now(timezone.utc).isoformat(),
+            "complete": len(summary.stages) > 0,
+            "versions": environment.versions(),
+            "git_commit": environment.git_commit(),
+        })
+        self.store.write_json(self.store.path("runs", "latest.json"), {"run_id": self.run_id})
+
+
+def _check_accounting(stage: str, result: StageResult) -> None:
+    if result.rows_in != result.rows_out + result.rows_quarantined:
+        raise StageFailed(
+            f"stage {stage} lost rows: {result.rows_in} in != {result.rows_out} out + "
+            f"{result.rows_quarantined} quarantined"
+        )
+
+
+def _stage_line(outcome: StageOutcome) -> str:
+    quarantined = f", {outcome.rows_quarantined:,} quarantined" if outcome.rows_quarantined else ""
+    return (f"{outcome.name:<10} {outcome.status:<7} {outcome.rows_out:>11,} rows{quarantined}"
+            f"  {outcome.seconds:8.2f}s  {outcome.artifact}")

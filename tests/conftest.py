@@ -1,0 +1,67 @@
+"""One local Ray for the whole test session, and helpers to run the pipeline through its CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "configs" / "smoke.yaml"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def smoke_source(tmp_path_factory) -> Path:
+    """The smoke dataset, generated once per session and shared read-only by every test."""
+    from pipeline.config import load_config
+    from pipeline.datasets import ensure_dataset
+
+    config = load_config(SMOKE)
+    source = tmp_path_factory.mktemp("source") / "rideshare-smoke"
+    generate = config.dataset.generate
+    ensure_dataset(str(source), generate.kind, generate.rows, config.dataset.start,
+                   config.dataset.end, generate.seed)
+    return source
+
+
+@pytest.fixture
+def smoke_overrides(tmp_path, smoke_source) -> list[str]:
+    """--set arguments that point the smoke config at the shared source and a fresh artifact root."""
+    return [f"dataset.source={smoke_source}", f"artifact_root={tmp_path / 'artifacts'}"]
+
+
+def run_cli(*args: str) -> tuple[int, str, dict | None]:
+    """Run `pipeline ...` in-process (sharing the session's Ray); return code, output, JSON summary."""
+    import contextlib
+    import io
+
+    from pipeline.cli import main
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = main(list(args))
+    output = buffer.getvalue()
+    lines = [line for line in output.splitlines() if line.strip()]
+    summary = None
+    if "--json" in args and lines:
+        with contextlib.suppress(json.JSONDecodeError):
+            summary = json.loads(lines[-1])
+    return code, output, summary
+
+
+def copy_tree(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
