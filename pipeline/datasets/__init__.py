@@ -1,0 +1,68 @@
+"""Deterministic synthetic event tables, so a fresh checkout can run the whole pipeline offline.
+
+``ensure_dataset`` is what the default config leans on: it writes the table once, and later runs
+reuse it. It refuses to reuse a table generated with different parameters, because silently training
+on data other than what the config describes is exactly the bug the pipeline exists to stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.datasets.orders import generate_orders
+from pipeline.datasets.rideshare import generate_rideshare, to_utc_us
+from pipeline.datasets.writer import dataset_exists, open_dataset, read_marker, write_partitioned
+
+GENERATORS: dict[str, Callable[[int, datetime, datetime, int], pa.Table]] = {
+    "rideshare": generate_rideshare,
+    "orders": generate_orders,
+}
+
+__all__ = [
+    "GENERATORS",
+    "dataset_exists",
+    "ensure_dataset",
+    "generate_orders",
+    "generate_rideshare",
+    "open_dataset",
+    "read_marker",
+    "write_partitioned",
+]
+
+
+def ensure_dataset(
+    uri: str,
+    kind: str,
+    rows: int,
+    start: datetime,
+    end: datetime,
+    seed: int,
+    storage_options: dict[str, Any] | None = None,
+) -> bool:
+    """Generate and publish the ``kind`` table at ``uri`` unless it is already there; True if it
+    generated. A partial earlier attempt (files without the marker) is replaced."""
+    if kind not in GENERATORS:
+        raise ValueError(f"unknown dataset kind {kind!r}; known kinds: {', '.join(GENERATORS)}")
+    wanted = {
+        "kind": kind,
+        "rows": rows,
+        "start_us": to_utc_us(start),
+        "end_us": to_utc_us(end),
+        "seed": seed,
+    }
+    published = read_marker(uri, storage_options)
+    if published is not None:
+        generated = published.get("generated")
+        if generated is not None and generated != wanted:
+            raise ValueError(
+                f"{uri} already holds a dataset generated with {generated}, not {wanted}; "
+                "point dataset.source at a new location or delete the old one"
+            )
+        return False
+    table = GENERATORS[kind](rows, start, end, seed)
+    write_partitioned(table, uri, storage_options=storage_options, metadata={"generated": wanted})
+    return True
