@@ -1,0 +1,116 @@
+"""Carry the trace across process boundaries: driver → Ray task / Ray Data UDF / Train worker.
+
+The carrier is a plain dict `{"traceparent": "00-<trace>-<span>-01", "spec": TelemetrySpec}`:
+picklable, small, and explicit, so it works the same for `task.remote(carrier)`,
+`map_batches(fn, fn_kwargs={"carrier": c})` and `train_loop_config={"carrier": c}`. Ray's own
+(alpha) tracing hook is not used: it monkeypatches every remote call and ties us to its internals.
+
+Each worker process lazily builds one provider set per spec (cached, fork-safe via the pid in the
+key) and flushes it when the outermost `worker_span` closes, so a task's spans are exported before
+its result is returned and nothing is lost if Ray later kills the idle worker.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from .redact import span_attributes
+from .setup import Providers, build_providers
+from .spec import TelemetrySpec
+
+TRACER_NAME = "raypipe"
+_PROPAGATOR = TraceContextTextMapPropagator()
+_WORKER_PROVIDERS: dict[tuple[int, TelemetrySpec], Providers | None] = {}
+_WORKER_LOCK = threading.Lock()
+# worker_spans open in this context: the outermost one flushes (even when nested in a driver span)
+_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("raypipe_worker_span_depth", default=0)
+
+
+def make_carrier(spec: TelemetrySpec, ctx: otel_context.Context | None = None) -> dict:
+    """The W3C traceparent of the current (or given) context, plus the spec to rebuild exporters."""
+    carrier: dict = {}
+    if spec.exporter != "none":
+        _PROPAGATOR.inject(carrier, context=ctx)
+    carrier["spec"] = spec
+    return carrier
+
+
+def worker_providers(spec: TelemetrySpec) -> Providers | None:
+    """This process's providers for `spec` (built once; None for the "none" exporter)."""
+    key = (os.getpid(), spec)
+    with _WORKER_LOCK:
+        if key not in _WORKER_PROVIDERS:
+            providers = build_providers(spec, "worker")
+            if providers is not None:
+                atexit.register(providers.shutdown)
+            _WORKER_PROVIDERS[key] = providers
+        return _WORKER_PROVIDERS[key]
+
+
+def _parent(carrier: Mapping) -> otel_context.Context | None:
+    """The context to start a worker span in (None: the current one).
+
+    A span already open in this process for the same trace is the natural parent (nested
+    worker_span calls nest); otherwise the parent is the remote span named by the carrier.
+    """
+    current = trace.get_current_span().get_span_context()
+    remote_ctx = _PROPAGATOR.extract(carrier)
+    remote = trace.get_current_span(remote_ctx).get_span_context()
+    if current.is_valid and (not remote.is_valid or current.trace_id == remote.trace_id):
+        return None
+    return remote_ctx
+
+
+@contextmanager
+def worker_span(
+    carrier: Mapping | None, name: str, attributes: Mapping | None = None
+) -> Iterator[trace.Span]:
+    """A span in a Ray worker process, child of the driver span that made `carrier`.
+
+    On an exception the span records it and gets StatusCode.ERROR, and the exception propagates.
+    """
+    spec = (carrier or {}).get("spec")
+    providers = worker_providers(spec) if spec is not None else None
+    if providers is None:
+        yield trace.INVALID_SPAN
+        return
+    tracer = providers.tracer_provider.get_tracer(TRACER_NAME)
+    token = _DEPTH.set(_DEPTH.get() + 1)
+    try:
+        with tracer.start_as_current_span(
+            name, context=_parent(carrier), attributes=span_attributes(attributes)
+        ) as span:
+            yield span
+    finally:
+        _DEPTH.reset(token)
+        if _DEPTH.get() == 0:  # the outermost worker span: export before the task returns
+            providers.flush()
+
+
+def worker_meter(carrier: Mapping | None) -> metrics.Meter:
+    """An OTel Meter for metrics recorded in a worker; flushed with the outermost worker_span.
+
+    Files ("jsonl"/"memory") get cumulative snapshots in run_dir/metrics/worker-*.jsonl.
+    """
+    spec = (carrier or {}).get("spec")
+    providers = worker_providers(spec) if spec is not None else None
+    if providers is None:
+        return metrics.NoOpMeter(TRACER_NAME)
+    return providers.meter_provider.get_meter(TRACER_NAME)
+
+
+def flush_worker(carrier: Mapping | None) -> None:
+    """Export everything this process holds for the carrier's spec (for metrics outside spans)."""
+    spec = (carrier or {}).get("spec")
+    providers = worker_providers(spec) if spec is not None else None
+    if providers is not None:
+        providers.flush()
