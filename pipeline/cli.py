@@ -7,6 +7,7 @@ import json
 import sys
 
 from pipeline.config import DEFAULT_CONFIG, ConfigError, load_config
+from pipeline.dag import STAGE_NAMES
 from pipeline.runner import Runner, StageFailed
 
 
@@ -23,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="end with a JSON summary line")
     stage = commands.add_parser("stage", parents=[common],
                                 help="run one stage from the artifacts of the stages before it")
-    stage.add_argument("name", choices=["ingest", "validate", "featurize", "train", "evaluate"])
+    stage.add_argument("name", choices=STAGE_NAMES)
     stage.add_argument("--json", action="store_true", help="end with a JSON summary line")
     trace = commands.add_parser("trace", parents=[common], help="follow one row through every stage")
     trace.add_argument("row_key")
@@ -31,6 +32,31 @@ def _parser() -> argparse.ArgumentParser:
                                   help="per-stage time, rows/s and bytes of a run, and a timeline")
     profile.add_argument("run_id", nargs="?", help="default: the latest run")
     return parser
+
+
+def _profile(config, run_id: str | None) -> str:
+    """Per-stage table of a finished run; the timeline PNG is written beside its run record."""
+    import tempfile
+
+    from pipeline.artifacts import ArtifactStore
+    from pipeline.telemetry import profile_run
+
+    store = ArtifactStore(config.artifact_root, config.storage_options)
+    latest = store.path("runs", "latest.json")
+    if run_id is None:
+        if not store.fs.exists(latest):
+            raise LookupError(f"no runs under {config.artifact_root} yet")
+        run_id = store.read_json(latest)["run_id"]
+    remote = store.path("runs", run_id)
+    if not store.fs.exists(remote):
+        raise LookupError(f"run {run_id} not found under {config.artifact_root}/runs")
+    if store.is_local:
+        return profile_run(remote, f"{remote}/timeline.png") + f"\ntimeline: {remote}/timeline.png"
+    with tempfile.TemporaryDirectory() as local:
+        store.fs.get(remote + "/", local, recursive=True)
+        table = profile_run(local, f"{local}/timeline.png")
+        store.fs.put_file(f"{local}/timeline.png", f"{remote}/timeline.png")
+    return table + f"\ntimeline: {store.uri(remote)}/timeline.png"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,9 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(trace_row(config, args.row_key))
         elif args.command == "profile":
-            from pipeline.profile import profile_run
-
-            print(profile_run(config, args.run_id))
+            print(_profile(config, args.run_id))
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

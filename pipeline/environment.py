@@ -55,7 +55,7 @@ def ensure_ray(config: PipelineConfig) -> None:
 
 
 def telemetry_spec(config: PipelineConfig, run_id: str, run_dir: Path) -> TelemetrySpec:
-    from pipeline.stages import STAGES
+    from pipeline.dag import STAGES
 
     attributes = {
         "run.id": run_id,

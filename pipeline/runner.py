@@ -15,10 +15,10 @@ from typing import Any
 from pipeline import environment
 from pipeline.artifacts import Artifact, ArtifactStore
 from pipeline.config import PipelineConfig
+from pipeline.dag import STAGES, stage_by_name
 from pipeline.datasets import ensure_dataset
 from pipeline.stage import Stage, StageContext, StageResult
-from pipeline.stages import STAGES, stage_by_name
-from pipeline.telemetry import Telemetry, redact
+from pipeline.telemetry import Telemetry, redact, redact_text
 
 
 class StageFailed(RuntimeError):
@@ -100,9 +100,10 @@ class Runner:
             self._prepare_source()
         run_dir = self._run_dir()
         telemetry = Telemetry.start(environment.telemetry_spec(self.config, self.run_id, run_dir))
+        self.telemetry = telemetry  # after the run, telemetry.spans() holds the run's spans
         outcomes: list[StageOutcome] = []
         record_path = self.store.path("runs", self.run_id, "run.json")
-        trace_id = ""
+        trace_id, error = "", None
         try:
             with telemetry.span("run", {"run.id": self.run_id, "config.name": self.config.name,
                                         "config.digest": self.config.digest()}) as root:
@@ -115,11 +116,13 @@ class Runner:
                     published[stage.name] = artifact
                     outcomes.append(outcome)
                     self.echo(_stage_line(outcome))
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
         finally:
             telemetry.shutdown()
-            summary = RunSummary(self.run_id, trace_id, outcomes,
-                                 self.store.uri(record_path))
-            self._write_run_record(record_path, summary, run_dir)
+            summary = RunSummary(self.run_id, trace_id, outcomes, self.store.uri(record_path))
+            self._write_run_record(record_path, summary, run_dir, error)
         return summary
 
     # -- one stage ---------------------------------------------------------------------------
@@ -135,13 +138,23 @@ class Runner:
             artifact = self.store.find(stage.name, key)
             status = "cached" if artifact else "ran"
             if artifact is None:
+                self.echo(f"{stage.name:<10} running  (cache key {key})")
                 artifact = self._compute(stage, key, inputs, external, telemetry, trace_id)
             rows = artifact.manifest["rows"]
+            ran = status == "ran"
+            io = {"bytes.read": sum(a.manifest["bytes"] for a in inputs.values()) if ran else 0,
+                  "bytes.written": artifact.manifest["bytes"] if ran else 0}
             span.set_attributes({"stage.status": status, "rows.in": rows["in"],
                                  "rows.out": rows["out"], "rows.quarantined": rows["quarantined"],
-                                 "bytes.written": artifact.manifest.get("bytes", 0) if status == "ran" else 0})
-            telemetry.counter("pipeline.rows", "rows", "rows written per stage").add(
-                rows["out"] if status == "ran" else 0, {"stage": stage.name})
+                                 **io})
+            if ran:
+                labels = {"stage": stage.name}
+                telemetry.counter("pipeline.rows.processed", "rows", "rows read by a stage").add(
+                    rows["in"], labels)
+                telemetry.counter("pipeline.bytes.read", "By", "artifact bytes read").add(
+                    io["bytes.read"], labels)
+                telemetry.counter("pipeline.bytes.written", "By", "artifact bytes written").add(
+                    io["bytes.written"], labels)
         outcome = StageOutcome(stage.name, status, key, rows["in"], rows["out"], rows["quarantined"],
                                round(time.perf_counter() - started, 3),
                                self.store.uri(artifact.uri), artifact.manifest.get("details", {}))
@@ -191,21 +204,15 @@ class Runner:
         })
 
     def _published_upstream(self, target: Stage) -> dict[str, Artifact]:
-        """The published outputs `target` reads, found by walking the DAG's cache keys from the source."""
-        published: dict[str, Artifact] = {}
-        for stage in STAGES:
-            if stage.name == target.name:
-                return published
-            inputs = {name: published[name] for name in stage.inputs}
-            external = stage.external_inputs(self.config) if stage.external_inputs else {}
-            artifact = self.store.find(stage.name, cache_key(stage, self.config, inputs, external))
-            if artifact is None:
-                raise StageFailed(
-                    f"stage {target.name} needs the output of {stage.name} for this config, and "
-                    f"there is none yet: run `pipeline stage {stage.name}` or `pipeline run` first"
-                )
-            published[stage.name] = artifact
-        raise StageFailed(f"unknown stage {target.name}")
+        """The published outputs `target` reads, found by walking the DAG's cache keys."""
+        published = published_artifacts(self.config, self.store, until=target.name)
+        missing = next((s.name for s in STAGES if s.name not in published), None)
+        if missing != target.name:
+            raise StageFailed(
+                f"stage {target.name} needs the output of {missing} for this config, and there "
+                f"is none yet: run `pipeline stage {missing}` or `pipeline run` first"
+            )
+        return published
 
     def _prepare_source(self) -> None:
         """Generate the configured synthetic dataset when its source is missing."""
@@ -224,7 +231,8 @@ class Runner:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _write_run_record(self, record_path: str, summary: RunSummary, run_dir: Path) -> None:
+    def _write_run_record(self, record_path: str, summary: RunSummary, run_dir: Path,
+                          error: str | None) -> None:
         if not self.store.is_local:
             self.store.fs.put(str(run_dir) + "/", self.store.path("runs", self.run_id),
                               recursive=True)
@@ -233,11 +241,29 @@ class Runner:
             "config": redact(self.config.model_dump(mode="json", by_alias=True)),
             "config_digest": self.config.digest(),
             "finished_at": datetime.now(timezone.utc).isoformat(),
-            "complete": len(summary.stages) > 0,
+            "complete": error is None,
+            "error": redact_text(error) if error else None,
             "versions": environment.versions(),
             "git_commit": environment.git_commit(),
         })
         self.store.write_json(self.store.path("runs", "latest.json"), {"run_id": self.run_id})
+
+
+def published_artifacts(config: PipelineConfig, store: ArtifactStore,
+                        until: str | None = None) -> dict[str, Artifact]:
+    """The outputs this config's stages have published, in DAG order, up to the first missing one
+    (or up to, not including, stage `until`)."""
+    published: dict[str, Artifact] = {}
+    for stage in STAGES:
+        if stage.name == until:
+            break
+        inputs = {name: published[name] for name in stage.inputs}
+        external = stage.external_inputs(config) if stage.external_inputs else {}
+        artifact = store.find(stage.name, cache_key(stage, config, inputs, external))
+        if artifact is None:
+            break
+        published[stage.name] = artifact
+    return published
 
 
 def _check_accounting(stage: str, result: StageResult) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -60,8 +59,3 @@ def run_cli(*args: str) -> tuple[int, str, dict | None]:
         with contextlib.suppress(json.JSONDecodeError):
             summary = json.loads(lines[-1])
     return code, output, summary
-
-
-def copy_tree(source: Path, target: Path) -> Path:
-    shutil.copytree(source, target)
-    return target

@@ -1,17 +1,4 @@
-"""The five stages of a retrain, in DAG order. Each module holds one stage and its `STAGE`."""
+"""One module per stage, each defining `STAGE`; the DAG that orders them is `pipeline.dag`.
 
-from pipeline.stage import Stage
-from pipeline.stages.evaluate import STAGE as EVALUATE
-from pipeline.stages.featurize import STAGE as FEATURIZE
-from pipeline.stages.ingest import STAGE as INGEST
-from pipeline.stages.train import STAGE as TRAIN
-from pipeline.stages.validate import STAGE as VALIDATE
-
-STAGES: list[Stage] = [INGEST, VALIDATE, FEATURIZE, TRAIN, EVALUATE]
-
-
-def stage_by_name(name: str) -> Stage:
-    for stage in STAGES:
-        if stage.name == name:
-            return stage
-    raise ValueError(f"unknown stage {name!r}; stages are: {', '.join(s.name for s in STAGES)}")
+Importing one stage never imports the others, so a stage runs alone with only what it needs.
+"""

@@ -1,0 +1,129 @@
+"""The whole DAG through the CLI on the smoke config: idempotence, caching, crash safety, accounting."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, SMOKE, run_cli
+
+STAGE_NAMES = ["ingest", "validate", "featurize", "train", "evaluate"]
+
+
+@pytest.fixture(scope="module")
+def first_run(ray_session, smoke_source, tmp_path_factory):
+    """One full smoke run shared by the tests that only read its artifacts."""
+    root = tmp_path_factory.mktemp("first") / "artifacts"
+    overrides = ["--set", f"dataset.source={smoke_source}", "--set", f"artifact_root={root}"]
+    code, output, summary = run_cli("run", "-c", str(SMOKE), *overrides, "--json")
+    assert code == 0, output
+    return root, overrides, output, summary
+
+
+def _manifest(root: Path, stage: str, key: str) -> dict:
+    return json.loads((root / "stages" / stage / key / "manifest.json").read_text())
+
+
+def test_run_executes_five_stages_and_registers_a_model_that_beats_the_baseline(first_run):
+    root, _, output, summary = first_run
+    assert [s["name"] for s in summary["stages"]] == STAGE_NAMES
+    assert all(s["status"] == "ran" for s in summary["stages"])
+    assert summary["model_version"] == "v1" and summary["promoted"] is True
+    entry = json.loads((root / "registry" / "trip-duration" / "v1" / "entry.json").read_text())
+    assert entry["metrics"]["mae"] < entry["baseline"]["mae"]
+    assert set(entry["lineage"]) == set(STAGE_NAMES) - {"evaluate"}
+    for line in STAGE_NAMES:
+        assert any(row.startswith(line) and " ran " in row for row in output.splitlines())
+
+
+def test_every_manifest_accounts_for_every_row(first_run):
+    root, _, _, summary = first_run
+    for stage in summary["stages"]:
+        manifest = _manifest(root, stage["name"], stage["cache_key"])
+        rows = manifest["rows"]
+        assert rows["in"] == rows["out"] + rows["quarantined"], stage["name"]
+        assert manifest["trace_id"] == summary["trace_id"]
+        assert manifest["cache_key"] == stage["cache_key"]
+        assert {"ray", "pyarrow", "torch", "raypipe"} <= set(manifest["versions"])
+        assert manifest["fingerprint"] and manifest["timings"]["seconds"] >= 0
+    validate = next(s for s in summary["stages"] if s["name"] == "validate")
+    reasons = _manifest(root, "validate", validate["cache_key"])["details"]["quarantine_reasons"]
+    # the synthetic source carries each kind of dirt; validate must find every kind
+    assert {"null_required", "duplicate_row_key", "label_before_event",
+            "event_time_outside_range", "out_of_range"} <= set(reasons)
+    assert sum(reasons.values()) == validate["rows_quarantined"] > 0
+
+
+def test_quarantined_rows_are_kept_with_their_reason(first_run):
+    import pyarrow.parquet as pq
+
+    root, _, _, summary = first_run
+    validate = next(s for s in summary["stages"] if s["name"] == "validate")
+    quarantine = pq.read_table(root / "stages" / "validate" / validate["cache_key"] / "quarantine")
+    assert quarantine.num_rows == validate["rows_quarantined"]
+    assert quarantine["_reason"].null_count == 0 and quarantine["_detail"].null_count == 0
+
+
+def test_second_run_is_fully_cached_and_starts_no_ray(first_run):
+    _, overrides, _, first = first_run
+    # a separate process: if any stage launched Ray work, it would have to start a Ray instance
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", "-c", str(SMOKE), *overrides, "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [s["status"] for s in summary["stages"]] == ["cached"] * 5
+    assert [s["cache_key"] for s in summary["stages"]] == [s["cache_key"] for s in first["stages"]]
+    assert summary["model_version"] == first["model_version"]
+    assert "Ray instance" not in result.stderr + result.stdout
+
+
+def test_changing_one_window_reruns_only_featurize_train_evaluate(first_run):
+    _, overrides, _, _ = first_run
+    code, output, summary = run_cli("run", "-c", str(SMOKE), *overrides,
+                                    "--set", "features.windows.0.window=3d", "--json")
+    assert code == 0, output
+    assert [s["status"] for s in summary["stages"]] == ["cached", "cached", "ran", "ran", "ran"]
+    assert summary["model_version"] == "v2"
+
+
+def test_stage_alone_runs_from_published_artifacts(ray_session, smoke_source, tmp_path, capsys):
+    overrides = ["--set", f"dataset.source={smoke_source}", "--set",
+                 f"artifact_root={tmp_path / 'artifacts'}"]
+    code, _, _ = run_cli("stage", "train", "-c", str(SMOKE), *overrides)
+    assert code == 1
+    assert "needs the output of ingest" in capsys.readouterr().err
+    assert run_cli("stage", "ingest", "-c", str(SMOKE), *overrides)[0] == 0
+    code, output, summary = run_cli("stage", "validate", "-c", str(SMOKE), *overrides, "--json")
+    assert code == 0, output
+    assert [(s["name"], s["status"]) for s in summary["stages"]] == [("validate", "ran")]
+
+
+def test_sigkill_mid_stage_leaves_nothing_that_looks_complete(ray_session, smoke_source, tmp_path):
+    root = tmp_path / "artifacts"
+    overrides = ["--set", f"dataset.source={smoke_source}", "--set", f"artifact_root={root}",
+                 "--set", f"cluster.address={ray_session.get_runtime_context().gcs_address}"]
+    process = subprocess.Popen(
+        [sys.executable, "-u", "-m", "pipeline", "run", "-c", str(SMOKE), *overrides],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"},
+    )
+    for line in process.stdout:  # block on the pipeline's own progress lines, no sleeps
+        if line.startswith("featurize") and "running" in line:
+            break
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+
+    featurize = root / "stages" / "featurize"
+    assert not list(featurize.glob("*/manifest.json")), "a killed stage must not look complete"
+    code, output, summary = run_cli("run", "-c", str(SMOKE), *overrides, "--json")
+    assert code == 0, output
+    assert [s["status"] for s in summary["stages"]] == ["cached", "cached", "ran", "ran", "ran"]
+    assert len(list(featurize.glob("*/manifest.json"))) == 1
