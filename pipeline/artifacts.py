@@ -93,7 +93,14 @@ class ArtifactStore:
         if self.fs.exists(final):  # leftovers of a killed attempt: no manifest, never read
             self.fs.rm(final, recursive=True)
         self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
-        self.fs.mv(staging, final, recursive=True)
+        if self.is_local:
+            self.fs.mv(staging, final, recursive=True)
+        else:
+            # Object stores have no directories: a recursive mv would also try to copy the
+            # pseudo-directory keys (S3 answers NoSuchKey), so copy the objects one by one.
+            objects = self.fs.find(staging)
+            self.fs.copy(objects, [final + path[len(staging):] for path in objects])
+            self.fs.rm(objects)
         self.write_json(posixpath.join(final, MANIFEST), manifest)
         return Artifact(stage, final, manifest)
 

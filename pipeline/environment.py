@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from functools import cache
@@ -27,7 +28,12 @@ def versions() -> dict[str, str]:
 
 @cache
 def git_commit() -> str | None:
-    """The commit of the code that ran, with "+dirty" when the tree had uncommitted changes."""
+    """The commit of the code that ran, with "+dirty" when the tree had uncommitted changes.
+
+    Images have no .git: cluster/Dockerfile bakes the commit into RAYPIPE_GIT_COMMIT instead.
+    """
+    if os.environ.get("RAYPIPE_GIT_COMMIT"):
+        return os.environ["RAYPIPE_GIT_COMMIT"]
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,

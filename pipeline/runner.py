@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -236,6 +237,7 @@ class Runner:
         if not self.store.is_local:
             self.store.fs.put(str(run_dir) + "/", self.store.path("runs", self.run_id),
                               recursive=True)
+            shutil.rmtree(run_dir, ignore_errors=True)
         self.store.write_json(record_path, {
             **summary.as_json(),
             "config": redact(self.config.model_dump(mode="json", by_alias=True)),

@@ -12,6 +12,7 @@ import ast
 import hashlib
 import importlib
 import inspect
+import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -35,7 +36,7 @@ class StageContext:
     cache_key: str
 
     def input_path(self, stage: str, *parts: str) -> str:
-        return self.store.path(self.inputs[stage].uri, *parts)
+        return posixpath.join(self.inputs[stage].uri, *parts)
 
 
 @dataclass

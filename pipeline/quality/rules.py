@@ -63,7 +63,7 @@ def row_reasons(table: pa.Table, dataset: DatasetConfig, max_label_delay: timede
     details = np.full(n, None, dtype=object)
 
     def flag(mask: np.ndarray, reason: str, detail) -> None:
-        fresh = mask & (reasons == None)  # noqa: E711 - elementwise on an object array
+        fresh = mask & ~reasons.astype(bool)  # rows without a reason yet
         if fresh.any():
             reasons[fresh] = reason
             details[fresh] = detail(fresh) if callable(detail) else detail

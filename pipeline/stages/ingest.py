@@ -82,6 +82,8 @@ def run(ctx: StageContext) -> StageResult:
     fs, root, files = source_files(ctx.config)
     columns = list(dataset.columns)
     rows_in = _check_columns(fs, files, columns)
+    # row order is part of the snapshot's bytes, hence of its fingerprint and every later key
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     snapshot = ray.data.read_parquet(
         files,
         filesystem=arrow_filesystem(fs),

@@ -45,7 +45,7 @@ def _validate_file(store, path: str, index: int, duplicate: np.ndarray, config, 
             raw = pq.read_table(handle)
         table = conform(raw, dataset, where=path)
         reasons, details = row_reasons(table, dataset, config.validate_.max_label_delay, duplicate)
-        bad = reasons != None  # noqa: E711 - elementwise on an object array
+        bad = reasons.astype(bool)  # None (clean) is falsy, a reason code is not
         clean = table.filter(pa.array(~bad)).sort_by(dataset.event_time)
         quarantined = table.filter(pa.array(bad)).append_column(
             "_reason", pa.array(reasons[bad], pa.string())).append_column(
