@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,34 @@ def smoke_source(tmp_path_factory) -> Path:
 def smoke_overrides(tmp_path, smoke_source) -> list[str]:
     """--set arguments that point the smoke config at the shared source and a fresh artifact root."""
     return [f"dataset.source={smoke_source}", f"artifact_root={tmp_path / 'artifacts'}"]
+
+
+@dataclass
+class SmokeRun:
+    root: Path
+    overrides: list[str]
+    output: str
+    summary: dict
+    spans: list[dict]
+
+
+@pytest.fixture(scope="session")
+def smoke_run(ray_session, smoke_source, tmp_path_factory) -> SmokeRun:
+    """One full smoke run (jsonl telemetry), shared by every test that only reads what it left."""
+    import contextlib
+    import io
+
+    from pipeline.config import load_config
+    from pipeline.runner import Runner
+
+    root = tmp_path_factory.mktemp("smoke-run") / "artifacts"
+    overrides = ["--set", f"dataset.source={smoke_source}", "--set", f"artifact_root={root}"]
+    runner = Runner(load_config(SMOKE, overrides[1::2]))
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        summary = runner.run()
+    return SmokeRun(root, overrides, buffer.getvalue(), summary.as_json(),
+                    runner.telemetry.spans())
 
 
 def run_cli(*args: str) -> tuple[int, str, dict | None]:

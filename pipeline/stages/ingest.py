@@ -12,6 +12,7 @@ import posixpath
 from datetime import datetime, timedelta
 
 import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
 from ray.data.datasource import Partitioning
@@ -19,6 +20,7 @@ from ray.data.datasource import Partitioning
 from pipeline.artifacts import arrow_filesystem
 from pipeline.config import PipelineConfig
 from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.telemetry import worker_span
 
 
 class SourceError(ValueError):
@@ -90,6 +92,8 @@ def run(ctx: StageContext) -> StageResult:
         columns=columns,  # column projection: only what the schema declares travels on
         partitioning=Partitioning("hive", base_dir=root, filesystem=arrow_filesystem(fs)),
     )
+    snapshot = snapshot.map_batches(_traced_block, fn_args=(ctx.telemetry.carrier(),),
+                                    batch_format="pyarrow", batch_size=None)
     snapshot.write_parquet(posixpath.join(ctx.output, "data"),
                            filesystem=ctx.store.arrow_filesystem(), min_rows_per_file=250_000)
     rows_out, schema = _written(ctx)
@@ -101,6 +105,13 @@ def run(ctx: StageContext) -> StageResult:
                  "partitions": sorted({posixpath.basename(posixpath.dirname(f)) for f in files}),
                  "time_range": [dataset.start.isoformat(), dataset.end.isoformat()]},
     )
+
+
+def _traced_block(block: pa.Table, carrier: dict) -> pa.Table:
+    """Pass a read block through unchanged, inside a span that says how much it carried."""
+    with worker_span(carrier, "ingest.read_block", {"rows": block.num_rows,
+                                                    "bytes": block.nbytes}):
+        return block
 
 
 def _written(ctx: StageContext) -> tuple[int, dict[str, str]]:

@@ -1,0 +1,236 @@
+"""The time-travel audit: recompute sampled rows' features from only what existed at their time.
+
+For a sampled output row with event time t, the audit takes the clean rows of its entities with an
+event time before t (later rows did not exist yet), blanks every column the schema declares known
+only at label time wherever that row's label was not yet available at t (`_History.known_at`), and
+recomputes each feature with the brute-force reference. It shares nothing with the chunk/halo path
+and trusts no feature's declared available-at: a feature that reads a label-time column as if it
+were known at the event, or a lookback that is too short, shows up as a difference.
+
+Reads are bounded: a batch of samples close in time reads only its entities' rows within the
+longest window plus validate's max_label_delay (the most a label can lag its event) before them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipeline.config import PipelineConfig
+from pipeline.features.reference import as_rows, reference_value
+from pipeline.features.windows import WindowSpec, micros
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+REL_TOL = 1e-9  # float features agree to this; counts and "no value" must match exactly
+ABS_TOL = 1e-9
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    feature: str
+    row_key: Any
+    event_time: str
+    stage_value: Any
+    audit_value: Any
+
+    def __str__(self) -> str:
+        return (f"feature {self.feature}, row {self.row_key} (event time {self.event_time}): "
+                f"stage value {self.stage_value!r} != audit value {self.audit_value!r}")
+
+
+class AuditFailed(RuntimeError):
+    """The stage's features differ from what the data at each row's time says they should be."""
+
+
+def agree(stage: Any, audit: Any) -> bool:
+    """Same value: both missing, equal counts, or floats within REL_TOL / ABS_TOL (NaN = NaN)."""
+    if stage is None or audit is None:
+        return stage is None and audit is None
+    if isinstance(audit, int):
+        return stage == audit
+    if math.isnan(stage) or math.isnan(audit):
+        return math.isnan(stage) and math.isnan(audit)
+    return math.isclose(stage, audit, rel_tol=REL_TOL, abs_tol=ABS_TOL)
+
+
+@dataclass(frozen=True)
+class SampledFile:
+    """Positions of sampled rows in one output file."""
+
+    path: str
+    rows: tuple[int, ...]
+
+
+def plan_sample(fs: pafs.FileSystem, data_dir: str, size: int, seed: int, event_time: str,
+                span: timedelta, most: int) -> list[list[SampledFile]]:
+    """`size` output rows drawn uniformly without replacement (seeded), in batches of files
+    that together span less than `span` of event time (or hold at most `most` samples).
+
+    Only parquet metadata is read (row counts and event-time statistics), so the driver's memory
+    does not grow with the output.
+    """
+    files = sorted(info.path for info in fs.get_file_info(pafs.FileSelector(data_dir))
+                   if info.path.endswith(".parquet"))
+    metadata = [pq.ParquetFile(path, filesystem=fs).metadata for path in files]
+    counts = [meta.num_rows for meta in metadata]
+    total = sum(counts)
+    picks = np.sort(np.random.default_rng(seed).choice(total, min(size, total), replace=False))
+    offsets = np.cumsum([0, *counts])
+    batches: list[list[SampledFile]] = []
+    start, taken = None, 0
+    for path, meta, first, last in zip(files, metadata, offsets[:-1], offsets[1:]):
+        local = picks[(picks >= first) & (picks < last)] - first
+        if not len(local):
+            continue
+        low, high = _time_range(meta, event_time)
+        if not batches or high - start >= span or taken + len(local) > most:
+            batches.append([])
+            start, taken = low, 0
+        batches[-1].append(SampledFile(path, tuple(int(i) for i in local)))
+        taken += len(local)
+    return batches
+
+
+def _time_range(meta: pq.FileMetaData, column: str) -> tuple[datetime, datetime]:
+    index = meta.schema.to_arrow_schema().get_field_index(column)
+    stats = [meta.row_group(i).column(index).statistics for i in range(meta.num_row_groups)]
+    return min(s.min for s in stats), max(s.max for s in stats)
+
+
+def read_sample(fs: pafs.FileSystem, files: Sequence[SampledFile],
+                columns: Sequence[str]) -> pa.Table:
+    """The sampled rows of these files (one file in memory at a time)."""
+    return pa.concat_tables(
+        pq.read_table(f.path, columns=list(columns), filesystem=fs).take(list(f.rows))
+        for f in files)
+
+
+def audit_batch(clean: pads.Dataset, partition: str, sample: pa.Table,
+                specs: Sequence[WindowSpec], config: PipelineConfig) -> tuple[list[Mismatch], int]:
+    """Recompute every feature of the sampled rows; return the differences and values compared.
+
+    `sample` holds the stage's output rows: row key, event time and one column per feature.
+    """
+    dataset = config.dataset
+    rows = _clean_rows(clean, partition, sample, specs, dataset.row_key, dataset.event_time)
+    stage = {row[dataset.row_key]: row for row in sample.to_pylist()}
+    mismatches, compared = [], 0
+    past = _past_rows(clean, partition, rows, specs, config)
+    for entity in dict.fromkeys(spec.entity for spec in specs):
+        group = [spec for spec in specs if spec.entity == entity]
+        histories = _by_entity(past, entity, set(_keys(rows, entity)), config)
+        for row, key in zip(rows.to_pylist(), _keys(rows, entity)):
+            history = histories.get(key)
+            output = stage[row[dataset.row_key]]
+            query = {**row, dataset.event_time: _micros(row[dataset.event_time])}
+            for spec in group:
+                known = history.known_at(query[dataset.event_time], spec) if history else []
+                audit_value = reference_value(known, query, spec, event_time=dataset.event_time,
+                                              row_key=dataset.row_key)
+                if not agree(output[spec.name], audit_value):
+                    mismatches.append(Mismatch(spec.name, row[dataset.row_key],
+                                               row[dataset.event_time].isoformat(),
+                                               output[spec.name], audit_value))
+                compared += 1
+    return mismatches, compared
+
+
+def _clean_rows(clean: pads.Dataset, partition: str, sample: pa.Table,
+                specs: Sequence[WindowSpec], row_key: str, event_time: str) -> pa.Table:
+    """The sampled rows as validate left them: their own event time and entity values."""
+    days = pc.unique(pc.strftime(sample[event_time], format="%Y-%m-%d"))
+    columns = list(dict.fromkeys([row_key, event_time, *(c for s in specs for c in s.entity)]))
+    found = clean.to_table(columns=columns, filter=pads.field(partition).isin(days)
+                           & pads.field(row_key).isin(sample[row_key]))
+    missing = set(sample[row_key].to_pylist()) - set(found[row_key].to_pylist())
+    if missing:
+        raise AuditFailed(f"output rows {sorted(missing)[:10]} are not among the clean rows")
+    return found
+
+
+def _past_rows(clean: pads.Dataset, partition: str, rows: pa.Table, specs: Sequence[WindowSpec],
+               config: PipelineConfig) -> pa.Table:
+    """Clean rows of the sampled rows' entities that might feed their windows, in one scan.
+
+    For an entity's features that is event time in [min(t) - reach, max(t)), where reach is their
+    longest window plus validate's max_label_delay (no label arrives later after its event).
+    """
+    dataset = config.dataset
+    times = rows[dataset.event_time]
+    end, where, first = pc.max(times).as_py(), None, None
+    for entity in dict.fromkeys(spec.entity for spec in specs):
+        reach = max(s.window for s in specs if s.entity == entity)
+        start = pc.min(times).as_py() - reach - config.validate_.max_label_delay
+        first = start if first is None else min(first, start)
+        match = pads.field(dataset.event_time) >= start
+        for name in entity:
+            match &= pads.field(name).isin(pc.drop_null(rows[name]))
+        where = match if where is None else where | match
+    where &= ((pads.field(partition) >= first.date().isoformat())
+              & (pads.field(partition) <= end.date().isoformat())
+              & (pads.field(dataset.event_time) < end))
+    columns = [dataset.row_key, dataset.event_time, dataset.label_available_at,
+               *(c for s in specs for c in (*s.entity, s.available_at)),
+               *(s.column for s in specs if s.column)]
+    # one chunk: taking each entity's rows from a many-chunk table is several times slower
+    return clean.to_table(columns=list(dict.fromkeys(columns)), filter=where).combine_chunks()
+
+
+def _keys(rows: pa.Table, entity: tuple[str, ...]) -> list[tuple]:
+    return list(zip(*(rows[name].to_pylist() for name in entity)))
+
+
+@dataclass
+class _History:
+    """The clean rows of one entity value, with their times in microseconds for quick masks."""
+
+    rows: pa.Table
+    config: PipelineConfig
+
+    def __post_init__(self) -> None:
+        dataset = self.config.dataset
+        self.micros = {name: micros(self.rows[name])
+                       for name in (dataset.event_time, dataset.label_available_at)}
+
+    def known_at(self, t: int, spec: WindowSpec) -> list[dict]:
+        """What existed at time t and may fall in the window, label-time values not yet known
+        blanked: rows whose event time is before t and that were available since t - W (the
+        narrowing only spares the reference loop rows it would skip anyway)."""
+        dataset = self.config.dataset
+        near = ((self.micros[dataset.event_time] < t)
+                & (self.micros[spec.available_at] >= t - spec.window_us))
+        columns = dict.fromkeys([dataset.row_key, *spec.entity, spec.available_at,
+                                 *([spec.column] if spec.column else []),
+                                 dataset.label_available_at])
+        rows = self.rows.select(list(columns)).take(pa.array(np.flatnonzero(near), pa.int64()))
+        unknown = micros(rows[dataset.label_available_at]) >= t  # NEVER when null: unknown
+        for name in rows.column_names:
+            if self.config.dataset.columns[name].known_at == "label":
+                column = rows[name]
+                rows = rows.set_column(rows.schema.get_field_index(name), name, pc.if_else(
+                    pa.array(unknown), pa.scalar(None, column.type), column))
+        return as_rows(rows)
+
+
+def _by_entity(past: pa.Table, entity: tuple[str, ...], wanted: set[tuple],
+               config: PipelineConfig) -> dict[tuple, _History]:
+    """The past rows of each wanted entity value (a null value matches nothing: left out)."""
+    numbered = past.append_column("_row", pa.array(np.arange(past.num_rows), pa.int64()))
+    groups = numbered.group_by(list(entity)).aggregate([("_row", "list")])
+    return {key: _History(past.take(rows.values), config)
+            for key, rows in zip(_keys(groups, entity), groups["_row_list"])
+            if key in wanted and None not in key}
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - EPOCH) // timedelta(microseconds=1)

@@ -1,0 +1,77 @@
+"""Time chunks with a lookback halo: how featurize streams history through bounded tasks.
+
+A window feature of a row at time t reads source values available in [t - W, t). A value available
+at time a belongs to an event at a or, for a label-time value, at no earlier than
+a - max_label_delay (validate quarantines later labels). So every source row a chunk [c0, c1) can
+need has its event time in [c0 - halo, c1), where halo is the longest window plus, for label-time
+features, the label delay.
+A task reads just that: its memory depends on the chunk and halo lengths, never on total history,
+and no task exchanges rows with another (no shuffle).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from pipeline.features.windows import WindowSpec
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+US_PER_DAY = 86_400_000_000
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Rows with event time in [start_us, end_us), from sources in [halo_start_us, end_us)."""
+
+    index: int
+    start_us: int
+    end_us: int
+    halo_start_us: int
+
+
+def halo_us(specs: Sequence[WindowSpec], label_available_at: str,
+            max_label_delay: timedelta) -> int:
+    """How far before a chunk its sources' event times can lie."""
+    delay = max_label_delay // timedelta(microseconds=1)
+    return max((spec.window_us + (delay if spec.available_at == label_available_at else 0)
+                for spec in specs), default=0)
+
+
+def plan_chunks(days: Sequence[date], chunk_us: int, halo: int) -> list[Chunk]:
+    """Chunks aligned to multiples of `chunk_us` since the epoch, covering the given UTC days.
+
+    Alignment to the epoch (not to the data) keeps a chunk's boundaries, and so its output file,
+    the same when more days are added.
+    """
+    starts = set()
+    for day in days:
+        day_us = day_start_us(day)
+        first = day_us - day_us % chunk_us
+        starts.update(range(first, day_us + US_PER_DAY, chunk_us))
+    return [Chunk(index, start, start + chunk_us, start - halo)
+            for index, start in enumerate(sorted(starts))]
+
+
+def day_start_us(day: date) -> int:
+    return (datetime(day.year, day.month, day.day, tzinfo=timezone.utc) - EPOCH) // \
+        timedelta(microseconds=1)
+
+
+def event_time_filter(event_time: str, partition: str, start_us: int,
+                      end_us: int) -> pc.Expression:
+    """Rows with event time in [start_us, end_us), pruning the day partitions outside it."""
+    first, last = (_day(start_us), _day(end_us - 1))
+    stamp = pa.timestamp("us", tz="UTC")
+    return ((pads.field(partition) >= first) & (pads.field(partition) <= last)
+            & (pads.field(event_time) >= pa.scalar(start_us, stamp))
+            & (pads.field(event_time) < pa.scalar(end_us, stamp)))
+
+
+def _day(micros: int) -> str:
+    return (EPOCH + timedelta(microseconds=micros)).date().isoformat()
