@@ -16,7 +16,10 @@ output as parquet, in its own fresh process:
 - duckdb: window frames `RANGE BETWEEN W PRECEDING AND CURRENT ROW EXCLUDE GROUP`, the same union.
 
 Ray starts its workers at niceness 15; here they run at 0 like the peers, which matters only on a
-machine shared with other work. Peak memory: for polars and duckdb, the peak RSS of their process (the kernel's VmHWM). For the
+machine shared with other work. CPU seconds (user + system of every process involved) are reported
+too: on a shared machine they are steadier than wall time.
+
+Peak memory: for polars and duckdb, the peak RSS of their process (the kernel's VmHWM). For the
 stage, the peak over time of the summed PSS (shared pages split fairly, so Ray's shared-memory
 object store is not counted once per process) of the driver and every Ray process it started,
 sampled every 100 ms from /proc; and separately the largest VmHWM of a single Ray worker.

@@ -151,7 +151,10 @@ class FeaturesConfig(_Strict):
     numeric: list[str] = Field([], description="event-time numeric columns fed to the model as is")
     categorical: list[str] = Field([], description="event-time columns embedded by the model")
     windows: list[WindowFeature] = []
-    chunk: Duration = Field(parse_duration("1d"), description="time span of one featurize task")
+    chunk: Duration = Field(
+        parse_duration("7d"), description="time span of one featurize task; each task also reads "
+        "a lookback halo of the longest window, so chunks much shorter than it repeat work"
+    )
     audit_sample: int = Field(1000, ge=0)
 
     @property
@@ -257,6 +260,13 @@ class PipelineConfig(_Strict):
                     "known at event time, but the schema says it is known only once the label is "
                     "(label leakage)"
                 )
+            if feature.column and feature.agg not in ("count", "time_since_last") \
+                    and columns[feature.column].type in ("string", "timestamp", "bool"):
+                raise ValueError(f"{where}: {feature.agg} needs a numeric column, "
+                                 f"{feature.column!r} is {columns[feature.column].type}")
+            if feature.feature_name in columns or feature.feature_name == "features":
+                raise ValueError(f"{where}: feature name {feature.feature_name!r} clashes with a "
+                                 "column; give it another `name`")
             if feature.feature_name in seen:
                 raise ValueError(f"{where}: duplicate feature name {feature.feature_name!r}")
             seen.add(feature.feature_name)

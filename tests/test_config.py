@@ -90,3 +90,17 @@ def test_override_errors_are_named():
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_numeric_aggregation_of_a_text_column_is_refused():
+    data = _smoke()
+    data["dataset"]["columns"]["zone_name"] = {"type": "string"}
+    data["features"]["windows"].append(
+        {"entity": "driver_id", "column": "zone_name", "agg": "mean", "window": "1d"})
+    assert "mean needs a numeric column, 'zone_name' is string" in _error(data)
+
+
+def test_feature_name_clashing_with_a_column_is_refused():
+    data = _smoke()
+    data["features"]["windows"][0]["name"] = "fare"
+    assert "feature name 'fare' clashes with a column" in _error(data)

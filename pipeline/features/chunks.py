@@ -46,8 +46,8 @@ def halo_us(specs: Sequence[WindowSpec], label_available_at: str,
 def plan_chunks(days: Sequence[date], chunk_us: int, halo: int) -> list[Chunk]:
     """Chunks aligned to multiples of `chunk_us` since the epoch, covering the given UTC days.
 
-    Alignment to the epoch (not to the data) keeps a chunk's boundaries, and so its output file,
-    the same when more days are added.
+    Alignment to the epoch (not to the data) makes a chunk's boundaries depend on the config
+    alone, never on which rows happen to be there.
     """
     starts = set()
     for day in days:
