@@ -53,7 +53,7 @@ def featurize_once(config, store, validate, arm: str, index: int, run_dir: Path)
 
     spec = TelemetrySpec(exporter=arm, service_name="bench", run_dir=str(run_dir / f"{arm}-{index}"))
     telemetry = Telemetry.start(spec)
-    key = f"bench-{arm}-{index}"
+    key = f"{index + 1:08x}{'0' if arm == 'none' else '1'}"  # hex: the audit seeds from it
     output = store.begin("featurize", key, "bench")
     context = StageContext(config, store, {"validate": validate}, output, telemetry, "bench", key)
     started = time.perf_counter()

@@ -139,7 +139,6 @@ class Runner:
             artifact = self.store.find(stage.name, key)
             status = "cached" if artifact else "ran"
             if artifact is None:
-                self.echo(f"{stage.name:<10} running  (cache key {key})")
                 artifact = self._compute(stage, key, inputs, external, telemetry, trace_id)
             rows = artifact.manifest["rows"]
             ran = status == "ran"
@@ -165,6 +164,7 @@ class Runner:
                  external: dict[str, str], telemetry: Telemetry, trace_id: str) -> Artifact:
         environment.ensure_ray(self.config)
         staging = self.store.begin(stage.name, key, self.run_id)
+        self.echo(f"{stage.name:<10} running  (cache key {key})")
         started_at = datetime.now(timezone.utc)
         started = time.perf_counter()
         context = StageContext(self.config, self.store, inputs, staging, telemetry, self.run_id, key)

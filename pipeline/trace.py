@@ -149,9 +149,18 @@ def _trace_train(report, store, published, config, key) -> None:
         return
     splits = _table(store, posixpath.join(artifact.uri, "splits"),
                     pc.field(config.dataset.row_key) == key)
+    split = config.split
+    why = {
+        "train": f"event and label both before train_until {_fmt(split.train_until)}",
+        "validation": f"event in [train_until + embargo, validation_until "
+                      f"{_fmt(split.validation_until)}) and label available before its end",
+        "test": f"event at or after validation_until + embargo "
+                f"({_fmt(split.validation_until + split.embargo)})",
+    }
     for row in splits.to_pylist():
         consumed = "training consumed it" if row["split"] == "train" else "training did not use it"
-        report.add(artifact, f"split: {row['split'] or 'excluded'} ({row['reason']}); {consumed}")
+        reason = why.get(row["split"]) or f"excluded: {row['reason']}"
+        report.add(artifact, f"split: {row['split'] or 'none'} ({reason}); {consumed}")
 
 
 def _trace_prediction(report, store, published, config, features) -> None:

@@ -13,13 +13,14 @@ ORDERS = REPO / "configs" / "orders.yaml"
 def test_orders_config_runs_all_five_stages(ray_session, tmp_path):
     code, output, summary = run_cli(
         "run", "-c", str(ORDERS), "--set", f"dataset.source={tmp_path / 'orders'}",
-        "--set", f"artifact_root={tmp_path / 'artifacts'}", "--set", "train.epochs=1",
+        "--set", f"artifact_root={tmp_path / 'artifacts'}",
         "--set", "dataset.generate.rows=20000", "--json")
     assert code == 0, output
     assert [s["status"] for s in summary["stages"]] == ["ran"] * 5
     metrics = summary["test_metrics"]
     assert {"log_loss", "auc", "accuracy"} <= set(metrics)
-    assert metrics["auc"] > 0.6  # the warehouse backlog and customer history carry real signal
+    assert metrics["auc"] > 0.65  # the warehouse backlog and customer history carry real signal
+    assert summary["promoted"] is True
     featurize = next(s for s in summary["stages"] if s["name"] == "featurize")
     manifest = json.loads((tmp_path / "artifacts" / "stages" / "featurize" /
                            featurize["cache_key"] / "manifest.json").read_text())

@@ -109,3 +109,39 @@ def test_sigkill_mid_stage_leaves_nothing_that_looks_complete(ray_session, smoke
     assert code == 0, output
     assert [(s["name"], s["status"]) for s in summary["stages"]] == [("featurize", "ran")]
     assert len(list(featurize.glob("*/manifest.json"))) == 1
+
+
+def _keys(smoke_run, stage: str, folder: str, column: str = "trip_id") -> list:
+    import pyarrow.dataset as pads
+
+    key = next(s["cache_key"] for s in smoke_run.summary["stages"] if s["name"] == stage)
+    path = smoke_run.root / "stages" / stage / key / folder
+    return pads.dataset(path, format="parquet", partitioning="hive").to_table(
+        columns=[column]).column(column).to_pylist()
+
+
+def test_trace_follows_a_test_row_through_every_stage(smoke_run):
+    predictions = _keys(smoke_run, "evaluate", "predictions.parquet")
+    code, output, _ = run_cli("trace", str(predictions[0]), "-c", str(SMOKE), *smoke_run.overrides)
+    assert code == 0, output
+    lines = output.splitlines()
+    assert any(line.startswith("[source]") for line in lines)
+    assert any(line.startswith("[validate") and "passed it" in line for line in lines)
+    windows = [line for line in lines if line.startswith("[featurize") and "window [" in line]
+    assert len(windows) == 7 and all("source rows" in line for line in windows)
+    assert any("split: test" in line and "training did not use it" in line for line in lines)
+    assert any(line.startswith("[evaluate") and "predicts" in line for line in lines)
+
+
+def test_trace_says_why_a_row_was_quarantined(smoke_run):
+    quarantined = _keys(smoke_run, "validate", "quarantine")
+    code, output, _ = run_cli("trace", str(quarantined[0]), "-c", str(SMOKE),
+                              *smoke_run.overrides)
+    assert code == 0, output
+    assert "validate quarantined a copy" in output
+
+
+def test_trace_of_an_unknown_row_names_it(smoke_run, capsys):
+    code, _, _ = run_cli("trace", "999999999", "-c", str(SMOKE), *smoke_run.overrides)
+    assert code == 1
+    assert "trip_id=999999999 is not in the source" in capsys.readouterr().err
