@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import REPO, SMOKE, run_cli
 
 STAGE_NAMES = ["ingest", "validate", "featurize", "train", "evaluate"]

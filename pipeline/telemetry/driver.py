@@ -57,7 +57,7 @@ class Telemetry:
             os.makedirs(os.path.join(spec.run_dir, "spans"), exist_ok=True)
         return cls(spec, tmp_dir)
 
-    def __enter__(self) -> Telemetry:  # noqa: PYI034 (Self needs 3.11; we support 3.10)
+    def __enter__(self) -> Telemetry:
         return self
 
     def __exit__(self, *exc) -> None:
