@@ -80,6 +80,13 @@ def cache_key(stage: Stage, config: PipelineConfig, inputs: dict[str, Artifact],
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def stage_key(stage: Stage, config: PipelineConfig,
+              inputs: dict[str, Artifact]) -> tuple[str, dict[str, str]]:
+    """The stage's cache key for these inputs, and the external-input fingerprints it includes."""
+    external = stage.external_inputs(config) if stage.external_inputs else {}
+    return cache_key(stage, config, inputs, external), external
+
+
 def _without_secrets(section: Any) -> Any:
     """Credentials must not change a cache key (rotating a key is not new data)."""
     if isinstance(section, dict):
@@ -130,8 +137,7 @@ class Runner:
     def _run_stage(self, stage: Stage, upstream: dict[str, Artifact], telemetry: Telemetry,
                    trace_id: str) -> tuple[StageOutcome, Artifact]:
         inputs = {name: upstream[name] for name in stage.inputs}
-        external = stage.external_inputs(self.config) if stage.external_inputs else {}
-        key = cache_key(stage, self.config, inputs, external)
+        key, external = stage_key(stage, self.config, inputs)
         started = time.perf_counter()
         with telemetry.span(f"stage.{stage.name}", {"stage.name": stage.name,
                                                      "stage.cache_key": key,
@@ -259,9 +265,8 @@ def published_artifacts(config: PipelineConfig, store: ArtifactStore,
     for stage in STAGES:
         if stage.name == until:
             break
-        inputs = {name: published[name] for name in stage.inputs}
-        external = stage.external_inputs(config) if stage.external_inputs else {}
-        artifact = store.find(stage.name, cache_key(stage, config, inputs, external))
+        key, _ = stage_key(stage, config, {name: published[name] for name in stage.inputs})
+        artifact = store.find(stage.name, key)
         if artifact is None:
             break
         published[stage.name] = artifact

@@ -46,17 +46,21 @@ def _with_split(batch: pa.Table, dataset, split) -> pa.Table:
 def run(ctx: StageContext) -> StageResult:
     config, store = ctx.config, ctx.store
     dataset, task = config.dataset, config.train.task
-    rows = ray.data.read_parquet(ctx.input_path("featurize", "data"),
-                                 filesystem=store.arrow_filesystem())
-    rows = rows.map_batches(_with_split, fn_args=(dataset, config.split),
-                            batch_format="pyarrow").materialize()
-    labels = rows.select_columns([dataset.label, "split"]).to_arrow_refs()
-    label_table = pa.concat_tables(ray.get(labels))
+    def rows(columns: list[str] | None = None) -> ray.data.Dataset:
+        """The featurize output with each row's split; both passes stream, nothing is held."""
+        read = ray.data.read_parquet(ctx.input_path("featurize", "data"), columns=columns,
+                                     filesystem=store.arrow_filesystem())
+        return read.map_batches(_with_split, fn_args=(dataset, config.split),
+                                batch_format="pyarrow")
+
+    times_and_label = [dataset.event_time, dataset.label_available_at, dataset.label]
+    label_table = pa.concat_tables(ray.get(
+        rows(times_and_label).select_columns([dataset.label, "split"]).to_arrow_refs()))
     train_labels = label_table.filter(pc.equal(label_table["split"], "train"))[dataset.label]
     baseline_value = float(pc.mean(train_labels.cast(pa.float64())).as_py())
 
     model_dir = ctx.input_path("train", "model")
-    scored = (rows.filter(expr=col("split") == "test")
+    scored = (rows().filter(expr=col("split") == "test")
               .map_batches(_Predict, fn_constructor_args=(store, model_dir, ctx.telemetry.carrier()),
                            batch_format="pyarrow", concurrency=1, batch_size=8192)
               .select_columns([dataset.row_key, dataset.event_time, dataset.label, "prediction"]))
