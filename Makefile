@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine: `make run` and `make test`.
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= configs/local.yaml
 
@@ -22,7 +22,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 run: install
-	$(BIN)/pipeline run -c $(CONFIG)
+	$(BIN)/pipeline run -c $(CONFIG) $(RUN_ARGS)
 
 test: install-dev
 	$(BIN)/python -m pytest -q

@@ -191,8 +191,9 @@ def run_stage(config: PipelineConfig, data: Path, output: Path) -> dict:
     import ray
 
     from pipeline.artifacts import Artifact, ArtifactStore
-    from pipeline.stage import StageContext
+    from pipeline.stage import Output, StageContext
     from pipeline.stages import featurize
+    from pipeline.stages.validate import ValidateFacts, ValidateFiles
     from pipeline.telemetry import Telemetry, TelemetrySpec
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -200,9 +201,13 @@ def run_stage(config: PipelineConfig, data: Path, output: Path) -> dict:
     memory = TreeMemory()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     store = ArtifactStore(str(output))
-    validate = Artifact("validate", str(data), {"fingerprint": "bench", "cache_key": "bench"})
+    # `data` is laid out as validate's output (clean/ partitioned by day), written by this script
+    validate = Output(Artifact("validate", str(data), {"fingerprint": "bench"}),
+                      ValidateFiles(str(data)),
+                      ValidateFacts(quarantine_reasons={}, quarantined_share=0.0, files=0))
     staging = store.begin("featurize", "bench", "bench")
-    context = StageContext(config, store, {"validate": validate}, staging,
+    context = StageContext(featurize.FeaturizeParams.from_config(config), store,
+                           {"validate": validate}, featurize.STAGE.files(staging),
                            Telemetry.start(TelemetrySpec(exporter="none")), "bench",
                            "0000000000000000")
     started, cpu = time.perf_counter(), memory.cpu_seconds()
@@ -213,7 +218,7 @@ def run_stage(config: PipelineConfig, data: Path, output: Path) -> dict:
     return {"seconds": seconds, "rows": result.rows_out, "peak_bytes": memory.peak_bytes,
             "cpu_seconds": cpu,
             "peak_worker_bytes": memory.workers_hwm_bytes, "output": f"{staging}/data",
-            "audit": result.details["audit"], "chunks": result.details["chunks"]}
+            "audit": result.facts.audit, "chunks": result.facts.chunks}
 
 
 def run_polars(config: PipelineConfig, data: Path, output: Path) -> dict:

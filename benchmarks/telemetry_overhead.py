@@ -34,7 +34,7 @@ ARMS = ("none", "jsonl")
 
 def prepare(rows: int, workdir: Path):
     """Generate the source, then ingest and validate it once through the runner."""
-    from pipeline.runner import Runner, published_artifacts
+    from pipeline.runner import Runner, published_outputs
 
     overrides = [f"dataset.source={workdir / 'source'}", f"artifact_root={workdir / 'artifacts'}",
                  f"dataset.generate.rows={rows}", "telemetry.exporter=none"]
@@ -42,20 +42,21 @@ def prepare(rows: int, workdir: Path):
     runner = Runner(config, echo=lambda line: None)
     runner.run(only="ingest")
     Runner(config, echo=lambda line: None).run(only="validate")
-    return config, runner.store, published_artifacts(config, runner.store)["validate"]
+    return config, runner.store, published_outputs(config, runner.store)["validate"]
 
 
 def featurize_once(config, store, validate, arm: str, index: int, run_dir: Path) -> float:
     """Seconds for one featurize run with the given telemetry exporter."""
     from pipeline.stage import StageContext
-    from pipeline.stages.featurize import run
+    from pipeline.stages.featurize import STAGE, FeaturizeParams, run
     from pipeline.telemetry import Telemetry, TelemetrySpec
 
     spec = TelemetrySpec(exporter=arm, service_name="bench", run_dir=str(run_dir / f"{arm}-{index}"))
     telemetry = Telemetry.start(spec)
     key = f"{index + 1:08x}{'0' if arm == 'none' else '1'}"  # hex: the audit seeds from it
     output = store.begin("featurize", key, "bench")
-    context = StageContext(config, store, {"validate": validate}, output, telemetry, "bench", key)
+    context = StageContext(FeaturizeParams.from_config(config), store, {"validate": validate},
+                           STAGE.files(output), telemetry, "bench", key)
     started = time.perf_counter()
     with telemetry.span("stage.featurize"):
         run(context)

@@ -77,15 +77,16 @@ def stage_loop(encoded: list[pa.Table], validation: pa.Table, preprocessor: Prep
     import torch
 
     from pipeline.artifacts import ArtifactStore
-    from pipeline.model.loop import CHECKPOINT_FILE
+    from pipeline.model.loop import CHECKPOINT_FILE, train_loop_per_worker
     from pipeline.stages.train import fit, loop_config
 
     train_ds = ray.data.from_arrow(encoded).materialize()
     validation_ds = ray.data.from_arrow(validation).materialize()
-    loop = loop_config(settings, preprocessor, carrier=None)
+    loop = loop_config(settings, preprocessor)
     store = ArtifactStore(tempfile.mkdtemp(prefix="train-ingest-"))
     started = time.time()
-    result = fit(loop, train_ds, validation_ds, settings, store, f"bench-{int(started)}")
+    result = fit(train_loop_per_worker, loop, train_ds, validation_ds, settings, store,
+                 f"bench-{int(started)}")
     fit_seconds = time.time() - started
     with result.checkpoint.as_directory() as directory:
         state = torch.load(os.path.join(directory, CHECKPOINT_FILE), weights_only=True)["state"]

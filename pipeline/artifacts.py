@@ -1,9 +1,11 @@
 """Where stage outputs live: an fsspec artifact root with atomic, manifest-last publishing.
 
-Layout under the root:
+Layout under the root (spelled here and nowhere else):
     stages/<stage>/<cache_key>/            a published output; complete iff manifest.json exists
     stages/<stage>/_staging/<key>-<run>/   work in progress, never read by anyone else
-    runs/<run_id>/run.json                 one record per `pipeline run`
+    runs/<run_id>/run.json                 one record per `pipeline run` (spans/, metrics beside it)
+    runs/latest.json                       the id of the latest run
+    train_runs/<cache_key>/                Ray Train checkpoints of a train attempt (resume point)
     registry/<model>/v<N>/entry.json       registered models (entry.json written last)
 
 Object stores have no atomic directory rename, so completeness is defined by the manifest alone: data
@@ -69,6 +71,19 @@ class ArtifactStore:
 
     def stage_path(self, stage: str, key: str) -> str:
         return self.path("stages", stage, key)
+
+    def run_path(self, run_id: str, *parts: str) -> str:
+        return self.path("runs", run_id, *parts)
+
+    def latest_run_path(self) -> str:
+        return self.path("runs", "latest.json")
+
+    def train_runs_path(self) -> str:
+        return self.path("train_runs")
+
+    def registry_path(self, *parts: str) -> str:
+        """registry/, or registry/<model>/..., e.g. registry_path(model, "v3", "entry.json")."""
+        return self.path("registry", *parts)
 
     # -- publish protocol --------------------------------------------------------------------
     def find(self, stage: str, key: str) -> Artifact | None:

@@ -39,15 +39,15 @@ def _profile(config, run_id: str | None) -> str:
     import tempfile
 
     from pipeline.artifacts import ArtifactStore
-    from pipeline.telemetry import profile_run
+    from pipeline.telemetry.profile import profile_run
 
     store = ArtifactStore(config.artifact_root, config.storage_options)
-    latest = store.path("runs", "latest.json")
+    latest = store.latest_run_path()
     if run_id is None:
         if not store.fs.exists(latest):
             raise LookupError(f"no runs under {config.artifact_root} yet")
         run_id = store.read_json(latest)["run_id"]
-    remote = store.path("runs", run_id)
+    remote = store.run_path(run_id)
     if not store.fs.exists(remote):
         raise LookupError(f"run {run_id} not found under {config.artifact_root}/runs")
     if store.is_local:

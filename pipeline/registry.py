@@ -21,7 +21,7 @@ _VERSION = re.compile(r"^v(\d+)$")
 
 def versions(store: ArtifactStore, model: str) -> list[dict[str, Any]]:
     """Complete versions of a model, oldest first."""
-    root = store.path("registry", model)
+    root = store.registry_path(model)
     if not store.fs.exists(root):
         return []
     found = []
@@ -38,7 +38,7 @@ def register(store: ArtifactStore, model: str, model_dir: str, entry: dict[str, 
     for existing in versions(store, model):
         if existing["evaluate_cache_key"] == entry["evaluate_cache_key"]:
             return existing
-    root = store.path("registry", model)
+    root = store.registry_path(model)
     taken = [int(m.group(1)) for p in (store.fs.ls(root, detail=False)
                                        if store.fs.exists(root) else [])
              if (m := _VERSION.match(posixpath.basename(p.rstrip("/"))))]

@@ -8,18 +8,20 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipeline import environment
 from pipeline.artifacts import Artifact, ArtifactStore
 from pipeline.config import PipelineConfig
-from pipeline.dag import STAGES, stage_by_name
+from pipeline.dag import STAGES, check_order, stage_by_name
 from pipeline.datasets import ensure_dataset
-from pipeline.stage import Stage, StageContext, StageResult
-from pipeline.telemetry import Telemetry, redact, redact_text
+from pipeline.provenance import git_commit, versions
+from pipeline.ray_cluster import ensure_ray
+from pipeline.stage import Output, Params, Stage, StageContext, StageResult
+from pipeline.stages.evaluate import EvaluateFacts
+from pipeline.telemetry import Telemetry, TelemetrySpec, redact, redact_text
 
 
 class StageFailed(RuntimeError):
@@ -36,7 +38,7 @@ class StageOutcome:
     rows_quarantined: int
     seconds: float
     artifact: str
-    details: dict[str, Any] = field(default_factory=dict)
+    facts: Any = None
 
 
 @dataclass
@@ -48,14 +50,15 @@ class RunSummary:
 
     @property
     def model(self) -> dict[str, Any]:
-        evaluate = next((s for s in self.stages if s.name == "evaluate"), None)
-        return evaluate.details.get("registration", {}) if evaluate else {}
+        """The registration this run's evaluation made or found (empty if it did not get there)."""
+        facts = next((s.facts for s in self.stages if isinstance(s.facts, EvaluateFacts)), None)
+        return facts.registration.model_dump() if facts else {}
 
     def as_json(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
             "trace_id": self.trace_id,
-            "stages": [{k: v for k, v in asdict(s).items() if k != "details"} for s in self.stages],
+            "stages": [{k: v for k, v in asdict(s).items() if k != "facts"} for s in self.stages],
             "model_version": self.model.get("version"),
             "promoted": self.model.get("promoted"),
             "test_metrics": self.model.get("metrics", {}),
@@ -67,61 +70,61 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
-def cache_key(stage: Stage, config: PipelineConfig, inputs: dict[str, Artifact],
-              external: dict[str, str]) -> str:
-    """hash(stage name, code version, the config it reads, its inputs' fingerprints)."""
+@dataclass(frozen=True)
+class StageKey:
+    """A stage's cache key and what went into it."""
+
+    key: str
+    params: Params
+    external: dict[str, str]
+
+
+def stage_key(stage: Stage, config: PipelineConfig, inputs: dict[str, Output]) -> StageKey:
+    """hash(stage name, code version, the parameters it reads, its inputs' fingerprints)."""
+    params = stage.params.from_config(config)
+    external = stage.external_inputs(params) if stage.external_inputs else {}
     payload = {
         "stage": stage.name,
         "code": stage.code_version,
-        "config": _without_secrets(config.section(*stage.config_sections)),
-        "inputs": {name: artifact.fingerprint for name, artifact in sorted(inputs.items())},
+        "params": params.key_payload(),
+        "inputs": {name: output.artifact.fingerprint for name, output in sorted(inputs.items())},
         "external": external,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def stage_key(stage: Stage, config: PipelineConfig,
-              inputs: dict[str, Artifact]) -> tuple[str, dict[str, str]]:
-    """The stage's cache key for these inputs, and the external-input fingerprints it includes."""
-    external = stage.external_inputs(config) if stage.external_inputs else {}
-    return cache_key(stage, config, inputs, external), external
-
-
-def _without_secrets(section: Any) -> Any:
-    """Credentials must not change a cache key (rotating a key is not new data)."""
-    if isinstance(section, dict):
-        return {k: _without_secrets(v) for k, v in section.items() if k != "storage_options"}
-    return section
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+    return StageKey(key, params, external)
 
 
 class Runner:
-    def __init__(self, config: PipelineConfig, echo: Callable[[str], None] = print):
+    def __init__(self, config: PipelineConfig, echo: Callable[[str], None] = print,
+                 stages: tuple[Stage, ...] = STAGES):
+        check_order(stages)
         self.config = config
+        self.stages = stages
         self.store = ArtifactStore(config.artifact_root, config.storage_options)
         self.echo = echo
         self.run_id = new_run_id()
 
     def run(self, only: str | None = None) -> RunSummary:
         """Run the whole DAG, or with `only` one stage from its predecessors' published outputs."""
-        stages = [stage_by_name(only)] if only else STAGES
-        if only in (None, "ingest"):
+        stages = [stage_by_name(only, self.stages)] if only else self.stages
+        if only is None or not stages[0].inputs:
             self._prepare_source()
         run_dir = self._run_dir()
-        telemetry = Telemetry.start(environment.telemetry_spec(self.config, self.run_id, run_dir))
+        telemetry = Telemetry.start(self._telemetry_spec(run_dir))
         self.telemetry = telemetry  # after the run, telemetry.spans() holds the run's spans
         outcomes: list[StageOutcome] = []
-        record_path = self.store.path("runs", self.run_id, "run.json")
+        record_path = self.store.run_path(self.run_id, "run.json")
         trace_id, error = "", None
         try:
             with telemetry.span("run", {"run.id": self.run_id, "config.name": self.config.name,
                                         "config.digest": self.config.digest()}) as root:
                 trace_id = format(root.get_span_context().trace_id, "032x")
-                published: dict[str, Artifact] = {}
+                published: dict[str, Output] = {}
                 if only:
-                    published = self._published_upstream(stage_by_name(only))
+                    published = self._published_upstream(stages[0])
                 for stage in stages:
-                    outcome, artifact = self._run_stage(stage, published, telemetry, trace_id)
-                    published[stage.name] = artifact
+                    outcome, output = self._run_stage(stage, published, telemetry, trace_id)
+                    published[stage.name] = output
                     outcomes.append(outcome)
                     self.echo(_stage_line(outcome))
         except Exception as exc:
@@ -134,21 +137,22 @@ class Runner:
         return summary
 
     # -- one stage ---------------------------------------------------------------------------
-    def _run_stage(self, stage: Stage, upstream: dict[str, Artifact], telemetry: Telemetry,
-                   trace_id: str) -> tuple[StageOutcome, Artifact]:
-        inputs = {name: upstream[name] for name in stage.inputs}
-        key, external = stage_key(stage, self.config, inputs)
+    def _run_stage(self, stage: Stage, upstream: dict[str, Output], telemetry: Telemetry,
+                   trace_id: str) -> tuple[StageOutcome, Output]:
+        inputs = {up.name: upstream[up.name] for up in stage.inputs}
+        key = stage_key(stage, self.config, inputs)
         started = time.perf_counter()
         with telemetry.span(f"stage.{stage.name}", {"stage.name": stage.name,
-                                                     "stage.cache_key": key,
+                                                     "stage.cache_key": key.key,
                                                      "stage.code_version": stage.code_version}) as span:
-            artifact = self.store.find(stage.name, key)
+            artifact = self.store.find(stage.name, key.key)
             status = "cached" if artifact else "ran"
             if artifact is None:
-                artifact = self._compute(stage, key, inputs, external, telemetry, trace_id)
+                artifact = self._compute(stage, key, inputs, telemetry, trace_id)
             rows = artifact.manifest["rows"]
             ran = status == "ran"
-            io = {"bytes.read": sum(a.manifest["bytes"] for a in inputs.values()) if ran else 0,
+            io = {"bytes.read": sum(i.artifact.manifest["bytes"] for i in inputs.values())
+                  if ran else 0,
                   "bytes.written": artifact.manifest["bytes"] if ran else 0}
             span.set_attributes({"stage.status": status, "rows.in": rows["in"],
                                  "rows.out": rows["out"], "rows.quarantined": rows["quarantined"],
@@ -161,59 +165,66 @@ class Runner:
                     io["bytes.read"], labels)
                 telemetry.counter("pipeline.bytes.written", "By", "artifact bytes written").add(
                     io["bytes.written"], labels)
-        outcome = StageOutcome(stage.name, status, key, rows["in"], rows["out"], rows["quarantined"],
+        output = stage.output(artifact)
+        outcome = StageOutcome(stage.name, status, key.key, rows["in"], rows["out"], rows["quarantined"],
                                round(time.perf_counter() - started, 3),
-                               self.store.uri(artifact.uri), artifact.manifest.get("details", {}))
-        return outcome, artifact
+                               self.store.uri(artifact.uri), output.facts)
+        return outcome, output
 
-    def _compute(self, stage: Stage, key: str, inputs: dict[str, Artifact],
-                 external: dict[str, str], telemetry: Telemetry, trace_id: str) -> Artifact:
-        environment.ensure_ray(self.config)
-        staging = self.store.begin(stage.name, key, self.run_id)
-        self.echo(f"{stage.name:<10} running  (cache key {key})")
+    def _compute(self, stage: Stage, key: StageKey, inputs: dict[str, Output],
+                 telemetry: Telemetry, trace_id: str) -> Artifact:
+        ensure_ray(self.config.cluster)
+        staging = self.store.begin(stage.name, key.key, self.run_id)
+        self.echo(f"{stage.name:<10} running  (cache key {key.key})")
         started_at = datetime.now(timezone.utc)
         started = time.perf_counter()
-        context = StageContext(self.config, self.store, inputs, staging, telemetry, self.run_id, key)
+        context = StageContext(key.params, self.store, inputs, stage.files(staging), telemetry,
+                               self.run_id, key.key)
         try:
             result = stage.run(context)
+            if not isinstance(result.facts, stage.facts):
+                raise TypeError(f"returned {type(result.facts).__name__} facts, declared "
+                                f"{stage.facts.__name__}")
         except Exception as exc:
             self.store.abandon(staging)
             raise StageFailed(f"stage {stage.name} failed: {exc}") from exc
         _check_accounting(stage.name, result)
         fingerprint, size = self.store.fingerprint(staging)
-        manifest = self._manifest(stage, key, inputs, external, result, fingerprint, size,
-                                  started_at, time.perf_counter() - started, trace_id)
-        return self.store.publish(stage.name, key, staging, manifest)
+        manifest = self._manifest(stage, key, inputs, result, fingerprint, size, started_at,
+                                  time.perf_counter() - started, trace_id)
+        return self.store.publish(stage.name, key.key, staging, manifest)
 
-    def _manifest(self, stage: Stage, key: str, inputs: dict[str, Artifact],
-                  external: dict[str, str], result: StageResult, fingerprint: str, size: int,
-                  started_at: datetime, seconds: float, trace_id: str) -> dict[str, Any]:
+    def _manifest(self, stage: Stage, key: StageKey, inputs: dict[str, Output],
+                  result: StageResult, fingerprint: str, size: int, started_at: datetime,
+                  seconds: float, trace_id: str) -> dict[str, Any]:
         return redact({
             "stage": stage.name,
-            "cache_key": key,
+            "cache_key": key.key,
             "code_version": stage.code_version,
             "run_id": self.run_id,
             "trace_id": trace_id,
-            "inputs": {name: {"uri": self.store.uri(a.uri), "fingerprint": a.fingerprint,
-                              "cache_key": a.manifest["cache_key"]} for name, a in inputs.items()},
-            "external_inputs": external,
-            "config": self.config.section(*stage.config_sections),
+            "inputs": {name: {"uri": self.store.uri(i.artifact.uri),
+                              "fingerprint": i.artifact.fingerprint,
+                              "cache_key": i.artifact.manifest["cache_key"]}
+                       for name, i in inputs.items()},
+            "external_inputs": key.external,
+            "params": key.params.key_payload(),
             "rows": {"in": result.rows_in, "out": result.rows_out,
                      "quarantined": result.rows_quarantined},
             "schema": result.schema,
             "statistics": result.statistics,
-            "details": result.details,
+            "details": result.facts.model_dump(mode="json"),
             "fingerprint": fingerprint,
             "bytes": size,
             "timings": {"started_at": started_at.isoformat(), "seconds": round(seconds, 3)},
-            "versions": environment.versions(),
-            "git_commit": environment.git_commit(),
+            "versions": versions(),
+            "git_commit": git_commit(),
         })
 
-    def _published_upstream(self, target: Stage) -> dict[str, Artifact]:
+    def _published_upstream(self, target: Stage) -> dict[str, Output]:
         """The published outputs `target` reads, found by walking the DAG's cache keys."""
-        published = published_artifacts(self.config, self.store, until=target.name)
-        missing = next((s.name for s in STAGES if s.name not in published), None)
+        published = published_outputs(self.config, self.store, self.stages, until=target.name)
+        missing = next((s.name for s in self.stages if s.name not in published), None)
         if missing != target.name:
             raise StageFailed(
                 f"stage {target.name} needs the output of {missing} for this config, and there "
@@ -229,10 +240,24 @@ class Runner:
             self.echo(f"generated {generate.rows:,} {generate.kind} rows at {dataset.source}")
 
     # -- run record --------------------------------------------------------------------------
+    def _telemetry_spec(self, run_dir: Path) -> TelemetrySpec:
+        config = self.config
+        attributes = {
+            "run.id": self.run_id,
+            "config.name": config.name,
+            "config.digest": config.digest(),
+            **{f"stage.{s.name}.version": s.code_version for s in self.stages},
+            **config.telemetry.resource_attributes,
+        }
+        return TelemetrySpec(exporter=config.telemetry.exporter,
+                             endpoint=config.telemetry.endpoint,
+                             service_name=config.telemetry.service_name,
+                             resource_attributes=attributes, run_dir=str(run_dir))
+
     def _run_dir(self) -> Path:
         """Local folder for this run's span and metric files (uploaded to the root at the end)."""
         if self.store.is_local:
-            path = Path(self.store.path("runs", self.run_id))
+            path = Path(self.store.run_path(self.run_id))
         else:
             path = Path.home() / ".cache" / "raypipe" / "runs" / self.run_id
         path.mkdir(parents=True, exist_ok=True)
@@ -241,7 +266,7 @@ class Runner:
     def _write_run_record(self, record_path: str, summary: RunSummary, run_dir: Path,
                           error: str | None) -> None:
         if not self.store.is_local:
-            self.store.fs.put(str(run_dir) + "/", self.store.path("runs", self.run_id),
+            self.store.fs.put(str(run_dir) + "/", self.store.run_path(self.run_id),
                               recursive=True)
             shutil.rmtree(run_dir, ignore_errors=True)
         self.store.write_json(record_path, {
@@ -251,25 +276,26 @@ class Runner:
             "finished_at": datetime.now(timezone.utc).isoformat(),
             "complete": error is None,
             "error": redact_text(error) if error else None,
-            "versions": environment.versions(),
-            "git_commit": environment.git_commit(),
+            "versions": versions(),
+            "git_commit": git_commit(),
         })
-        self.store.write_json(self.store.path("runs", "latest.json"), {"run_id": self.run_id})
+        self.store.write_json(self.store.latest_run_path(), {"run_id": self.run_id})
 
 
-def published_artifacts(config: PipelineConfig, store: ArtifactStore,
-                        until: str | None = None) -> dict[str, Artifact]:
+def published_outputs(config: PipelineConfig, store: ArtifactStore,
+                      stages: tuple[Stage, ...] = STAGES,
+                      until: str | None = None) -> dict[str, Output]:
     """The outputs this config's stages have published, in DAG order, up to the first missing one
     (or up to, not including, stage `until`)."""
-    published: dict[str, Artifact] = {}
-    for stage in STAGES:
+    published: dict[str, Output] = {}
+    for stage in stages:
         if stage.name == until:
             break
-        key, _ = stage_key(stage, config, {name: published[name] for name in stage.inputs})
-        artifact = store.find(stage.name, key)
+        key = stage_key(stage, config, {up.name: published[up.name] for up in stage.inputs})
+        artifact = store.find(stage.name, key.key)
         if artifact is None:
             break
-        published[stage.name] = artifact
+        published[stage.name] = stage.output(artifact)
     return published
 
 

@@ -1,22 +1,35 @@
-"""The contract between the DAG runner and a stage.
+"""The contract between the DAG runner and a stage: typed ports.
 
-A stage is a pure description (name, inputs, the config sections it reads, the modules that are its
-code) plus one `run(ctx)` function that reads its input artifacts and writes into `ctx.output`.
-Everything cross-cutting (cache keys, manifests, atomic publish, spans, row accounting) belongs to
-the runner, so no stage can forget it.
+A stage declares
+- `params`: a pydantic model built from only the config it reads (`Params.from_config`). `run` is
+  handed that model and never the config, and the cache key hashes it, so the key changes exactly
+  when what the stage reads changes;
+- `files` and `facts`: its output, a file layout (`Folder`s named once, for the writer and every
+  reader) and the typed facts the manifest's `details` holds;
+- `inputs`: the upstream stages it reads; their outputs arrive typed (`ctx.input(FEATURIZE)`);
+- `explain`: what its own output says about one row, which `pipeline trace` assembles.
+
+Its code version is derived, never declared: the hash of its module and of every module of the
+package that module imports, transitively. Everything cross-cutting (cache keys, manifests, atomic
+publish, spans, row accounting) belongs to the runner, so no stage can forget it.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
-import importlib
-import inspect
+import importlib.util
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict
+
+from pipeline.telemetry import traced
 
 if TYPE_CHECKING:
     from pipeline.artifacts import Artifact, ArtifactStore
@@ -24,54 +37,151 @@ if TYPE_CHECKING:
     from pipeline.telemetry import Telemetry
 
 
+class Params(BaseModel):
+    """What a stage reads from the config, and all it is handed of it.
+
+    A field declared with `Field(exclude=True)` (credentials) is usable by the stage but is never
+    part of the cache key or a manifest: rotating a key is not new data.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig) -> Params:
+        raise NotImplementedError(f"{cls.__name__} must say how it is built from the config")
+
+    def key_payload(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class Facts(BaseModel):
+    """A stage's typed facts about its output: the manifest's `details`, read back typed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Folder:
+    """A path below a stage's output directory, spelled once for its writer and its readers."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, files: Files | None, owner: type | None = None) -> Any:
+        return self if files is None else posixpath.join(files.root, self.name)
+
+
+class Files:
+    """The file layout of one stage output directory; subclasses declare `Folder`s."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+
+P = TypeVar("P", bound=Params)
+F = TypeVar("F", bound=Files)
+D = TypeVar("D", bound=Facts)
+
+
+@dataclass(frozen=True)
+class Output(Generic[F, D]):
+    """A published stage output as a downstream stage sees it: where its files are, what it says."""
+
+    artifact: Artifact
+    files: F
+    facts: D
+
+    @property
+    def rows_out(self) -> int:
+        return self.artifact.manifest["rows"]["out"]
+
+
 @dataclass
-class StageContext:
-    config: PipelineConfig
+class StageResult(Generic[D]):
+    rows_in: int
+    rows_out: int
+    facts: D
+    rows_quarantined: int = 0
+    schema: dict[str, str] = field(default_factory=dict)
+    statistics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageContext(Generic[P, F]):
+    params: P
     store: ArtifactStore
-    inputs: dict[str, Artifact]
-    output: str
-    """Staging directory (a path on `store.fs`) the stage writes into; published when run returns."""
+    inputs: Mapping[str, Output]
+    output: F
+    """The staging directory's layout: what the stage writes, published when run returns."""
     telemetry: Telemetry
     run_id: str
     cache_key: str
 
-    def input_path(self, stage: str, *parts: str) -> str:
-        return posixpath.join(self.inputs[stage].uri, *parts)
+    def input(self, stage: Stage[Any, Any, Any]) -> Output:
+        return self.inputs[stage.name]
 
-
-@dataclass
-class StageResult:
-    rows_in: int
-    rows_out: int
-    rows_quarantined: int = 0
-    schema: dict[str, str] = field(default_factory=dict)
-    statistics: dict[str, Any] = field(default_factory=dict)
-    details: dict[str, Any] = field(default_factory=dict)
-    """Stage-specific facts for the manifest: quarantine reasons, audit report, metrics, version."""
+    def traced(self, work: Callable, span: str | None) -> Callable:
+        """`work` run in Ray (a task, a Ray Data function or class, a Train loop) inside a span
+        of this stage (see `pipeline.telemetry.traced`)."""
+        return traced(work, span, self.telemetry.carrier())
 
 
 @dataclass(frozen=True)
-class Stage:
+class RowQuestion:
+    """`pipeline trace`'s question to one stage: what does your output say about this row?"""
+
+    key_column: str
+    key: Any
+    params: Params
+    output: Output
+    inputs: Mapping[str, Output]
+    store: ArtifactStore
+
+    def input(self, stage: Stage[Any, Any, Any]) -> Output:
+        return self.inputs[stage.name]
+
+    def where(self) -> pc.Expression:
+        """The filter that picks this row out of a table."""
+        return pc.field(self.key_column) == self.key
+
+
+@dataclass(frozen=True, eq=False)
+class Stage(Generic[P, F, D]):
     name: str
-    inputs: tuple[str, ...]
-    config_sections: tuple[str, ...]
-    run: Callable[[StageContext], StageResult]
-    code_modules: tuple[str, ...]
-    """Modules whose code defines this stage's output; their source is its code version."""
-    external_inputs: Callable[[PipelineConfig], dict[str, str]] | None = None
-    """Fingerprints of inputs that come from outside the artifact store (the source dataset)."""
+    params: type[P]
+    files: type[F]
+    facts: type[D]
+    run: Callable[[StageContext[P, F]], StageResult[D]]
+    explain: Callable[[RowQuestion], list[str]]
+    inputs: tuple[Stage[Any, Any, Any], ...] = ()
+    external_inputs: Callable[[P], dict[str, str]] | None = None
+    """Fingerprints of inputs from outside the artifact store (the source dataset)."""
 
     @property
     def code_version(self) -> str:
-        return code_version(self.code_modules)
+        return code_version(self.run.__module__, self.upstream_modules)
+
+    @property
+    def upstream_modules(self) -> frozenset[str]:
+        """The modules of every stage this one reads from, directly or not."""
+        return frozenset(m for up in self.inputs for m in (up.run.__module__,
+                                                            *up.upstream_modules))
+
+    def output(self, artifact: Artifact) -> Output[F, D]:
+        return Output(artifact, self.files(artifact.uri),
+                      self.facts.model_validate(artifact.manifest["details"]))
 
 
 @cache
-def code_version(modules: tuple[str, ...]) -> str:
-    """Hash of the modules' syntax trees without docstrings: editing a comment is not a cache miss."""
+def code_version(module: str, upstream: frozenset[str] = frozenset()) -> str:
+    """Hash of `module` and every package module it imports, transitively, as syntax trees
+    without docstrings: editing a comment is not a cache miss, editing a helper is.
+
+    The walk does not enter `upstream` (the modules of the stages whose outputs this one reads):
+    their code shapes this stage only through their outputs, whose fingerprints are in its key.
+    """
     digest = hashlib.sha256()
-    for name in sorted(modules):
-        tree = ast.parse(inspect.getsource(importlib.import_module(name)))
+    for name in sorted(package_modules(module, upstream)):
+        tree = _tree(name)
         for node in ast.walk(tree):
             body = getattr(node, "body", None)
             if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
@@ -81,3 +191,49 @@ def code_version(modules: tuple[str, ...]) -> str:
         digest.update(name.encode())
         digest.update(ast.dump(tree).encode())
     return digest.hexdigest()[:12]
+
+
+def package_modules(module: str, upstream: frozenset[str] = frozenset()) -> set[str]:
+    """`module` and every module of its top-level package it imports, transitively (function-level
+    imports included), with the packages whose `__init__` such an import runs; `upstream` modules
+    and what only they import are left out."""
+    package = module.split(".")[0]
+    found: set[str] = set()
+    pending = [module]
+    while pending:
+        name = pending.pop()
+        if name in found or name in upstream or _origin(name) is None:
+            continue
+        found.add(name)
+        parts = name.split(".")
+        pending += [".".join(parts[:i]) for i in range(1, len(parts))]
+        pending += [m for m in _imports(name) if m.split(".")[0] == package]
+    return found
+
+
+def _imports(module: str) -> list[str]:
+    """Modules named by the import statements of `module` (`from a import b` yields a and a.b)."""
+    is_package = Path(_origin(module)).name == "__init__.py"
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    names = []
+    for node in ast.walk(_tree(module)):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            parent = base[:len(base) - node.level + 1] if node.level else []
+            source = ".".join([*parent, *(node.module.split(".") if node.module else [])])
+            names += [source, *(f"{source}.{alias.name}" for alias in node.names)]
+    return names
+
+
+def _tree(module: str) -> ast.Module:
+    return ast.parse(Path(_origin(module)).read_text())
+
+
+def _origin(module: str) -> str | None:
+    """The source file of a module, or None when the name is not a module (an imported name)."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    return spec.origin if spec and spec.origin and spec.origin.endswith(".py") else None

@@ -18,8 +18,9 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
 
-from pipeline.artifacts import Artifact, ArtifactStore
+from pipeline.artifacts import ArtifactStore
 from pipeline.config import load_config, parse_config
+from pipeline.datasets import write_partitioned
 from pipeline.datasets.rideshare import generate_rideshare
 from pipeline.features.audit import (
     AuditFailed,
@@ -31,7 +32,9 @@ from pipeline.features.audit import (
 )
 from pipeline.features.reference import reference_windows
 from pipeline.features.windows import compute_windows, window_specs
-from pipeline.stage import StageContext
+from pipeline.runner import Runner, published_outputs
+from pipeline.schema import Roles
+from pipeline.stage import Output, StageContext
 from pipeline.stages import featurize
 from pipeline.telemetry import Telemetry, TelemetrySpec
 from tests.conftest import SMOKE
@@ -70,22 +73,29 @@ def config(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def clean(config, tmp_path_factory) -> tuple[pa.Table, str]:
-    """The clean rows, and a validate artifact directory holding them hive-partitioned by day."""
+def clean(ray_session, config, tmp_path_factory) -> tuple[pa.Table, Output]:
+    """The clean rows as validate published them (ingest and validate run by the runner on a
+    source of synthetic trips), and validate's typed output, featurize's input."""
+    source = str(tmp_path_factory.mktemp("source") / "trips")
     rows = clean_rows(config)
-    directory = str(tmp_path_factory.mktemp("validate"))
-    pads.write_dataset(
-        rows.append_column("day", pc.strftime(rows["requested_at"], format="%Y-%m-%d")),
-        f"{directory}/clean", format="parquet",
-        partitioning=pads.partitioning(pa.schema([("day", pa.string())]), flavor="hive"))
-    return rows, directory
+    write_partitioned(rows.append_column("day", pc.strftime(rows["requested_at"],
+                                                            format="%Y-%m-%d")), source)
+    config = config.model_copy(update={"dataset": config.dataset.model_copy(
+        update={"source": source, "generate": None})})
+    runner = Runner(config, echo=lambda line: None)
+    runner.run(only="ingest")
+    runner.run(only="validate")
+    validate = published_outputs(config, runner.store)["validate"]
+    published = pads.dataset(validate.files.clean, format="parquet", partitioning="hive")
+    return published.to_table().drop_columns(["day"]), validate
 
 
-def run_stage(config, clean_dir: str, run_id: str):
+def run_stage(config, validate: Output, run_id: str):
+    """The stage's run() as the runner calls it: typed parameters and input, a staging folder."""
     store = ArtifactStore(config.artifact_root)
-    validate = Artifact("validate", clean_dir, {"fingerprint": "f", "cache_key": "k"})
     staging = store.begin("featurize", "key", run_id)
-    context = StageContext(config, store, {"validate": validate}, staging,
+    context = StageContext(featurize.FeaturizeParams.from_config(config), store,
+                           {"validate": validate}, featurize.STAGE.files(staging),
                            Telemetry.start(TelemetrySpec(exporter="none")), run_id, "c0ffee42")
     return featurize.STAGE.run(context), f"{staging}/data"
 
@@ -100,7 +110,7 @@ def test_stage_output_equals_one_pass_over_all_rows(honest, config, clean):
     result, output = honest
     rows = clean[0]
     assert result.rows_in == result.rows_out == rows.num_rows == output.num_rows
-    assert result.details["chunks"] > 50  # 6h chunks over two weeks: windows cross many
+    assert result.facts.chunks > 50  # 6h chunks over two weeks: windows cross many
     specs = window_specs(config)
     key, t = config.dataset.row_key, config.dataset.event_time
     expected = compute_windows(rows, rows, specs, event_time=t, row_key=key)
@@ -112,7 +122,7 @@ def test_stage_output_equals_one_pass_over_all_rows(honest, config, clean):
         got = output[spec.name].to_pylist()
         bad = [(k, g, w) for k, g, w in zip(output[key].to_pylist(), got, want) if not agree(g, w)]
         assert not bad, f"{spec.name}: {bad[:5]}"
-    assert result.details["null_values_skipped"] == expected.nulls_skipped
+    assert result.facts.null_values_skipped == expected.nulls_skipped
 
 
 def test_stage_agrees_with_the_brute_force_loop_on_a_sample(honest, config, clean):
@@ -129,29 +139,29 @@ def test_stage_agrees_with_the_brute_force_loop_on_a_sample(honest, config, clea
 
 def test_training_table_columns_and_packed_tensor(honest, config):
     result, output = honest
-    details = result.details
+    details = result.facts
     numeric = list(config.features.numeric)
     names = [spec.name for spec in window_specs(config)]
-    assert details["feature_columns"] == numeric + names
-    assert details["categorical_columns"] == list(config.features.categorical)
+    assert details.feature_columns == numeric + names
+    assert details.categorical_columns == list(config.features.categorical)
     dataset = config.dataset
     for column in (dataset.row_key, dataset.event_time, dataset.label, dataset.label_available_at,
                    *config.features.categorical, *names, "features"):
         assert column in output.column_names
     assert output.schema.field("features").type == pa.list_(pa.float32(), len(numeric + names))
     packed = np.stack(output["features"].to_numpy(zero_copy_only=False))
-    for j, name in enumerate(details["feature_columns"]):
+    for j, name in enumerate(details.feature_columns):
         column = pc.fill_null(pc.cast(output[name], pa.float32()), math.nan).to_numpy()
         np.testing.assert_array_equal(packed[:, j], column)
     assert output.schema.field(names[1]).type == pa.int64()  # a count
-    assert set(result.statistics) == set(details["feature_columns"])
+    assert set(result.statistics) == set(details.feature_columns)
     assert set(result.statistics[names[0]]) == {"null_share", "mean", "min", "max"}
-    assert details["null_values_skipped"].keys() == {s.name for s in window_specs(config)
+    assert details.null_values_skipped.keys() == {s.name for s in window_specs(config)
                                                       if s.column}
 
 
 def test_audit_runs_on_the_configured_sample_and_passes(honest, config):
-    audit = honest[0].details["audit"]
+    audit = honest[0].facts.audit
     assert audit["sampled"] == config.features.audit_sample
     assert audit["mismatches"] == 0
     assert audit["compared"] == audit["sampled"] * len(config.features.windows)
@@ -198,7 +208,7 @@ def test_audit_catches_a_lookback_that_is_too_short(ray_session, config, clean, 
 
 def test_audit_does_not_trust_the_declared_available_at(config, clean):
     """Even given the leaky specs, the audit blanks label-time values not yet known: caught."""
-    rows, directory = clean
+    rows, validate = clean
     dataset = config.dataset
     leaky = [dataclasses.replace(spec, available_at=dataset.event_time)
              for spec in window_specs(config)]
@@ -207,10 +217,12 @@ def test_audit_does_not_trust_the_declared_available_at(config, clean):
     picked = pa.array(np.random.default_rng(1).choice(rows.num_rows, 40, replace=False))
     sample = pa.table({dataset.row_key: rows[dataset.row_key],
                        dataset.event_time: rows[dataset.event_time], **leaked}).take(picked)
-    clean_dataset = pads.dataset(f"{directory}/clean", format="parquet",
+    clean_dataset = pads.dataset(validate.files.clean, format="parquet",
                                  partitioning=pads.partitioning(
                                      pa.schema([("day", pa.string())]), flavor="hive"))
-    mismatches, compared = audit_batch(clean_dataset, "day", sample, leaky, config)
+    label_time = {n for n, spec in dataset.columns.items() if spec.known_at == "label"}
+    mismatches, compared = audit_batch(clean_dataset, "day", sample, leaky, Roles.of(dataset),
+                                       label_time, config.validate_.max_label_delay)
     assert compared == 40 * len(leaky)
     assert {m.feature for m in mismatches} >= {s.name for s in leaky
                                                 if s.column == "pace_min_per_km"

@@ -15,15 +15,17 @@ from pipeline.telemetry import (
     REDACTED,
     Telemetry,
     TelemetrySpec,
+    redact,
+    redact_text,
+    worker_meter,
+    worker_span,
+)
+from pipeline.telemetry.profile import (
     build_profile,
     load_run_spans,
     profile_run,
-    redact,
-    redact_text,
     render_table,
     render_timeline_png,
-    worker_meter,
-    worker_span,
 )
 
 try:
@@ -195,16 +197,16 @@ def test_none_exporter_is_a_cheap_no_op(ray_session):
         ray.get(traced_chunk.remote(carrier, 0))
         tel.counter("pipeline.rows").add(1)
     tel.shutdown()
-    assert tel.spans() == [] and tel.metrics() == [] and tel.current_trace_id() is None
+    assert tel.spans() == [] and tel.metrics() == []
 
 
 def test_telemetry_runs_are_independent_in_one_process(tmp_path):
     first = Telemetry.start(TelemetrySpec(exporter="memory"))
     second = Telemetry.start(TelemetrySpec(exporter="jsonl", run_dir=str(tmp_path)))
-    with first.span("run"):
-        trace_id = first.current_trace_id()
-    with second.span("run"):
-        assert second.current_trace_id() != trace_id
+    with first.span("run") as span:
+        trace_id = span.get_span_context().trace_id
+    with second.span("run") as span:
+        assert span.get_span_context().trace_id != trace_id
     first.shutdown()
     second.shutdown()
     second.shutdown()  # idempotent

@@ -2,9 +2,9 @@
 Ray Train on 1 and 2 workers, reproducible weights, a real worker death resumed from a checkpoint,
 and the saved model's predictor.
 
-Until the featurize stage is wired in, the input is a hand-built featurize artifact that follows
-its contract (packed `features` fixed-size list, raw categorical columns, manifest details), and
-the stage's `run(ctx)` is called with a StageContext built here, on the session's shared Ray.
+The input is the featurize output the shared smoke run published, read back typed as the runner
+hands it to train; the stage's `run(ctx)` is called with a StageContext built here (other worker
+counts, a planted worker kill), on the session's shared Ray.
 """
 
 from __future__ import annotations
@@ -16,23 +16,23 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.artifacts import Artifact, ArtifactStore
+from pipeline.artifacts import ArtifactStore
 from pipeline.config import SplitConfig, load_config
 from pipeline.model.loop import KILL_ENV
 from pipeline.model.metrics import auc, compute_metrics
 from pipeline.model.predictor import load_predictor
 from pipeline.model.preprocessing import fit_preprocessor
-from pipeline.model.splits import assign_splits, split_table
+from pipeline.model.splits import assign_splits, with_splits
 from pipeline.stage import StageContext
 from pipeline.telemetry import Telemetry, TelemetrySpec
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
-FEATURE_COLUMNS = ["distance_km", "hour_of_day", "zone_trips_so_far_today"]
 UTC = timezone.utc
 
 
@@ -67,8 +67,8 @@ def test_every_row_gets_a_split_or_a_reason():
     assert all((s is None) != (r is None) for s, r in zip(splits, reasons)), "exactly one of both"
 
     table = pa.table({"trip_id": pa.array(range(len(cases))), "at": events, "done": labels})
-    written = split_table(table, "trip_id", "at", "done", SPLIT)
-    assert written.column_names == ["trip_id", "split", "reason"]
+    written = with_splits(table, "at", "done", SPLIT)
+    assert written.column_names == ["trip_id", "at", "done", "split", "reason"]
     assert written["split"].to_pylist() == [c[2] for c in cases]
 
 
@@ -109,108 +109,65 @@ def test_metrics_match_definitions():
     assert regression["rmse"] == pytest.approx(np.sqrt(5 / 3))
 
 
-# -- a featurize artifact that follows the contract --------------------------------------------
-def _featurized_table(rows: int = 20_000) -> pa.Table:
-    from pipeline.datasets.rideshare import generate_rideshare
-
-    config = load_config(SMOKE)
-    trips = generate_rideshare(rows, config.dataset.start, config.dataset.end, seed=7)
-    keep = pc.and_(pc.is_valid(trips["pickup_zone"]), pc.is_valid(trips["distance_km"]))
-    keep = pc.and_(keep, pc.greater(trips["distance_km"], 0))
-    keep = pc.and_(keep, pc.greater(trips["completed_at"], trips["requested_at"]))
-    keep = pc.and_(keep, pc.less(trips["requested_at"], pa.scalar(config.dataset.end,
-                                                                  pa.timestamp("us", "UTC"))))
-    trips = trips.filter(keep)
-    _, first = np.unique(trips["trip_id"].to_numpy(), return_index=True)
-    trips = trips.take(pa.array(np.sort(first)))  # drop replayed duplicates
-
-    requested = trips["requested_at"].cast(pa.int64()).to_numpy()
-    hour = (requested // 3_600_000_000) % 24
-    day = requested // 86_400_000_000
-    zone = trips["pickup_zone"].to_numpy()
-    # a point-in-time count: earlier trips from the same zone on the same day (strictly before)
-    order = np.lexsort((requested, zone, day))
-    group = np.r_[True, (np.diff(zone[order]) != 0) | (np.diff(day[order]) != 0)]
-    running = np.arange(len(order)) - np.maximum.accumulate(np.where(group, np.arange(len(order)), 0))
-    so_far = np.empty(len(order), dtype=np.float64)
-    so_far[order] = running
-    hour_feature = hour.astype(np.float64)
-    hour_feature[::97] = np.nan  # missing values: NaN inside the packed list
-    packed = np.stack([trips["distance_km"].to_numpy(), hour_feature, so_far], axis=1)
-    features = pa.FixedSizeListArray.from_arrays(pa.array(packed.ravel().astype(np.float32)), 3)
-    table = trips.select(["trip_id", "requested_at", "completed_at", "duration_min",
-                          "pickup_zone", "dropoff_zone", "distance_km"])
-    table = table.append_column("hour_of_day", pa.array(hour_feature))
-    table = table.append_column("zone_trips_so_far_today", pa.array(so_far))
-    return table.append_column("features", features)
-
-
+# -- the train stage's input: the shared smoke run's published featurize output --------------
 @pytest.fixture(scope="module")
-def featurized(tmp_path_factory) -> tuple[pa.Table, Path]:
-    """The table, written as a published featurize output (4 files) under a shared root."""
-    table = _featurized_table()
-    root = tmp_path_factory.mktemp("train-input")
-    data = root / "stages" / "featurize" / "fake" / "data"
-    data.mkdir(parents=True)
-    for i, part in enumerate(np.array_split(np.arange(table.num_rows), 4)):
-        pq.write_table(table.take(pa.array(part)), data / f"part-{i}.parquet")
-    return table, root
+def featurized(smoke_run):
+    """The featurize output the smoke run published, typed as train reads it, and its rows."""
+    from pipeline.runner import published_outputs
+
+    config = load_config(SMOKE, smoke_run.overrides[1::2])
+    featurize = published_outputs(config, ArtifactStore(str(smoke_run.root)))["featurize"]
+    return featurize, pads.dataset(featurize.files.data, format="parquet").to_table()
 
 
-def _artifact(root: Path, table: pa.Table) -> Artifact:
-    return Artifact("featurize", str(root / "stages" / "featurize" / "fake"), {
-        "fingerprint": "fake", "cache_key": "fake",
-        "rows": {"in": table.num_rows, "out": table.num_rows, "quarantined": 0},
-        "details": {"feature_columns": FEATURE_COLUMNS,
-                    "categorical_columns": ["pickup_zone", "dropoff_zone"]},
-    })
+def _config(*overrides: str):
+    return load_config(SMOKE, ["train.epochs=2", *overrides])
 
 
-def _config(root: Path, *overrides: str):
-    return load_config(SMOKE, [f"artifact_root={root}", "train.epochs=2", *overrides])
+def run_train(root: Path, featurize, key: str, *overrides: str, telemetry=None):
+    """Call the stage's run() the way the runner does: typed parameters and inputs, a fresh
+    staging directory per key (under `root`, apart from the smoke run's artifacts)."""
+    from pipeline.stages.train import STAGE, TrainParams
 
-
-def run_train(root: Path, table: pa.Table, key: str, *overrides: str, telemetry=None):
-    """Call the stage's run() the way the runner does: a fresh staging directory per key."""
-    from pipeline.stages.train import STAGE
-
-    config = _config(root, *overrides)
     store = ArtifactStore(str(root))
     telemetry = telemetry or Telemetry.start(TelemetrySpec(exporter="none"))
     staging = store.begin("train", key, "test-run")
-    ctx = StageContext(config, store, {"featurize": _artifact(root, table)}, staging, telemetry,
-                       "test-run", key)
+    ctx = StageContext(TrainParams.from_config(_config(*overrides)), store,
+                       {"featurize": featurize}, STAGE.files(staging), telemetry, "test-run", key)
     result = STAGE.run(ctx)
     assert result.rows_in == result.rows_out + result.rows_quarantined
     return result, Path(staging), store
 
 
 @pytest.fixture(scope="module")
-def one_worker(ray_session, featurized):
-    table, root = featurized
+def one_worker(ray_session, featurized, tmp_path_factory):
     telemetry = Telemetry.start(TelemetrySpec(exporter="memory"))
     with telemetry.span("stage.train"):
-        result, output, store = run_train(root, table, "one-worker", telemetry=telemetry)
+        result, output, store = run_train(tmp_path_factory.mktemp("train"), featurized[0],
+                                          "one-worker", telemetry=telemetry)
     spans = telemetry.spans()
     telemetry.shutdown()
     return result, output, store, spans
 
 
 # -- preprocessing -----------------------------------------------------------------------------
-def test_preprocessing_is_fit_on_the_training_split_only(one_worker, featurized):
-    from pipeline.stages.train import fit_preprocessing, read_features
+def test_preprocessing_is_fit_on_the_training_split_only(one_worker, featurized, tmp_path):
+    from pipeline.stages.train import TrainParams, fit_preprocessing, split_rows
 
-    table, root = featurized
+    featurize, table = featurized
     _, output, store, _ = one_worker
-    config = _config(root)
-    categorical = ["pickup_zone", "dropoff_zone"]
+    config = _config()
+    categorical = featurize.facts.categorical_columns
+    feature_columns = featurize.facts.feature_columns
+    width = len(feature_columns)
     saved = json.loads((output / "model" / "preprocessing.json").read_text())
 
     # Rewrite every test-period row (absurd features, unseen zones, extreme labels) and refit.
     splits, _ = assign_splits(table["requested_at"], table["completed_at"], config.split)
     test = pa.array(splits == "test")
     n = table.num_rows
-    features = pa.FixedSizeListArray.from_arrays(pa.array(np.full(n * 3, 1e6, np.float32)), 3)
+    features = pa.FixedSizeListArray.from_arrays(pa.array(np.full(n * width, 1e6, np.float32)),
+                                                 width)
     changed = table.set_column(table.schema.get_field_index("features"), "features",
                                pc.if_else(test, features, table["features"]))
     for name, value in (("pickup_zone", 999), ("dropoff_zone", 998)):
@@ -218,21 +175,21 @@ def test_preprocessing_is_fit_on_the_training_split_only(one_worker, featurized)
                                      pc.if_else(test, pa.scalar(value, pa.int32()), changed[name]))
     changed = changed.set_column(changed.schema.get_field_index("duration_min"), "duration_min",
                                  pc.if_else(test, 1e9, changed["duration_min"]))
-    elsewhere = root / "changed"
-    elsewhere.mkdir()
     for i, part in enumerate(np.array_split(np.arange(n), 4)):
-        pq.write_table(changed.take(pa.array(part)), elsewhere / f"part-{i}.parquet")
-    rows = read_features(store, str(elsewhere), config, categorical)
-    refit = fit_preprocessing(rows, config, FEATURE_COLUMNS, categorical).to_json()
-    assert refit == saved, "test-period rows leaked into the preprocessing"
+        pq.write_table(changed.take(pa.array(part)), tmp_path / f"part-{i}.parquet")
+    params = TrainParams.from_config(config)
+    refit, _ = fit_preprocessing(split_rows(store, str(tmp_path), params, featurize.facts), params,
+                                 featurize.facts)
+    assert refit.to_json() == saved, "test-period rows leaked into the preprocessing"
 
     # ... and the saved preprocessing is exactly the brute-force fit on the training rows alone.
     train_rows = table.filter(pa.array(splits == "train"))
-    brute = fit_preprocessor(train_rows, FEATURE_COLUMNS, categorical, "duration_min", "regression")
+    brute = fit_preprocessor(train_rows, feature_columns, categorical, "duration_min", "regression")
     assert brute.fit_rows == saved["fit_rows"] == train_rows.num_rows
     np.testing.assert_allclose(saved["mean"], brute.mean, rtol=1e-9)
     np.testing.assert_allclose(saved["std"], brute.std, rtol=1e-9)
-    assert saved["mean"][1] == pytest.approx(np.nanmean(train_rows["hour_of_day"].to_numpy()))
+    first = feature_columns[0]
+    assert saved["mean"][0] == pytest.approx(np.nanmean(train_rows[first].to_numpy()))
     assert saved["categorical"] == brute.categorical
     assert saved["label_mean"] == pytest.approx(np.mean(train_rows["duration_min"].to_numpy()))
     json.dumps(saved, allow_nan=False)  # plain JSON
@@ -257,32 +214,32 @@ def test_vocabulary_codes_and_missing_values():
 # -- training through Ray Train ----------------------------------------------------------------
 def test_train_one_worker_writes_model_splits_and_spans(one_worker, featurized):
     result, output, _, spans = one_worker
-    table, _ = featurized
-    details = result.details
-    assert details["worker_count"] == 1 and details["device"] == "cpu"
-    assert details["epochs_run"] == 2 and details["restarts"] == 0
-    assert 1 <= details["best_epoch"] <= 2
-    assert details["train_rows"] > 0 and details["validation_rows"] > 0
-    assert details["train_rows_consumed"] == details["train_rows"]
+    featurize, table = featurized
+    details = result.facts
+    assert details.worker_count == 1 and details.device == "cpu"
+    assert details.epochs_run == 2 and details.restarts == 0
+    assert 1 <= details.best_epoch <= 2
+    assert details.splits["train"] > 0 and details.splits["validation"] > 0
+    assert details.train_rows_consumed == details.splits["train"]
     assert result.rows_in == table.num_rows
-    assert set(details["excluded"]) <= {"label_after_cutoff", "embargo"}
-    assert details["excluded"]["embargo"] > 0 and details["excluded"]["label_after_cutoff"] > 0
-    assert details["samples_per_second"] > 0
-    assert {"mae", "rmse", "loss"} <= set(details["metrics"])
+    assert set(details.excluded) <= {"label_after_cutoff", "embargo"}
+    assert details.excluded["embargo"] > 0 and details.excluded["label_after_cutoff"] > 0
+    assert details.samples_per_second > 0
+    assert {"mae", "rmse", "loss"} <= set(details.metrics)
 
     splits = pq.read_table(output / "splits")
     assert splits.num_rows == table.num_rows
     assert sorted(splits["trip_id"].to_pylist()) == sorted(table["trip_id"].to_pylist())
     counted = pc.value_counts(pc.coalesce(splits["split"], splits["reason"])).to_pylist()
-    assert {c["values"]: c["counts"] for c in counted} == {**details["splits"],
-                                                          **details["excluded"]}
+    assert {c["values"]: c["counts"] for c in counted} == {**details.splits,
+                                                          **details.excluded}
 
     model = output / "model"
     assert {p.name for p in model.iterdir()} == {"weights.pt", "model.json", "preprocessing.json",
                                                  "history.json"}
     meta = json.loads((model / "model.json").read_text())
-    assert meta["feature_columns"] == FEATURE_COLUMNS and meta["task"] == "regression"
-    assert meta["best_epoch"] == details["best_epoch"]
+    assert meta["feature_columns"] == featurize.facts.feature_columns and meta["task"] == "regression"
+    assert meta["best_epoch"] == details.best_epoch
     history = json.loads((model / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
 
@@ -296,15 +253,15 @@ def test_train_one_worker_writes_model_splits_and_spans(one_worker, featurized):
 
 def test_predictor_round_trip(one_worker, featurized):
     result, output, store, _ = one_worker
-    table, _ = featurized
+    _, table = featurized
     predictor = load_predictor(store.fs, str(output / "model"))
-    config = _config(Path("/unused"))
+    config = _config()
     splits, _ = assign_splits(table["requested_at"], table["completed_at"], config.split)
     validation = table.filter(pa.array(splits == "validation"))
     predicted = predictor.predict(validation)
     assert predicted.shape == (validation.num_rows,) and np.isfinite(predicted).all()
     metrics = compute_metrics("regression", validation["duration_min"].to_numpy(), predicted)
-    assert metrics["rmse"] == pytest.approx(result.details["metrics"]["rmse"], rel=1e-4)
+    assert metrics["rmse"] == pytest.approx(result.facts.metrics["rmse"], rel=1e-4)
     baseline = compute_metrics("regression", validation["duration_min"].to_numpy(),
                                np.full(validation.num_rows, predictor.preprocessor.label_mean))
     assert metrics["rmse"] < baseline["rmse"], "the model beats the training mean"
@@ -314,37 +271,36 @@ def test_predictor_round_trip(one_worker, featurized):
 
 
 @pytest.fixture(scope="module")
-def two_workers(ray_session, featurized):
-    table, root = featurized
-    return run_train(root, table, "two-workers", "train.num_workers=2")
+def two_workers(ray_session, featurized, tmp_path_factory):
+    return run_train(tmp_path_factory.mktemp("train"), featurized[0], "two-workers",
+                     "train.num_workers=2")
 
 
 @pytest.fixture(scope="module")
-def two_workers_one_killed(ray_session, featurized):
+def two_workers_one_killed(ray_session, featurized, tmp_path_factory):
     """The same run as `two_workers`, but rank 1 SIGKILLs itself after epoch 1's checkpoint."""
-    table, root = featurized
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(KILL_ENV, "1")
-        return run_train(root, table, "two-workers-killed", "train.num_workers=2",
+        return run_train(tmp_path_factory.mktemp("train"), featurized[0], "two-workers-killed", "train.num_workers=2",
                          "train.max_failures=1")
 
 
 def test_two_workers_train_on_equal_shards(two_workers):
     result, output, _ = two_workers
-    details = result.details
-    assert details["worker_count"] == 2 and details["restarts"] == 0
+    details = result.facts
+    assert details.worker_count == 2 and details.restarts == 0
     history = json.loads((output / "model" / "history.json").read_text())
     assert [h["world_size"] for h in history] == [2, 2]
     # equal shards: at most one row dropped so that both ranks take the same number of steps
-    assert details["train_rows"] - 1 <= details["train_rows_consumed"] <= details["train_rows"]
-    assert np.isfinite(details["metrics"]["rmse"])
+    assert details.splits["train"] - 1 <= details.train_rows_consumed <= details.splits["train"]
+    assert np.isfinite(details.metrics["rmse"])
 
 
 def test_killed_worker_resumes_from_its_checkpoint(two_workers_one_killed):
     result, output, _ = two_workers_one_killed
-    details = result.details
-    assert details["restarts"] >= 1
-    assert details["epochs_run"] == 2
+    details = result.facts
+    assert details.restarts >= 1
+    assert details.epochs_run == 2
     history = json.loads((output / "model" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
     assert [h["attempt"] for h in history] == [0, 1], "epoch 2 ran in the restarted worker group"
@@ -355,22 +311,22 @@ def test_same_inputs_seed_and_workers_give_identical_weights(two_workers, two_wo
     run even lost a worker after epoch 1: seeds per (epoch, rank) and an order-preserving shard
     split make a resumed epoch draw exactly what an uninterrupted one would."""
     (first, first_dir, _), (second, second_dir, _) = two_workers, two_workers_one_killed
-    assert first.details["weights_sha256"] == second.details["weights_sha256"]
+    assert first.facts.weights_sha256 == second.facts.weights_sha256
     a = torch.load(first_dir / "model" / "weights.pt", weights_only=True)
     b = torch.load(second_dir / "model" / "weights.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_training(ray_session, featurized):
-    table, root = featurized
+def test_gpu_training(ray_session, featurized, tmp_path):
+    featurize, table = featurized
     gpu = load_config(REPO / "configs" / "gpu.yaml").train  # its train section on the smoke data
     overrides = [f"train.{k}={json.dumps(v)}" for k, v in gpu.model_dump(mode="json").items()]
-    result, output, _ = run_train(root, table, "gpu", *overrides)
-    assert result.details["device"] == "cuda"
-    assert result.details["epochs_run"] >= 1 and np.isfinite(result.details["metrics"]["rmse"])
+    result, output, _ = run_train(tmp_path, featurize, "gpu", *overrides)
+    assert result.facts.device == "cuda"
+    assert result.facts.epochs_run >= 1 and np.isfinite(result.facts.metrics["rmse"])
     history = json.loads((output / "model" / "history.json").read_text())
     assert {h["device"] for h in history} == {"cuda"}
     # the saved model loads and predicts on a machine without a GPU (weights saved on the CPU)
-    predictor = load_predictor(ArtifactStore(str(root)).fs, str(output / "model"))
+    predictor = load_predictor(ArtifactStore(str(tmp_path)).fs, str(output / "model"))
     assert np.isfinite(predictor.predict(table.slice(0, 100))).all()

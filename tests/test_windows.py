@@ -18,9 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.epoch import to_us
 from pipeline.features import windows
 from pipeline.features.audit import agree
-from pipeline.features.chunks import day_start_us, halo_us, plan_chunks
+from pipeline.features.chunks import halo_us, plan_chunks
 from pipeline.features.reference import reference_windows
 from pipeline.features.windows import WindowSpec, compute_windows, range_reduce
 
@@ -298,7 +299,7 @@ def test_chunks_with_their_halo_give_the_same_features(rows, specs, chunk_minute
 def test_plan_chunks_is_aligned_to_the_epoch_and_covers_each_day():
     day = T0.date()
     chunks = plan_chunks([day, day + timedelta(days=2)], 6 * 60 * MINUTE, 7 * MINUTE)
-    starts = [c.start_us - day_start_us(day) for c in chunks]
+    starts = [c.start_us - to_us(day) for c in chunks]
     hours = [s // (60 * MINUTE) for s in starts]
     assert hours == [0, 6, 12, 18, 48, 54, 60, 66]
     assert [c.index for c in chunks] == list(range(8))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -26,11 +26,11 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.config import PipelineConfig
+from pipeline.epoch import to_us
 from pipeline.features.reference import as_rows, reference_value
 from pipeline.features.windows import WindowSpec, micros
+from pipeline.schema import Roles
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 REL_TOL = 1e-9  # float features agree to this; counts and "no value" must match exactly
 ABS_TOL = 1e-9
 
@@ -116,30 +116,31 @@ def read_sample(fs: pafs.FileSystem, files: Sequence[SampledFile],
 
 
 def audit_batch(clean: pads.Dataset, partition: str, sample: pa.Table,
-                specs: Sequence[WindowSpec], config: PipelineConfig) -> tuple[list[Mismatch], int]:
+                specs: Sequence[WindowSpec], roles: Roles, label_time: set[str],
+                max_label_delay: timedelta) -> tuple[list[Mismatch], int]:
     """Recompute every feature of the sampled rows; return the differences and values compared.
 
     `sample` holds the stage's output rows: row key, event time and one column per feature.
+    `label_time` names the columns known only once the label is.
     """
-    dataset = config.dataset
-    rows = _clean_rows(clean, partition, sample, specs, dataset.row_key, dataset.event_time)
-    stage = {row[dataset.row_key]: row for row in sample.to_pylist()}
+    rows = _clean_rows(clean, partition, sample, specs, roles.row_key, roles.event_time)
+    stage = {row[roles.row_key]: row for row in sample.to_pylist()}
     mismatches, compared = [], 0
-    past = _past_rows(clean, partition, rows, specs, config)
+    past = _past_rows(clean, partition, rows, specs, roles, max_label_delay)
     for entity in dict.fromkeys(spec.entity for spec in specs):
         group = [spec for spec in specs if spec.entity == entity]
-        histories = _by_entity(past, entity, set(_keys(rows, entity)), config)
+        histories = _by_entity(past, entity, set(_keys(rows, entity)), roles, label_time)
         for row, key in zip(rows.to_pylist(), _keys(rows, entity)):
             history = histories.get(key)
-            output = stage[row[dataset.row_key]]
-            query = {**row, dataset.event_time: _micros(row[dataset.event_time])}
+            output = stage[row[roles.row_key]]
+            query = {**row, roles.event_time: to_us(row[roles.event_time])}
             for spec in group:
-                known = history.known_at(query[dataset.event_time], spec) if history else []
-                audit_value = reference_value(known, query, spec, event_time=dataset.event_time,
-                                              row_key=dataset.row_key)
+                known = history.known_at(query[roles.event_time], spec) if history else []
+                audit_value = reference_value(known, query, spec, event_time=roles.event_time,
+                                              row_key=roles.row_key)
                 if not agree(output[spec.name], audit_value):
-                    mismatches.append(Mismatch(spec.name, row[dataset.row_key],
-                                               row[dataset.event_time].isoformat(),
+                    mismatches.append(Mismatch(spec.name, row[roles.row_key],
+                                               row[roles.event_time].isoformat(),
                                                output[spec.name], audit_value))
                 compared += 1
     return mismatches, compared
@@ -159,27 +160,26 @@ def _clean_rows(clean: pads.Dataset, partition: str, sample: pa.Table,
 
 
 def _past_rows(clean: pads.Dataset, partition: str, rows: pa.Table, specs: Sequence[WindowSpec],
-               config: PipelineConfig) -> pa.Table:
+               roles: Roles, max_label_delay: timedelta) -> pa.Table:
     """Clean rows of the sampled rows' entities that might feed their windows, in one scan.
 
     For an entity's features that is event time in [min(t) - reach, max(t)), where reach is their
     longest window plus validate's max_label_delay (no label arrives later after its event).
     """
-    dataset = config.dataset
-    times = rows[dataset.event_time]
+    times = rows[roles.event_time]
     end, where, first = pc.max(times).as_py(), None, None
     for entity in dict.fromkeys(spec.entity for spec in specs):
         reach = max(s.window for s in specs if s.entity == entity)
-        start = pc.min(times).as_py() - reach - config.validate_.max_label_delay
+        start = pc.min(times).as_py() - reach - max_label_delay
         first = start if first is None else min(first, start)
-        match = pads.field(dataset.event_time) >= start
+        match = pads.field(roles.event_time) >= start
         for name in entity:
             match &= pads.field(name).isin(pc.drop_null(rows[name]))
         where = match if where is None else where | match
     where &= ((pads.field(partition) >= first.date().isoformat())
               & (pads.field(partition) <= end.date().isoformat())
-              & (pads.field(dataset.event_time) < end))
-    columns = [dataset.row_key, dataset.event_time, dataset.label_available_at,
+              & (pads.field(roles.event_time) < end))
+    columns = [roles.row_key, roles.event_time, roles.label_available_at,
                *(c for s in specs for c in (*s.entity, s.available_at)),
                *(s.column for s in specs if s.column)]
     # one chunk: taking each entity's rows from a many-chunk table is several times slower
@@ -195,42 +195,39 @@ class _History:
     """The clean rows of one entity value, with their times in microseconds for quick masks."""
 
     rows: pa.Table
-    config: PipelineConfig
+    roles: Roles
+    label_time: set[str]
 
     def __post_init__(self) -> None:
-        dataset = self.config.dataset
+        roles = self.roles
         self.micros = {name: micros(self.rows[name])
-                       for name in (dataset.event_time, dataset.label_available_at)}
+                       for name in (roles.event_time, roles.label_available_at)}
 
     def known_at(self, t: int, spec: WindowSpec) -> list[dict]:
         """What existed at time t and may fall in the window, label-time values not yet known
         blanked: rows whose event time is before t and that were available since t - W (the
         narrowing only spares the reference loop rows it would skip anyway)."""
-        dataset = self.config.dataset
-        near = ((self.micros[dataset.event_time] < t)
+        roles = self.roles
+        near = ((self.micros[roles.event_time] < t)
                 & (self.micros[spec.available_at] >= t - spec.window_us))
-        columns = dict.fromkeys([dataset.row_key, *spec.entity, spec.available_at,
+        columns = dict.fromkeys([roles.row_key, *spec.entity, spec.available_at,
                                  *([spec.column] if spec.column else []),
-                                 dataset.label_available_at])
+                                 roles.label_available_at])
         rows = self.rows.select(list(columns)).take(pa.array(np.flatnonzero(near), pa.int64()))
-        unknown = micros(rows[dataset.label_available_at]) >= t  # NEVER when null: unknown
+        unknown = micros(rows[roles.label_available_at]) >= t  # NEVER when null: unknown
         for name in rows.column_names:
-            if self.config.dataset.columns[name].known_at == "label":
+            if name in self.label_time:
                 column = rows[name]
                 rows = rows.set_column(rows.schema.get_field_index(name), name, pc.if_else(
                     pa.array(unknown), pa.scalar(None, column.type), column))
         return as_rows(rows)
 
 
-def _by_entity(past: pa.Table, entity: tuple[str, ...], wanted: set[tuple],
-               config: PipelineConfig) -> dict[tuple, _History]:
+def _by_entity(past: pa.Table, entity: tuple[str, ...], wanted: set[tuple], roles: Roles,
+               label_time: set[str]) -> dict[tuple, _History]:
     """The past rows of each wanted entity value (a null value matches nothing: left out)."""
     numbered = past.append_column("_row", pa.array(np.arange(past.num_rows), pa.int64()))
     groups = numbered.group_by(list(entity)).aggregate([("_row", "list")])
-    return {key: _History(past.take(rows.values), config)
+    return {key: _History(past.take(rows.values), roles, label_time)
             for key, rows in zip(_keys(groups, entity), groups["_row_list"])
             if key in wanted and None not in key}
-
-
-def _micros(moment: datetime) -> int:
-    return (moment - EPOCH) // timedelta(microseconds=1)

@@ -13,16 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, timedelta
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from pipeline.epoch import US_PER_DAY, from_us, to_us
 from pipeline.features.windows import WindowSpec
-
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-US_PER_DAY = 86_400_000_000
 
 
 @dataclass(frozen=True)
@@ -38,7 +36,7 @@ class Chunk:
 def halo_us(specs: Sequence[WindowSpec], label_available_at: str,
             max_label_delay: timedelta) -> int:
     """How far before a chunk its sources' event times can lie."""
-    delay = max_label_delay // timedelta(microseconds=1)
+    delay = to_us(max_label_delay)
     return max((spec.window_us + (delay if spec.available_at == label_available_at else 0)
                 for spec in specs), default=0)
 
@@ -51,16 +49,11 @@ def plan_chunks(days: Sequence[date], chunk_us: int, halo: int) -> list[Chunk]:
     """
     starts = set()
     for day in days:
-        day_us = day_start_us(day)
+        day_us = to_us(day)
         first = day_us - day_us % chunk_us
         starts.update(range(first, day_us + US_PER_DAY, chunk_us))
     return [Chunk(index, start, start + chunk_us, start - halo)
             for index, start in enumerate(sorted(starts))]
-
-
-def day_start_us(day: date) -> int:
-    return (datetime(day.year, day.month, day.day, tzinfo=timezone.utc) - EPOCH) // \
-        timedelta(microseconds=1)
 
 
 def event_time_filter(event_time: str, partition: str, start_us: int,
@@ -74,4 +67,4 @@ def event_time_filter(event_time: str, partition: str, start_us: int,
 
 
 def _day(micros: int) -> str:
-    return (EPOCH + timedelta(microseconds=micros)).date().isoformat()
+    return from_us(micros).date().isoformat()

@@ -23,6 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.epoch import column_us, to_us
+
 if TYPE_CHECKING:
     from pipeline.config import PipelineConfig
 
@@ -61,7 +63,7 @@ def window_specs(config: PipelineConfig) -> list[WindowSpec]:
             entity=tuple(feature.entity),
             column=feature.column,
             agg=feature.agg,
-            window_us=feature.window // timedelta(microseconds=1),
+            window_us=to_us(feature.window),
             available_at=config.available_at(feature),
         ))
     return specs
@@ -106,11 +108,7 @@ def compute_windows(sources: pa.Table, queries: pa.Table, specs: Sequence[Window
 
 def micros(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Times as int64 microseconds since the epoch; a null time becomes NEVER."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if pa.types.is_timestamp(column.type) and column.type.unit != "us":
-        column = column.cast(pa.timestamp("us", tz=column.type.tz))
-    return pc.fill_null(column.cast(pa.int64()), NEVER).to_numpy()
+    return column_us(column, missing=NEVER)
 
 
 def entity_codes(sources: pa.Table, queries: pa.Table,

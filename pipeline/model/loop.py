@@ -51,7 +51,6 @@ class LoopConfig:
     seed: int
     label_mean: float = 0.0
     label_std: float = 1.0
-    carrier: dict | None = None
     prefetch_batches: int = 1
     fetch_rows: int = 65_536
     """Rows Ray Data hands over at a time; the loop cuts them into `batch_size` steps."""
@@ -130,7 +129,7 @@ def train_loop_per_worker(train_loop_config: dict[str, Any]) -> dict[str, Any]:
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     loss_fn = nn.MSELoss() if config.task == "regression" else nn.BCEWithLogitsLoss()
-    batch_seconds = worker_meter(config.carrier).create_histogram(
+    batch_seconds = worker_meter().create_histogram(
         "train.batch_seconds", unit="s", description="wall time per training batch, data included")
 
     train_shard = ray.train.get_dataset_shard("train")
@@ -139,7 +138,7 @@ def train_loop_per_worker(train_loop_config: dict[str, Any]) -> dict[str, Any]:
         if state.stopped:
             break
         number = epoch + 1
-        with worker_span(config.carrier, "train.epoch",
+        with worker_span(None, "train.epoch",
                          {"rank": rank, "epoch": number, "world_size": world}) as span:
             _seed(config.seed, number, rank)
             train_loss, rows, seconds, first_batch_at = _train_epoch(
@@ -168,7 +167,7 @@ def train_loop_per_worker(train_loop_config: dict[str, Any]) -> dict[str, Any]:
             span.set_attributes({"train.rows": int(rows), "train.loss": record["train_loss"],
                                  "validation.loss": validation["loss"]})
 
-        with worker_span(config.carrier, "train.checkpoint", {"rank": rank, "epoch": number}):
+        with worker_span(None, "train.checkpoint", {"rank": rank, "epoch": number}):
             _report(network, optimizer, best_weights, state, record, rank)
         if config.kill_after_epoch == number and checkpoint is None and rank == world - 1:
             _die_after_checkpoint_is_registered()

@@ -23,21 +23,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-FEATURES = "features"
+from pipeline.packed import unpack
+
 FORMAT_VERSION = 1
-
-
-def packed_features(table: pa.Table, column: str = FEATURES) -> np.ndarray:
-    """The fixed-size-list feature column as a float64 (rows, n) matrix; nulls are NaN."""
-    values = table[column].combine_chunks()
-    if not pa.types.is_fixed_size_list(values.type):
-        raise TypeError(f"column {column!r} must be fixed_size_list<float>, got {values.type}")
-    width = values.type.list_size
-    if values.null_count:
-        raise ValueError(f"column {column!r} has {values.null_count} null lists; featurize must "
-                         "write NaN for a missing feature, never a null row")
-    flat = pc.fill_null(values.flatten(), float("nan")).to_numpy(zero_copy_only=False)
-    return flat.astype(np.float64, copy=False).reshape(len(values), width)
 
 
 @dataclass
@@ -99,7 +87,7 @@ class FitStatistics:
             kind = kinds[name] = _category_kind(table[name])
             distinct = pc.unique(_as_kind(table[name], kind)).drop_null()
             categories[name] = set(distinct.to_pylist())
-        return cls(_Moments.of(packed_features(table)), _Moments.of(labels[:, None]),
+        return cls(_Moments.of(unpack(table)), _Moments.of(labels[:, None]),
                    categories, kinds, table.num_rows)
 
     def merge(self, other: FitStatistics) -> FitStatistics:
@@ -113,6 +101,11 @@ class FitStatistics:
             categories[name] = {str(v) for v in values} if kind == "string" else values
         return FitStatistics(self.features.merge(other.features), self.label.merge(other.label),
                              categories, kinds, self.rows + other.rows)
+
+    @property
+    def label_mean(self) -> float:
+        """The mean label of the rows seen (for a binary label, the positive rate)."""
+        return float(self.label.mean[0])
 
     def finish(self, feature_columns: list[str], categorical: list[str], label: str,
                task: str) -> Preprocessor:
@@ -160,7 +153,7 @@ class Preprocessor:
 
     def features(self, table: pa.Table) -> np.ndarray:
         """Standardised float32 (rows, n) features; missing values are 0 (the training mean)."""
-        matrix = packed_features(table)
+        matrix = unpack(table)
         if matrix.shape[1] != len(self.mean):
             raise ValueError(f"features column has {matrix.shape[1]} values, the model expects "
                              f"{len(self.mean)} ({', '.join(self.feature_columns)})")

@@ -15,19 +15,21 @@ and every other row is excluded with one reason code:
                         of the later split do not overlap the labels of the earlier one
     missing_time        no event time (validate should have quarantined it; kept for the account)
 
-Pure numpy / pyarrow, no I/O: the train stage writes one (row key, split, reason) row per input row
-with it, and the evaluate stage picks its test rows with the same function.
+Pure numpy / pyarrow, no I/O. The train stage decides every row's split here, once, and publishes
+(row key, split, reason) per row and the test period's start; evaluate and `pipeline trace` read
+those instead of deciding again.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.config import SplitConfig
+from pipeline.epoch import column_us, to_us
 
 SPLITS = ("train", "validation", "test")
 REASONS = ("label_after_cutoff", "embargo", "missing_time")
@@ -38,36 +40,14 @@ _REASON_NAMES = np.array([None, *REASONS], dtype=object)
 _TRAIN, _VALIDATION, _TEST = 1, 2, 3
 _LABEL_AFTER_CUTOFF, _EMBARGO, _MISSING_TIME = 1, 2, 3
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _NEVER = np.iinfo(np.int64).max  # a missing label time: the label never became available
-
-
-def _us(moment: datetime | timedelta) -> int:
-    if isinstance(moment, timedelta):
-        return moment // timedelta(microseconds=1)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return (moment - _EPOCH) // timedelta(microseconds=1)
-
-
-def epoch_us(times: pa.Array | pa.ChunkedArray | np.ndarray, missing: int) -> np.ndarray:
-    """int64 microseconds since the epoch (UTC) of a timestamp column; nulls become `missing`."""
-    if isinstance(times, np.ndarray):
-        if not np.issubdtype(times.dtype, np.datetime64):
-            raise TypeError(f"expected datetime64 values, got {times.dtype}")
-        values = times.astype("datetime64[us]").astype(np.int64)
-        return np.where(np.isnat(times), missing, values)
-    if not pa.types.is_timestamp(times.type):
-        raise TypeError(f"expected a timestamp column, got {times.type}")
-    as_us = pc.cast(times, pa.timestamp("us", tz=times.type.tz)).cast(pa.int64())
-    return pc.fill_null(as_us, missing).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
 
 
 def split_codes(event_us: np.ndarray, label_us: np.ndarray, split: SplitConfig,
                 event_missing: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The kernel: int8 split codes (0 none, 1 train, 2 validation, 3 test) and reason codes."""
-    train_until, validation_until = _us(split.train_until), _us(split.validation_until)
-    embargo = _us(split.embargo)
+    train_until, validation_until = to_us(split.train_until), to_us(split.validation_until)
+    embargo = to_us(split.embargo)
     in_train = event_us < train_until
     in_validation = (event_us >= train_until + embargo) & (event_us < validation_until)
     in_test = event_us >= validation_until + embargo
@@ -89,9 +69,9 @@ def assign_splits(event_time: pa.Array | pa.ChunkedArray | np.ndarray,
                   label_available_at: pa.Array | pa.ChunkedArray | np.ndarray,
                   split: SplitConfig) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the split name ("train"/"validation"/"test" or None) and the reason it has none."""
-    event_us = epoch_us(event_time, missing=0)
+    event_us = column_us(event_time, missing=0)
     missing = _null_mask(event_time)
-    label_us = epoch_us(label_available_at, missing=_NEVER)
+    label_us = column_us(label_available_at, missing=_NEVER)
     splits, reasons = split_codes(event_us, label_us, split, missing)
     return _SPLIT_NAMES[splits], _REASON_NAMES[reasons]
 
@@ -102,12 +82,14 @@ def _null_mask(times: pa.Array | pa.ChunkedArray | np.ndarray) -> np.ndarray:
     return pc.is_null(times).to_numpy(zero_copy_only=False)
 
 
-def split_table(table: pa.Table, row_key: str, event_time: str, label_available_at: str,
+def with_splits(table: pa.Table, event_time: str, label_available_at: str,
                 split: SplitConfig) -> pa.Table:
-    """(row key, split, reason) for every row of `table`: what `pipeline trace` reads back."""
+    """`table` with each row's `split` and, for rows in none, its `reason`."""
     splits, reasons = assign_splits(table[event_time], table[label_available_at], split)
-    return pa.table({
-        row_key: table[row_key],
-        "split": pa.array(splits, pa.string()),
-        "reason": pa.array(reasons, pa.string()),
-    })
+    return table.append_column("split", pa.array(splits, pa.string())).append_column(
+        "reason", pa.array(reasons, pa.string()))
+
+
+def test_period_start(split: SplitConfig) -> datetime:
+    """The first moment of the test split: every later event is a test row."""
+    return split.validation_until + split.embargo

@@ -1,114 +1,186 @@
 """Stage 5, evaluate + register: the model on a later period, against a baseline, then the registry.
 
-Stops: shipping a worse model, and models nobody can trace. The test period is strictly after the
-validation period (plus the embargo); the baseline predicts the training split's mean label (or its
-positive rate), the model must beat it by `evaluate.min_improvement` to be promoted, and every
-evaluated model is registered with its metrics, the decision and the reason, and its full lineage.
+Stops: shipping a worse model, and models nobody can trace. The test period is the one train
+published (strictly after validation plus the embargo); the baseline predicts the training split's
+mean label (or its positive rate), which train also published; the model must beat it by
+`evaluate.min_improvement` to be promoted, and every evaluated model is registered with its metrics,
+the decision and the reason, and its full lineage.
 """
 
 from __future__ import annotations
 
-import posixpath
+from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray.data
-from ray.data.expressions import col
+from pydantic import BaseModel
 
+from pipeline.config import PipelineConfig
 from pipeline.model.metrics import compute_metrics, primary_metric
 from pipeline.model.predictor import load_predictor
-from pipeline.model.splits import assign_splits
 from pipeline.registry import lineage, register
-from pipeline.stage import Stage, StageContext, StageResult
-from pipeline.telemetry import worker_span
+from pipeline.schema import Roles
+from pipeline.stage import (
+    Facts,
+    Files,
+    Folder,
+    Params,
+    RowQuestion,
+    Stage,
+    StageContext,
+    StageResult,
+)
+from pipeline.stages.featurize import STAGE as FEATURIZE
+from pipeline.stages.train import STAGE as TRAIN
+from pipeline.stages.train import TrainFacts
+from pipeline.telemetry import current_span
+from pipeline.trace_format import fmt
+
+
+class EvaluateParams(Params):
+    roles: Roles
+    task: str
+    model_name: str
+    min_improvement: float
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig) -> EvaluateParams:
+        return cls(roles=Roles.of(config.dataset), task=config.train.task,
+                   model_name=config.evaluate.model_name,
+                   min_improvement=config.evaluate.min_improvement)
+
+
+class EvaluateFiles(Files):
+    predictions = Folder("predictions.parquet")
+    """Every test row: row key, event time, label, prediction, error."""
+
+
+class Registration(BaseModel):
+    model: str
+    version: str
+    uri: str
+    promoted: bool
+    reason: str
+    metrics: dict[str, float]
+
+
+class EvaluateFacts(Facts):
+    metrics: dict[str, float]
+    baseline: dict[str, float]
+    improvement: float
+    registration: Registration
 
 
 class _Predict:
     """A Ray Data actor: loads the model once, predicts batch after batch."""
 
-    def __init__(self, store, model_dir: str, carrier: dict):
+    def __init__(self, store, model_dir: str):
         self.predictor = load_predictor(store.fs, model_dir)
-        self.carrier = carrier
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        with worker_span(self.carrier, "evaluate.predict_batch", {"rows": batch.num_rows}):
-            prediction = self.predictor.predict(batch)
+        current_span().set_attributes({"rows": batch.num_rows})
+        prediction = self.predictor.predict(batch)
         return batch.append_column("prediction", pa.array(prediction, pa.float64()))
 
 
-def _with_split(batch: pa.Table, dataset, split) -> pa.Table:
-    splits, _ = assign_splits(batch[dataset.event_time], batch[dataset.label_available_at], split)
-    return batch.append_column("split", pa.array(splits, pa.string()))
+def _in_test_period(batch: pa.Table, event_time: str, start: datetime) -> pa.Table:
+    return batch.filter(pc.greater_equal(batch[event_time], pa.scalar(start, batch[event_time].type)))
 
 
-def run(ctx: StageContext) -> StageResult:
-    config, store = ctx.config, ctx.store
-    dataset, task = config.dataset, config.train.task
-    def rows(columns: list[str] | None = None) -> ray.data.Dataset:
-        """The featurize output with each row's split; both passes stream, nothing is held."""
-        read = ray.data.read_parquet(ctx.input_path("featurize", "data"), columns=columns,
-                                     filesystem=store.arrow_filesystem())
-        return read.map_batches(_with_split, fn_args=(dataset, config.split),
-                                batch_format="pyarrow")
-
-    times_and_label = [dataset.event_time, dataset.label_available_at, dataset.label]
-    label_table = pa.concat_tables(ray.get(
-        rows(times_and_label).select_columns([dataset.label, "split"]).to_arrow_refs()))
-    train_labels = label_table.filter(pc.equal(label_table["split"], "train"))[dataset.label]
-    baseline_value = float(pc.mean(train_labels.cast(pa.float64())).as_py())
-
-    model_dir = ctx.input_path("train", "model")
-    scored = (rows().filter(expr=col("split") == "test")
-              .map_batches(_Predict, fn_constructor_args=(store, model_dir, ctx.telemetry.carrier()),
-                           batch_format="pyarrow", concurrency=1, batch_size=8192)
-              .select_columns([dataset.row_key, dataset.event_time, dataset.label, "prediction"]))
+def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[EvaluateFacts]:
+    params, store, roles = ctx.params, ctx.store, ctx.params.roles
+    trained = ctx.input(TRAIN)
+    train_facts: TrainFacts = trained.facts
+    test_start = datetime.fromisoformat(train_facts.test_period_start)
+    scored = (ray.data.read_parquet(ctx.input(FEATURIZE).files.data,
+                                    filesystem=store.arrow_filesystem())
+              .map_batches(_in_test_period, fn_args=(roles.event_time, test_start),
+                           batch_format="pyarrow")
+              .map_batches(ctx.traced(_Predict, "evaluate.predict_batch"),
+                           fn_constructor_args=(store, trained.files.model),
+                           batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1),
+                           batch_size=8192)
+              .select_columns([roles.row_key, roles.event_time, roles.label, "prediction"]))
     test = pa.concat_tables(ray.get(scored.to_arrow_refs()) or [pa.table({})])
     rows_in = test.num_rows
     if not rows_in:
         raise ValueError("the test period has no rows: check split.validation_until and dataset.end")
+    if rows_in != train_facts.splits["test"]:
+        raise ValueError(f"{rows_in} rows from {test_start.isoformat()} on, but train put "
+                         f"{train_facts.splits['test']} rows in the test split")
 
-    truth = test[dataset.label].to_numpy().astype("float64")
+    truth = test[roles.label].to_numpy().astype("float64")
     predicted = test["prediction"].to_numpy()
-    metrics = compute_metrics(task, truth, predicted)
-    baseline = compute_metrics(task, truth, np.full_like(truth, baseline_value))
-    name, lower_is_better = primary_metric(task)
+    metrics = compute_metrics(params.task, truth, predicted)
+    baseline_value = train_facts.train_label_mean
+    baseline = compute_metrics(params.task, truth, np.full_like(truth, baseline_value))
+    name, lower_is_better = primary_metric(params.task)
     improvement = (baseline[name] - metrics[name]) / abs(baseline[name]) if lower_is_better \
         else (metrics[name] - baseline[name]) / abs(baseline[name])
-    promoted = improvement >= config.evaluate.min_improvement
+    promoted = improvement >= params.min_improvement
     reason = (f"{name} {metrics[name]:.4f} vs baseline {baseline[name]:.4f}: "
-              f"{improvement:+.1%} (needs {config.evaluate.min_improvement:+.1%})")
+              f"{improvement:+.1%} (needs {params.min_improvement:+.1%})")
 
     errors = test.append_column("error", pa.array(predicted - truth, pa.float64()))
-    with store.fs.open(posixpath.join(ctx.output, "predictions.parquet"), "wb") as handle:
+    with store.fs.open(ctx.output.predictions, "wb") as handle:
         pq.write_table(errors, handle)
-    registration = register(store, config.evaluate.model_name, model_dir, {
+    entry = register(store, params.model_name, trained.files.model, {
         "evaluate_cache_key": ctx.cache_key,
         "promoted": promoted,
         "reason": ("promoted: " if promoted else "not promoted: ") + reason,
         "metrics": metrics,
         "baseline": {"kind": "training-split mean label", "value": baseline_value, **baseline},
         "test_rows": rows_in,
-        "lineage": {**lineage(store, ctx.inputs["train"]),
-                    **lineage(store, ctx.inputs["featurize"])},
-        "config_digest": config.digest(),
+        "lineage": {**lineage(store, trained.artifact),
+                    **lineage(store, ctx.input(FEATURIZE).artifact)},
         "run_id": ctx.run_id,
     })
     return StageResult(
         rows_in=rows_in, rows_out=rows_in,
         schema={f.name: str(f.type) for f in errors.schema},
         statistics={"prediction_mean": float(np.mean(predicted)), "label_mean": float(truth.mean())},
-        details={"metrics": metrics, "baseline": baseline, "improvement": improvement,
-                 "registration": {k: registration[k] for k in
-                                  ("model", "version", "uri", "promoted", "reason", "metrics")}},
+        facts=EvaluateFacts(metrics=metrics, baseline=baseline, improvement=improvement,
+                            registration=Registration(**{name: entry[name] for name
+                                                         in Registration.model_fields})),
     )
+
+
+def explain(question: RowQuestion) -> list[str]:
+    """The registered model's prediction and error for the row: as scored, for a test row."""
+    facts: EvaluateFacts = question.output.facts
+    model = facts.registration
+    decision = "promoted" if model.promoted else "not promoted"
+    label_column = question.params.roles.label
+    scored = pq.read_table(question.output.files.predictions,
+                           filesystem=question.store.arrow_filesystem(),
+                           filters=question.where()).to_pylist()
+    if scored:
+        row = scored[0]
+        return [f"model {model.model} {model.version} ({decision}) scored it in the test period: "
+                f"predicts {fmt(row['prediction'])}; label {fmt(row[label_column])}; "
+                f"error {row['error']:+.4g}"]
+    features = pads.dataset(question.input(FEATURIZE).files.data,
+                            filesystem=question.store.arrow_filesystem(),
+                            format="parquet").to_table(filter=question.where())
+    if not features.num_rows:
+        return []
+    predicted = float(load_predictor(question.store.fs, question.input(TRAIN).files.model)
+                      .predict(features)[0])
+    label = features[label_column][0].as_py()
+    return [f"model {model.model} {model.version} ({decision}) predicts {fmt(predicted)}; label "
+            f"{fmt(label)}; error {predicted - label:+.4g} (not a test row: not in its metrics)"]
 
 
 STAGE = Stage(
     name="evaluate",
-    inputs=("featurize", "train"),
-    config_sections=("dataset", "split", "train", "evaluate"),
+    params=EvaluateParams,
+    files=EvaluateFiles,
+    facts=EvaluateFacts,
     run=run,
-    code_modules=("pipeline.stages.evaluate", "pipeline.registry"),
+    explain=explain,
+    inputs=(FEATURIZE, TRAIN),
 )

@@ -21,16 +21,17 @@ from dataclasses import asdict, dataclass
 from datetime import date, timedelta
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
+from pydantic import Field
 
-from pipeline.config import PipelineConfig
+from pipeline.config import Duration, PipelineConfig
 from pipeline.durations import format_duration
+from pipeline.epoch import from_us, to_us
 from pipeline.features.audit import (
     AuditFailed,
     SampledFile,
@@ -38,15 +39,75 @@ from pipeline.features.audit import (
     plan_sample,
     read_sample,
 )
-from pipeline.features.chunks import EPOCH, Chunk, event_time_filter, halo_us, plan_chunks
+from pipeline.features.chunks import Chunk, event_time_filter, halo_us, plan_chunks
 from pipeline.features.windows import WindowSpec, compute_windows, window_specs
-from pipeline.stage import Stage, StageContext, StageResult
-from pipeline.telemetry import worker_span
+from pipeline.packed import PACKED, pack
+from pipeline.schema import Roles
+from pipeline.stage import (
+    Facts,
+    Files,
+    Folder,
+    Params,
+    RowQuestion,
+    Stage,
+    StageContext,
+    StageResult,
+)
+from pipeline.stages.validate import STAGE as VALIDATE
+from pipeline.telemetry import current_span
+from pipeline.trace_format import fmt
 
-PACKED = "features"
 AUDIT_BATCH_SPAN = timedelta(days=14)  # a batch reads its span plus the lookback: fewer, longer
 AUDIT_BATCH_ROWS = 250
 MISMATCHES_SHOWN = 10
+SOURCES_SHOWN = 5
+
+
+class FeaturizeParams(Params):
+    roles: Roles
+    windows: tuple[WindowSpec, ...]
+    """The window features, resolved: entity, source column, aggregation, window, available-at."""
+    numeric: list[str]
+    categorical: list[str]
+    label_time_columns: list[str]
+    """Columns of the schema known only once the label is (the audit blanks them before then)."""
+    chunk: Duration
+    audit_sample: int = Field(ge=0)
+    max_label_delay: Duration
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig) -> FeaturizeParams:
+        dataset, features = config.dataset, config.features
+        return cls(roles=Roles.of(dataset), windows=tuple(window_specs(config)),
+                   numeric=features.numeric, categorical=features.categorical,
+                   label_time_columns=[name for name, spec in dataset.columns.items()
+                                       if spec.known_at == "label"],
+                   chunk=features.chunk, audit_sample=features.audit_sample,
+                   max_label_delay=config.validate_.max_label_delay)
+
+    @property
+    def feature_columns(self) -> list[str]:
+        """The packed column's layout: numeric passthrough columns, then window features."""
+        return [*self.numeric, *(spec.name for spec in self.windows)]
+
+
+class FeaturizeFiles(Files):
+    data = Folder("data")
+    """One parquet file per time chunk: passthrough columns, one column per feature, the packed
+    tensor (`pipeline.packed`)."""
+
+
+class FeaturizeFacts(Facts):
+    feature_columns: list[str]
+    """The packed tensor's layout, in order."""
+    categorical_columns: list[str]
+    packed_column: str
+    null_values_skipped: dict[str, int]
+    audit: dict[str, Any]
+    chunks: int
+    chunks_with_rows: int
+    chunk: str
+    halo: str
 
 
 @dataclass(frozen=True)
@@ -57,140 +118,122 @@ class Job:
     partition: str
     output: str
     filesystem: pafs.FileSystem
-    config: PipelineConfig
-    specs: tuple[WindowSpec, ...]
-
-    @property
-    def feature_columns(self) -> list[str]:
-        """The packed column's layout: numeric passthrough columns, then window features."""
-        return [*self.config.features.numeric, *(spec.name for spec in self.specs)]
+    params: FeaturizeParams
 
     @property
     def source_columns(self) -> list[str]:
         """Columns the kernel reads from halo rows (the row key only to break ties for `last`)."""
-        dataset = self.config.dataset
-        ties = [dataset.row_key] if any(s.agg == "last" for s in self.specs) else []
-        return list(dict.fromkeys([*ties, dataset.event_time,
-                                   *(c for s in self.specs for c in (*s.entity, s.available_at)),
-                                   *(s.column for s in self.specs if s.column)]))
+        roles, specs = self.params.roles, self.params.windows
+        ties = [roles.row_key] if any(s.agg == "last" for s in specs) else []
+        return list(dict.fromkeys([*ties, roles.event_time,
+                                   *(c for s in specs for c in (*s.entity, s.available_at)),
+                                   *(s.column for s in specs if s.column)]))
 
     @property
     def repeating_columns(self) -> list[str]:
-        return list(dict.fromkeys([*(c for s in self.specs for c in s.entity),
-                                   *self.config.features.categorical]))
+        return list(dict.fromkeys([*(c for s in self.params.windows for c in s.entity),
+                                   *self.params.categorical]))
+
+    @property
+    def passthrough_columns(self) -> list[str]:
+        """The output's columns besides the features: roles, entities, the model's raw inputs."""
+        roles, params = self.params.roles, self.params
+        return list(dict.fromkeys([roles.row_key, roles.event_time, roles.label,
+                                   roles.label_available_at,
+                                   *(c for s in params.windows for c in s.entity),
+                                   *params.numeric, *params.categorical]))
 
     @property
     def row_columns(self) -> list[str]:
         """Columns of a chunk's own rows: what the output carries plus what the kernel reads."""
-        dataset, features = self.config.dataset, self.config.features
-        return list(dict.fromkeys([dataset.row_key, dataset.event_time, dataset.label,
-                                   dataset.label_available_at,
-                                   *(c for s in self.specs for c in s.entity),
-                                   *features.numeric, *features.categorical,
-                                   *self.source_columns]))
+        return list(dict.fromkeys([*self.passthrough_columns, *self.source_columns]))
 
 
-def run(ctx: StageContext) -> StageResult:
-    config, store = ctx.config, ctx.store
-    specs = tuple(window_specs(config))
-    clean_path = ctx.input_path("validate", "clean")
+def run(ctx: StageContext[FeaturizeParams, FeaturizeFiles]) -> StageResult[FeaturizeFacts]:
+    params, store = ctx.params, ctx.store
+    clean_path = ctx.input(VALIDATE).files.clean
     filesystem = store.arrow_filesystem()
     partition, days = _day_partitions(filesystem, clean_path)
-    clean = pads.dataset(clean_path, format="parquet", filesystem=filesystem,
-                         partitioning=pads.partitioning(pa.schema([(partition, pa.string())]),
-                                                        flavor="hive"))
-    output = posixpath.join(ctx.output, "data")
+    clean = _clean_dataset(filesystem, clean_path, partition)
+    output = ctx.output.data
     store.fs.makedirs(output, exist_ok=True)
-    job = Job(clean, partition, output, filesystem, config, specs)
-    _check_names(job)
-    halo = halo_us(specs, config.dataset.label_available_at, config.validate_.max_label_delay)
-    chunks = plan_chunks(days, config.features.chunk // timedelta(microseconds=1), halo)
+    job = Job(clean, partition, output, filesystem, params)
+    halo = halo_us(params.windows, params.roles.label_available_at, params.max_label_delay)
+    chunks = plan_chunks(days, to_us(params.chunk), halo)
 
-    carrier = ctx.telemetry.carrier()
     summaries = [json.loads(row["summary"]) for row in ray.data.from_items(
         [asdict(chunk) for chunk in chunks], override_num_blocks=len(chunks),
-    ).map(featurize_chunk, fn_kwargs={"job": job, "carrier": carrier}).take_all()] \
+    ).map(ctx.traced(featurize_chunk, "featurize.chunk"), fn_kwargs={"job": job}).take_all()] \
         if chunks else []
-    audit = run_audit(job, ctx.cache_key, carrier)
+    audit = run_audit(job, ctx)
     return StageResult(
         rows_in=clean.count_rows(),
         rows_out=sum(s["rows"] for s in summaries),
         schema=_schema(filesystem, output),
-        statistics=_statistics(summaries, job.feature_columns),
-        details={
-            "feature_columns": job.feature_columns,
-            "categorical_columns": list(config.features.categorical),
-            "null_values_skipped": {spec.name: sum(s["skipped"].get(spec.name, 0)
-                                                   for s in summaries)
-                                    for spec in specs if spec.column},
-            "audit": audit,
-            "chunks": len(chunks),
-            "chunks_with_rows": sum(1 for s in summaries if s["rows"]),
-            "chunk": format_duration(config.features.chunk),
-            "halo": format_duration(timedelta(microseconds=halo)),
-            "data": "data/",
-        },
+        statistics=_statistics(summaries, params.feature_columns),
+        facts=FeaturizeFacts(
+            feature_columns=params.feature_columns,
+            categorical_columns=list(params.categorical),
+            packed_column=PACKED,
+            null_values_skipped={spec.name: sum(s["skipped"].get(spec.name, 0)
+                                                for s in summaries)
+                                 for spec in params.windows if spec.column},
+            audit=audit,
+            chunks=len(chunks),
+            chunks_with_rows=sum(1 for s in summaries if s["rows"]),
+            chunk=format_duration(params.chunk),
+            halo=format_duration(timedelta(microseconds=halo)),
+        ),
     )
 
 
-def featurize_chunk(chunk: dict[str, int], job: Job, carrier: dict) -> dict[str, Any]:
+def featurize_chunk(chunk: dict[str, int], job: Job) -> dict[str, Any]:
     """One time chunk: read it and its halo, compute the features, write one parquet file."""
     chunk = Chunk(**chunk)
-    dataset = job.config.dataset
-    start = (EPOCH + timedelta(microseconds=chunk.start_us)).isoformat()
-    with worker_span(carrier, "featurize.chunk",
-                     {"chunk.index": chunk.index, "chunk.start": start}) as span:
-        rows = job.clean.to_table(
-            columns=job.row_columns,
-            filter=event_time_filter(dataset.event_time, job.partition, chunk.start_us,
-                                     chunk.end_us),
-        ).sort_by([(dataset.event_time, "ascending"), (dataset.row_key, "ascending")])
-        halo = job.clean.to_table(
-            columns=job.source_columns,
-            filter=event_time_filter(dataset.event_time, job.partition, chunk.halo_start_us,
-                                     chunk.start_us),
-        )
-        sources = pa.concat_tables([halo, rows.select(job.source_columns)])
-        result = compute_windows(sources, rows, job.specs, event_time=dataset.event_time,
-                                 row_key=dataset.row_key)
-        table = training_table(rows, result.columns, job)
-        if table.num_rows:  # dictionary pages only where values repeat: 2x faster writes
-            pq.write_table(table, posixpath.join(job.output, f"part-{chunk.index:05d}.parquet"),
-                           filesystem=job.filesystem, use_dictionary=job.repeating_columns)
-        span.set_attributes({"rows": table.num_rows, "rows.halo": halo.num_rows})
+    roles = job.params.roles
+    rows = job.clean.to_table(
+        columns=job.row_columns,
+        filter=event_time_filter(roles.event_time, job.partition, chunk.start_us, chunk.end_us),
+    ).sort_by([(roles.event_time, "ascending"), (roles.row_key, "ascending")])
+    halo = job.clean.to_table(
+        columns=job.source_columns,
+        filter=event_time_filter(roles.event_time, job.partition, chunk.halo_start_us,
+                                 chunk.start_us),
+    )
+    sources = pa.concat_tables([halo, rows.select(job.source_columns)])
+    result = compute_windows(sources, rows, job.params.windows, event_time=roles.event_time,
+                             row_key=roles.row_key)
+    table = training_table(rows, result.columns, job)
+    if table.num_rows:  # dictionary pages only where values repeat: 2x faster writes
+        pq.write_table(table, posixpath.join(job.output, f"part-{chunk.index:05d}.parquet"),
+                       filesystem=job.filesystem, use_dictionary=job.repeating_columns)
+    current_span().set_attributes({"chunk.index": chunk.index,
+                                   "chunk.start": from_us(chunk.start_us).isoformat(),
+                                   "rows": table.num_rows, "rows.halo": halo.num_rows})
+    columns = job.params.feature_columns
     summary = {"rows": table.num_rows, "skipped": result.nulls_skipped,
-               "columns": {name: _column_summary(table[name]) for name in job.feature_columns}}
+               "columns": {name: _column_summary(table[name]) for name in columns}}
     return {"index": chunk.index, "summary": json.dumps(summary)}
 
 
 def training_table(rows: pa.Table, features: dict[str, pa.Array], job: Job) -> pa.Table:
     """The output rows: passthrough columns, one column per feature, and the packed tensor."""
-    dataset, config = job.config.dataset, job.config.features
-    passthrough = dict.fromkeys([dataset.row_key, dataset.event_time, dataset.label,
-                                 dataset.label_available_at,
-                                 *(c for s in job.specs for c in s.entity),
-                                 *config.numeric, *config.categorical])
-    columns = {name: rows[name] for name in passthrough}
+    columns = {name: rows[name] for name in job.passthrough_columns}
     columns.update(features)
-    matrix = np.column_stack([
-        pc.fill_null(pc.cast(columns[name], pa.float32()), np.nan).to_numpy()
-        for name in job.feature_columns
-    ]) if job.feature_columns else np.zeros((rows.num_rows, 0), np.float32)
-    packed = pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel(), pa.float32()),
-                                               len(job.feature_columns))
+    packed = pack([columns[name] for name in job.params.feature_columns], rows.num_rows)
     return pa.table({**columns, PACKED: packed})
 
 
-def run_audit(job: Job, cache_key: str, carrier: dict) -> dict[str, Any]:
+def run_audit(job: Job, ctx: StageContext) -> dict[str, Any]:
     """Time-travel audit of a seeded sample of output rows, one Ray task per batch of samples."""
-    config, started = job.config, time.perf_counter()
-    seed = int(cache_key[:8], 16)
-    batches = plan_sample(job.filesystem, job.output, config.features.audit_sample, seed,
-                          config.dataset.event_time, AUDIT_BATCH_SPAN, AUDIT_BATCH_ROWS)
-    if not job.specs:
+    params, started = job.params, time.perf_counter()
+    seed = int(ctx.cache_key[:8], 16)
+    batches = plan_sample(job.filesystem, job.output, params.audit_sample, seed,
+                          params.roles.event_time, AUDIT_BATCH_SPAN, AUDIT_BATCH_ROWS)
+    if not params.windows:
         batches = []
-    task = ray.remote(num_cpus=1)(_audit_task)
-    results = ray.get([task.remote(job, batch, carrier) for batch in batches])
+    task = ray.remote(num_cpus=1)(ctx.traced(_audit_task, "featurize.audit"))
+    results = ray.get([task.remote(job, batch) for batch in batches])
     mismatches = [m for found, _ in results for m in found]
     compared = sum(count for _, count in results)
     if mismatches:
@@ -204,13 +247,19 @@ def run_audit(job: Job, cache_key: str, carrier: dict) -> dict[str, Any]:
             "batches": len(batches), "seconds": round(time.perf_counter() - started, 3)}
 
 
-def _audit_task(job: Job, files: list[SampledFile], carrier: dict) -> tuple[list, int]:
-    with worker_span(carrier, "featurize.audit", {"files": len(files)}) as span:
-        dataset = job.config.dataset
-        columns = [dataset.row_key, dataset.event_time, *(s.name for s in job.specs)]
-        sample = read_sample(job.filesystem, files, columns)
-        span.set_attributes({"rows": sample.num_rows})
-        return audit_batch(job.clean, job.partition, sample, job.specs, job.config)
+def _audit_task(job: Job, files: list[SampledFile]) -> tuple[list, int]:
+    params = job.params
+    columns = [params.roles.row_key, params.roles.event_time, *(s.name for s in params.windows)]
+    sample = read_sample(job.filesystem, files, columns)
+    current_span().set_attributes({"files": len(files), "rows": sample.num_rows})
+    return audit_batch(job.clean, job.partition, sample, params.windows, params.roles,
+                       set(params.label_time_columns), params.max_label_delay)
+
+
+def _clean_dataset(filesystem: pafs.FileSystem, path: str, partition: str) -> pads.Dataset:
+    return pads.dataset(path, format="parquet", filesystem=filesystem,
+                        partitioning=pads.partitioning(pa.schema([(partition, pa.string())]),
+                                                       flavor="hive"))
 
 
 def _day_partitions(fs: pafs.FileSystem, path: str) -> tuple[str, list[date]]:
@@ -226,14 +275,6 @@ def _day_partitions(fs: pafs.FileSystem, path: str) -> tuple[str, list[date]]:
 def _schema(fs: pafs.FileSystem, output: str) -> dict[str, str]:
     files = sorted(info.path for info in fs.get_file_info(pafs.FileSelector(output)))
     return {f.name: str(f.type) for f in pq.read_schema(files[0], filesystem=fs)} if files else {}
-
-
-def _check_names(job: Job) -> None:
-    taken = set(job.config.dataset.columns) | {PACKED}
-    clashes = [spec.name for spec in job.specs if spec.name in taken]
-    if clashes:
-        raise ValueError(f"feature names {clashes} clash with a column or with {PACKED!r}; "
-                         "give them another `name` in features.windows")
 
 
 def _column_summary(column: pa.ChunkedArray) -> dict[str, Any]:
@@ -262,12 +303,60 @@ def _statistics(summaries: list[dict], columns: list[str]) -> dict[str, dict[str
     return statistics
 
 
+def explain(question: RowQuestion) -> list[str]:
+    """Each feature's value, its window, and the clean rows (keys, available-at) that fed it."""
+    params: FeaturizeParams = question.params
+    roles = params.roles
+    store = question.store
+    rows = pads.dataset(question.output.files.data, filesystem=store.arrow_filesystem(),
+                        format="parquet").to_table(filter=question.where())
+    if rows.num_rows == 0:
+        return ["featurize: no features (the row did not pass validation)"]
+    values = rows.slice(0, 1).to_pylist()[0]
+    t = values[roles.event_time]
+    lines = [f"event time t = {fmt(t)}; label {roles.label} = {fmt(values[roles.label])}, "
+             f"available at {fmt(values[roles.label_available_at])}"]
+    clean = question.input(VALIDATE).files.clean
+    for spec in params.windows:
+        lines.append(_window_line(store, clean, roles, spec, values, t))
+    return lines
+
+
+def _window_line(store, clean: str, roles: Roles, spec: WindowSpec, values: dict[str, Any],
+                 t) -> str:
+    start = t - spec.window
+    where = (pc.field(spec.available_at) >= start) & (pc.field(spec.available_at) < t)
+    for entity in spec.entity:
+        where &= pc.field(entity) == values[entity]
+    if spec.column:
+        where &= pc.field(spec.column).is_valid()
+    fed = pads.dataset(clean, filesystem=store.arrow_filesystem(), format="parquet",
+                       partitioning="hive").to_table(filter=where).sort_by(spec.available_at)
+    keys = fed[roles.row_key].to_pylist()
+    times = fed[spec.available_at].to_pylist()
+    shown = ", ".join(f"{k}@{fmt(a)}" for k, a in list(zip(keys, times))[-SOURCES_SHOWN:])
+    more = f" (+{len(keys) - SOURCES_SHOWN} earlier)" if len(keys) > SOURCES_SHOWN else ""
+    entity = ",".join(f"{e}={values[e]}" for e in spec.entity)
+    return (f"{spec.name} = {_value_text(spec, values[spec.name])}: window [{fmt(start)}, {fmt(t)}) "
+            f"of {format_duration(spec.window)} on {spec.available_at}, {entity}, from "
+            f"{len(keys)} source rows: {shown or 'none'}{more}")
+
+
+def _value_text(spec: WindowSpec, value: Any) -> str:
+    """A feature value with its unit; "no history" spelled out (null, or 0 for a count)."""
+    if value is None:
+        return "null (no history in the window)"
+    if spec.agg == "time_since_last":
+        return f"{fmt(value)} s"
+    return fmt(value)
+
+
 STAGE = Stage(
     name="featurize",
-    inputs=("validate",),
-    config_sections=("dataset", "validate", "features"),
+    params=FeaturizeParams,
+    files=FeaturizeFiles,
+    facts=FeaturizeFacts,
     run=run,
-    code_modules=("pipeline.stages.featurize", "pipeline.features.windows",
-                  "pipeline.features.chunks", "pipeline.features.audit",
-                  "pipeline.features.reference"),
+    explain=explain,
+    inputs=(VALIDATE,),
 )

@@ -13,14 +13,53 @@ from datetime import datetime, timedelta
 
 import fsspec
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray.data
+from pydantic import Field
 from ray.data.datasource import Partitioning
 
 from pipeline.artifacts import arrow_filesystem
-from pipeline.config import PipelineConfig
-from pipeline.stage import Stage, StageContext, StageResult
-from pipeline.telemetry import worker_span
+from pipeline.config import PipelineConfig, Timestamp
+from pipeline.stage import (
+    Facts,
+    Files,
+    Folder,
+    Params,
+    RowQuestion,
+    Stage,
+    StageContext,
+    StageResult,
+)
+from pipeline.telemetry import current_span
+from pipeline.trace_format import row_text
+
+
+class IngestParams(Params):
+    source: str
+    storage_options: dict = Field(default_factory=dict, exclude=True)
+    partition: str
+    start: Timestamp
+    end: Timestamp
+    columns: list[str]
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig) -> IngestParams:
+        dataset = config.dataset
+        return cls(source=dataset.source, storage_options=dataset.storage_options,
+                   partition=dataset.partition, start=dataset.start, end=dataset.end,
+                   columns=list(dataset.columns))
+
+
+class IngestFiles(Files):
+    data = Folder("data")
+
+
+class IngestFacts(Facts):
+    source: str
+    files_read: int
+    partitions: list[str]
+    time_range: list[str]
 
 
 class SourceError(ValueError):
@@ -33,9 +72,9 @@ def partition_days(start: datetime, end: datetime) -> list[str]:
     return [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
 
 
-def source_files(config: PipelineConfig) -> tuple[fsspec.AbstractFileSystem, str, list[str]]:
+def source_files(params: IngestParams) -> tuple[fsspec.AbstractFileSystem, str, list[str]]:
     """Partition pruning: only the parquet files of partitions inside the configured range."""
-    dataset = config.dataset
+    dataset = params
     fs, root = fsspec.core.url_to_fs(dataset.source, **dataset.storage_options)
     root = root.rstrip("/")
     if not fs.exists(root):
@@ -53,15 +92,15 @@ def source_files(config: PipelineConfig) -> tuple[fsspec.AbstractFileSystem, str
     return fs, root, files
 
 
-def source_fingerprint(config: PipelineConfig) -> dict[str, str]:
-    fs, root, files = source_files(config)
+def source_fingerprint(params: IngestParams) -> dict[str, str]:
+    fs, root, files = source_files(params)
     digest = hashlib.sha256()
     for path in files:
         info = fs.info(path)
         stamp = next((info[k] for k in ("ETag", "etag", "mtime", "LastModified", "created")
                       if k in info), "")
         digest.update(f"{posixpath.relpath(path, root)}|{info.get('size')}|{stamp}\n".encode())
-    return {"source": config.dataset.source, "files": str(len(files)),
+    return {"source": params.source, "files": str(len(files)),
             "source_fingerprint": digest.hexdigest()}
 
 
@@ -79,44 +118,43 @@ def _check_columns(fs: fsspec.AbstractFileSystem, files: list[str], wanted: list
     return rows
 
 
-def run(ctx: StageContext) -> StageResult:
-    dataset = ctx.config.dataset
-    fs, root, files = source_files(ctx.config)
-    columns = list(dataset.columns)
-    rows_in = _check_columns(fs, files, columns)
+def run(ctx: StageContext[IngestParams, IngestFiles]) -> StageResult[IngestFacts]:
+    params = ctx.params
+    fs, root, files = source_files(params)
+    rows_in = _check_columns(fs, files, params.columns)
     # row order is part of the snapshot's bytes, hence of its fingerprint and every later key
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     snapshot = ray.data.read_parquet(
         files,
         filesystem=arrow_filesystem(fs),
-        columns=columns,  # column projection: only what the schema declares travels on
+        columns=params.columns,  # column projection: only what the schema declares travels on
         partitioning=Partitioning("hive", base_dir=root, filesystem=arrow_filesystem(fs)),
     )
-    snapshot = snapshot.map_batches(_traced_block, fn_args=(ctx.telemetry.carrier(),),
+    snapshot = snapshot.map_batches(ctx.traced(_read_block, "ingest.read_block"),
                                     batch_format="pyarrow", batch_size=None)
-    snapshot.write_parquet(posixpath.join(ctx.output, "data"),
-                           filesystem=ctx.store.arrow_filesystem(), min_rows_per_file=250_000)
+    snapshot.write_parquet(ctx.output.data, filesystem=ctx.store.arrow_filesystem(),
+                           min_rows_per_file=250_000)
     rows_out, schema = _written(ctx)
     return StageResult(
         rows_in=rows_in,
         rows_out=rows_out,
         schema=schema,
-        details={"source": dataset.source, "files_read": len(files),
-                 "partitions": sorted({posixpath.basename(posixpath.dirname(f)) for f in files}),
-                 "time_range": [dataset.start.isoformat(), dataset.end.isoformat()]},
+        facts=IngestFacts(
+            source=params.source, files_read=len(files),
+            partitions=sorted({posixpath.basename(posixpath.dirname(f)) for f in files}),
+            time_range=[params.start.isoformat(), params.end.isoformat()]),
     )
 
 
-def _traced_block(block: pa.Table, carrier: dict) -> pa.Table:
-    """Pass a read block through unchanged, inside a span that says how much it carried."""
-    with worker_span(carrier, "ingest.read_block", {"rows": block.num_rows,
-                                                    "bytes": block.nbytes}):
-        return block
+def _read_block(block: pa.Table) -> pa.Table:
+    """Pass a read block through unchanged; its span says how much it carried."""
+    current_span().set_attributes({"rows": block.num_rows, "bytes": block.nbytes})
+    return block
 
 
-def _written(ctx: StageContext) -> tuple[int, dict[str, str]]:
+def _written(ctx: StageContext[IngestParams, IngestFiles]) -> tuple[int, dict[str, str]]:
     rows, schema = 0, {}
-    for path in sorted(ctx.store.fs.find(posixpath.join(ctx.output, "data"))):
+    for path in sorted(ctx.store.fs.find(ctx.output.data)):
         with ctx.store.fs.open(path, "rb") as handle:
             metadata = pq.ParquetFile(handle).metadata
         rows += metadata.num_rows
@@ -124,11 +162,24 @@ def _written(ctx: StageContext) -> tuple[int, dict[str, str]]:
     return rows, schema
 
 
+def explain(question: RowQuestion) -> list[str]:
+    """The row as the snapshot froze it (every copy: duplicates are validate's business)."""
+    files: IngestFiles = question.output.files
+    rows = pads.dataset(files.data, filesystem=question.store.arrow_filesystem(),
+                        format="parquet").to_table(filter=question.where())
+    if not rows.num_rows:
+        raise LookupError(f"{question.key_column}={question.key!r} is not in the snapshot of "
+                          f"{question.params.source} between {question.params.start.date()} and "
+                          f"{question.params.end.date()}")
+    return [f"source holds: {row_text(row)}" for row in rows.to_pylist()]
+
+
 STAGE = Stage(
     name="ingest",
-    inputs=(),
-    config_sections=("dataset",),
+    params=IngestParams,
+    files=IngestFiles,
+    facts=IngestFacts,
     run=run,
-    code_modules=("pipeline.stages.ingest",),
+    explain=explain,
     external_inputs=source_fingerprint,
 )

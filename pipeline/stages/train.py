@@ -28,52 +28,110 @@ import pickle
 import posixpath
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
 import ray.data
 
 from pipeline.artifacts import ArtifactStore
-from pipeline.config import PipelineConfig, TrainConfig
-from pipeline.model.preprocessing import FEATURES, FitStatistics, Preprocessor
-from pipeline.model.splits import SPLITS, assign_splits, split_table
-from pipeline.stage import Stage, StageContext, StageResult
+from pipeline.config import PipelineConfig, SplitConfig, TrainConfig
+from pipeline.model.preprocessing import FitStatistics, Preprocessor
+from pipeline.model.splits import SPLITS, test_period_start, with_splits
+from pipeline.schema import Roles
+from pipeline.stage import (
+    Facts,
+    Files,
+    Folder,
+    Params,
+    RowQuestion,
+    Stage,
+    StageContext,
+    StageResult,
+)
+from pipeline.stages.featurize import STAGE as FEATURIZE
+from pipeline.stages.featurize import FeaturizeFacts
+from pipeline.trace_format import fmt
 
 logger = logging.getLogger(__name__)
 
 
-def run(ctx: StageContext) -> StageResult:
+class TrainParams(Params):
+    roles: Roles
+    split: SplitConfig
+    train: TrainConfig
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig) -> TrainParams:
+        return cls(roles=Roles.of(config.dataset), split=config.split, train=config.train)
+
+
+class TrainFiles(Files):
+    model = Folder("model")
+    """weights.pt, model.json, preprocessing.json, history.json (see pipeline.model.predictor)."""
+    splits = Folder("splits")
+    """(row key, split, reason) of every input row: the one place a row's split is decided."""
+
+
+class TrainFacts(Facts):
+    metrics: dict[str, float]
+    """Validation metrics of the best epoch."""
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    restarts: int
+    samples_per_second: float
+    splits: dict[str, int]
+    excluded: dict[str, int]
+    test_period_start: str
+    """ISO time: the test split is every row with event time at or after it."""
+    train_label_mean: float
+    """The training split's mean label (positive rate for binary): evaluate's baseline."""
+    train_rows_consumed: int
+    worker_count: int
+    device: str
+    startup_seconds: float | None
+    fit_seconds: float
+    weights_sha256: str
+    train_run: str
+
+
+def run(ctx: StageContext[TrainParams, TrainFiles]) -> StageResult[TrainFacts]:
     # torch is imported here, not at the top: the Ray Data workers that run this module's batch
     # functions (split, fit, encode) never need it, and importing it costs seconds per process.
     import torch
 
-    from pipeline.model.loop import CHECKPOINT_FILE
+    from pipeline.model.loop import CHECKPOINT_FILE, train_loop_per_worker
     from pipeline.model.network import weights_checksum
     from pipeline.model.predictor import save_model
 
-    config, store = ctx.config, ctx.store
-    featurize = ctx.inputs["featurize"].manifest
-    feature_columns = list(featurize["details"]["feature_columns"])
-    categorical = list(featurize["details"]["categorical_columns"])
-    rows = read_features(store, ctx.input_path("featurize", "data"), config, categorical)
-
+    params, store = ctx.params, ctx.store
+    featurize = ctx.input(FEATURIZE)
+    facts: FeaturizeFacts = featurize.facts
     with ctx.telemetry.span("train.splits") as span:
-        counts = write_splits(store, rows, posixpath.join(ctx.output, "splits"), config)
+        rows = split_rows(store, featurize.files.data, params, facts)
+        counts = write_splits(store, rows, ctx.output.splits, params.roles.row_key)
         span.set_attributes({f"rows.{name}": n for name, n in counts.items()})
-    expected = featurize.get("rows", {}).get("out")
-    if expected is not None and sum(counts.values()) != expected:
-        raise ValueError(f"read {sum(counts.values())} rows, the featurize manifest says {expected}")
+    if sum(counts.values()) != featurize.rows_out:
+        raise ValueError(f"read {sum(counts.values())} rows, featurize published "
+                         f"{featurize.rows_out}")
     with ctx.telemetry.span("train.preprocessing"):
-        preprocessor = fit_preprocessing(rows, config, feature_columns, categorical)
+        preprocessor, label_mean = fit_preprocessing(rows, params, facts)
     with ctx.telemetry.span("train.encode"):
-        train = encode_split(rows, "train", preprocessor, config, shuffle_seed=config.train.seed)
-        validation = encode_split(rows, "validation", preprocessor, config)
-    with ctx.telemetry.span("train.fit", {"train.workers": config.train.num_workers}):
-        loop = loop_config(config.train, preprocessor, ctx.telemetry.carrier())
+        train = encode_split(rows, "train", preprocessor, params.roles.label,
+                             shuffle_seed=params.train.seed)
+        validation = encode_split(rows, "validation", preprocessor, params.roles.label)
+    key_type = rows.schema().base_schema.field(params.roles.row_key).type
+    del rows  # the encoded splits are all that training reads from here on
+    with ctx.telemetry.span("train.fit", {"train.workers": params.train.num_workers}):
+        loop = loop_config(params.train, preprocessor)
         fit_started = time.time()
-        result = fit(loop, train, validation, config.train, store, ctx.cache_key)
+        # the loop opens its own spans per epoch, each exported as it closes
+        result = fit(ctx.traced(train_loop_per_worker, span=None), loop, train, validation,
+                     params.train, store, ctx.cache_key)
         fit_seconds = time.time() - fit_started
 
     # The latest checkpoint holds the whole training state, the best epoch's weights included.
@@ -82,86 +140,81 @@ def run(ctx: StageContext) -> StageResult:
                            weights_only=True)
     state, best = saved["state"], saved["best_network"]
     checksum = weights_checksum(best)
-    save_model(store.fs, posixpath.join(ctx.output, "model"), loop.network, best, preprocessor,
-               {"best_epoch": state["best_epoch"], "row_key": config.dataset.row_key,
-                "event_time": config.dataset.event_time, "weights_sha256": checksum},
+    save_model(store.fs, ctx.output.model, loop.network, best, preprocessor,
+               {"best_epoch": state["best_epoch"], "row_key": params.roles.row_key,
+                "event_time": params.roles.event_time, "weights_sha256": checksum},
                history=state["history"])
 
     excluded = {k: v for k, v in counts.items() if k not in SPLITS}
-    details = _details(state, counts, config, fit_started, fit_seconds)
     return StageResult(
         rows_in=sum(counts.values()),
         rows_out=sum(counts[name] for name in SPLITS),
         rows_quarantined=sum(excluded.values()),
-        schema={config.dataset.row_key: str(rows.schema().base_schema.field(
-            config.dataset.row_key).type), "split": "string", "reason": "string"},
+        schema={params.roles.row_key: str(key_type), "split": "string", "reason": "string"},
         statistics={"label_mean": preprocessor.label_mean, "label_std": preprocessor.label_std,
                     "vocabulary_sizes": dict(zip(preprocessor.categorical_columns,
                                                  preprocessor.cardinalities))},
-        details={**details, "weights_sha256": checksum, "train_run": result.path},
+        facts=_facts(state, counts, params, fit_started, fit_seconds, label_mean, checksum,
+                     result.path),
     )
 
 
-def _details(state: dict, counts: Counter, config: PipelineConfig, fit_started: float,
-             fit_seconds: float) -> dict:
+def _facts(state: dict, counts: Counter, params: TrainParams, fit_started: float,
+           fit_seconds: float, label_mean: float, checksum: str, train_run: str) -> TrainFacts:
     """The manifest's facts about the training run, from the final checkpoint's state."""
     history = state["history"]
     best = next(h for h in history if h["epoch"] == state["best_epoch"])
     train_seconds = sum(h["train_seconds"] for h in history)
     startup = state["first_batch_at"] - fit_started if state["first_batch_at"] else None
-    return {
-        "metrics": best["validation"],
-        "best_epoch": state["best_epoch"],
-        "epochs_run": state["epochs_done"],
-        "stopped_early": state["stopped"] and state["epochs_done"] < config.train.epochs,
-        "restarts": state["restarts"],
-        "samples_per_second": (sum(h["train_rows"] for h in history) / train_seconds
-                               if train_seconds else 0.0),
-        "train_rows": counts["train"],
-        "train_rows_consumed": history[-1]["train_rows"],
-        "validation_rows": counts["validation"],
-        "test_rows": counts["test"],
-        "splits": {name: counts[name] for name in SPLITS},
-        "excluded": {k: v for k, v in counts.items() if k not in SPLITS},
-        "worker_count": config.train.num_workers,
-        "device": history[-1]["device"],
+    return TrainFacts(
+        metrics=best["validation"],
+        best_epoch=state["best_epoch"],
+        epochs_run=state["epochs_done"],
+        stopped_early=state["stopped"] and state["epochs_done"] < params.train.epochs,
+        restarts=state["restarts"],
+        samples_per_second=(sum(h["train_rows"] for h in history) / train_seconds
+                            if train_seconds else 0.0),
+        splits={name: counts[name] for name in SPLITS},
+        excluded={k: v for k, v in counts.items() if k not in SPLITS},
+        test_period_start=test_period_start(params.split).isoformat(),
+        train_label_mean=label_mean,
+        train_rows_consumed=history[-1]["train_rows"],
+        worker_count=params.train.num_workers,
+        device=history[-1]["device"],
         # None when this fit resumed a run an earlier process had started
-        "startup_seconds": round(startup, 3) if startup and startup > 0 else None,
-        "fit_seconds": round(fit_seconds, 3),
-    }
+        startup_seconds=round(startup, 3) if startup and startup > 0 else None,
+        fit_seconds=round(fit_seconds, 3),
+        weights_sha256=checksum,
+        train_run=train_run,
+    )
 
 
 # -- data ------------------------------------------------------------------------------------
-def read_features(store: ArtifactStore, path: str, config: PipelineConfig,
-                  categorical: list[str]) -> ray.data.Dataset:
-    """The featurize output, only the columns training reads, in a deterministic order."""
-    dataset = config.dataset
-    columns = list(dict.fromkeys([dataset.row_key, dataset.event_time,
-                                  dataset.label_available_at, dataset.label, FEATURES,
-                                  *categorical]))
+def split_rows(store: ArtifactStore, path: str, params: TrainParams,
+               facts: FeaturizeFacts) -> ray.data.Dataset:
+    """The featurize output, only the columns training reads, each row with its split decided
+    once (`split`, `reason` columns), in a deterministic order, materialised for every pass."""
+    roles = params.roles
+    columns = list(dict.fromkeys([roles.row_key, roles.event_time, roles.label_available_at,
+                                  roles.label, facts.packed_column, *facts.categorical_columns]))
     rows = ray.data.read_parquet(path, filesystem=store.arrow_filesystem(), columns=columns)
     rows.context.execution_options.preserve_order = True
-    return rows
+    return rows.map_batches(with_splits, batch_format="pyarrow", fn_kwargs={
+        "event_time": roles.event_time, "label_available_at": roles.label_available_at,
+        "split": params.split}).materialize()
 
 
-def _rows_in(batch: pa.Table, name: str, config: PipelineConfig) -> pa.Table:
-    """The rows of one split (the same assign_splits that wrote splits/)."""
-    splits, _ = assign_splits(batch[config.dataset.event_time],
-                              batch[config.dataset.label_available_at], config.split)
-    return batch.filter(pa.array(splits == name))
+def _in_split(batch: pa.Table, name: str) -> pa.Table:
+    return batch.filter(pc.equal(batch["split"], name))
 
 
 def write_splits(store: ArtifactStore, rows: ray.data.Dataset, directory: str,
-                 config: PipelineConfig) -> Counter:
+                 row_key: str) -> Counter:
     """Write (row key, split, reason) for every row; return counts per split and per reason."""
-    dataset = config.dataset
-    tables = rows.map_batches(
-        split_table, batch_format="pyarrow",
-        fn_kwargs={"row_key": dataset.row_key, "event_time": dataset.event_time,
-                   "label_available_at": dataset.label_available_at, "split": config.split})
     store.fs.makedirs(directory, exist_ok=True)
     counts: Counter = Counter({name: 0 for name in SPLITS})
-    for index, ref in enumerate(tables.to_arrow_refs()):  # numbered parts: same bytes on a rerun
+    for index, ref in enumerate(rows.select_columns([row_key, "split", "reason"])
+                                .to_arrow_refs()):  # numbered parts: same bytes on a rerun
         table = ray.get(ref)
         if not table.num_rows:
             continue
@@ -172,52 +225,54 @@ def write_splits(store: ArtifactStore, rows: ray.data.Dataset, directory: str,
     return counts
 
 
-def _fit_batch(batch: pa.Table, config: PipelineConfig, categorical: list[str]) -> pa.Table:
-    train = _rows_in(batch, "train", config)
+def _fit_batch(batch: pa.Table, label: str, categorical: list[str]) -> pa.Table:
+    train = _in_split(batch, "train")
     if not train.num_rows:
         return pa.table({"statistics": pa.array([], pa.binary())})
-    statistics = FitStatistics.of(train, categorical, config.dataset.label)
+    statistics = FitStatistics.of(train, categorical, label)
     return pa.table({"statistics": pa.array([pickle.dumps(statistics)], pa.binary())})
 
 
-def fit_preprocessing(rows: ray.data.Dataset, config: PipelineConfig, feature_columns: list[str],
-                      categorical: list[str]) -> Preprocessor:
-    """Standardisation and vocabularies from the training split's rows only (a map and a merge)."""
+def fit_preprocessing(rows: ray.data.Dataset, params: TrainParams,
+                      facts: FeaturizeFacts) -> tuple[Preprocessor, float]:
+    """Standardisation and vocabularies from the training split's rows only (a map and a merge),
+    and the training split's mean label."""
+    label, categorical = params.roles.label, facts.categorical_columns
     partial = rows.map_batches(_fit_batch, batch_format="pyarrow", batch_size=None,
-                               fn_kwargs={"config": config, "categorical": categorical})
+                               fn_kwargs={"label": label, "categorical": categorical})
     merged = None
     for row in partial.take_all():
         statistics = pickle.loads(row["statistics"])
         merged = statistics if merged is None else merged.merge(statistics)
     if merged is None:
         raise ValueError("the training split is empty: check split.train_until against the data")
-    return merged.finish(feature_columns, categorical, config.dataset.label, config.train.task)
+    preprocessor = merged.finish(facts.feature_columns, categorical, label, params.train.task)
+    return preprocessor, merged.label_mean
 
 
-def _encode_batch(batch: pa.Table, name: str, preprocessor: Preprocessor,
-                  config: PipelineConfig) -> pa.Table:
-    rows = _rows_in(batch, name, config)
-    missing = rows[config.dataset.label].null_count + int(
-        pc.sum(pc.is_nan(rows[config.dataset.label].cast(pa.float64()))).as_py() or 0)
+def _encode_batch(batch: pa.Table, name: str, preprocessor: Preprocessor, label: str) -> pa.Table:
+    rows = _in_split(batch, name)
+    missing = rows[label].null_count + int(
+        pc.sum(pc.is_nan(rows[label].cast(pa.float64()))).as_py() or 0)
     if missing:
-        raise ValueError(f"{missing} rows of the {name} split have no label "
-                         f"({config.dataset.label}); validate should have quarantined them")
+        raise ValueError(f"{missing} rows of the {name} split have no label ({label}); "
+                         "validate should have quarantined them")
     return preprocessor.encode(rows)
 
 
-def encode_split(rows: ray.data.Dataset, name: str, preprocessor: Preprocessor,
-                 config: PipelineConfig, shuffle_seed: int | None = None) -> ray.data.Dataset:
+def encode_split(rows: ray.data.Dataset, name: str, preprocessor: Preprocessor, label: str,
+                 shuffle_seed: int | None = None) -> ray.data.Dataset:
     """One split's rows, encoded once for every epoch (and shuffled with a fixed seed)."""
     encoded = rows.map_batches(_encode_batch, batch_format="pyarrow",
                                fn_kwargs={"name": name, "preprocessor": preprocessor,
-                                          "config": config})
+                                          "label": label})
     if shuffle_seed is not None:
         encoded = encoded.random_shuffle(seed=shuffle_seed)
     return encoded.materialize()
 
 
 # -- Ray Train -------------------------------------------------------------------------------
-def loop_config(train: TrainConfig, preprocessor: Preprocessor, carrier: dict | None):
+def loop_config(train: TrainConfig, preprocessor: Preprocessor):
     """The loop's LoopConfig: architecture from the fitted preprocessing, the rest from config."""
     from pipeline.model.loop import KILL_ENV, LoopConfig
     from pipeline.model.network import NetworkSpec
@@ -234,20 +289,18 @@ def loop_config(train: TrainConfig, preprocessor: Preprocessor, carrier: dict | 
         task=train.task, lr=train.lr, weight_decay=train.weight_decay,
         batch_size=train.batch_size, epochs=train.epochs, patience=train.patience,
         seed=train.seed, label_mean=preprocessor.label_mean, label_std=preprocessor.label_std,
-        carrier=carrier, kill_after_epoch=int(kill) if kill else None,
+        kill_after_epoch=int(kill) if kill else None,
     )
 
 
-def fit(loop, train: ray.data.Dataset, validation: ray.data.Dataset, settings: TrainConfig,
-        store: ArtifactStore, name: str):
+def fit(train_loop_per_worker: Callable, loop, train: ray.data.Dataset,
+        validation: ray.data.Dataset, settings: TrainConfig, store: ArtifactStore, name: str):
     """Run the TorchTrainer; checkpoints live under the artifact root, named by the cache key."""
     from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipeline.model.loop import train_loop_per_worker
-
-    storage = store.path("train_runs")
+    storage = store.train_runs_path()
     run_config = RunConfig(
         name=name,
         storage_path=os.path.abspath(storage) if store.is_local else storage,
@@ -272,12 +325,33 @@ def fit(loop, train: ray.data.Dataset, validation: ray.data.Dataset, settings: T
     return trainer.fit()
 
 
+def explain(question: RowQuestion) -> list[str]:
+    """The split the row fell into and the rule that put it there."""
+    params: TrainParams = question.params
+    split = params.split
+    splits = pads.dataset(question.output.files.splits, filesystem=question.store.arrow_filesystem(),
+                          format="parquet").to_table(filter=question.where())
+    why = {
+        "train": f"event and label both before train_until {fmt(split.train_until)}",
+        "validation": f"event in [train_until + embargo {fmt(split.embargo)}, validation_until "
+                      f"{fmt(split.validation_until)}) and label available before its end",
+        "test": f"event at or after validation_until + embargo "
+                f"({fmt(test_period_start(split))})",
+    }
+    lines = []
+    for row in splits.to_pylist():
+        consumed = "training consumed it" if row["split"] == "train" else "training did not use it"
+        reason = why.get(row["split"]) or f"excluded: {row['reason']}"
+        lines.append(f"split: {row['split'] or 'none'} ({reason}); {consumed}")
+    return lines
+
+
 STAGE = Stage(
     name="train",
-    inputs=("featurize",),
-    config_sections=("dataset", "split", "train"),
+    params=TrainParams,
+    files=TrainFiles,
+    facts=TrainFacts,
     run=run,
-    code_modules=("pipeline.stages.train", "pipeline.model.splits", "pipeline.model.preprocessing",
-                  "pipeline.model.network", "pipeline.model.loop", "pipeline.model.metrics",
-                  "pipeline.model.predictor"),
+    explain=explain,
+    inputs=(FEATURIZE,),
 )

@@ -20,43 +20,80 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
+from pydantic import Field
 
+from pipeline.config import Duration, PipelineConfig
 from pipeline.quality.rules import column_statistics, conform, merge_statistics, row_reasons
-from pipeline.stage import Stage, StageContext, StageResult
-from pipeline.telemetry import worker_span
+from pipeline.schema import TableSchema
+from pipeline.stage import (
+    Facts,
+    Files,
+    Folder,
+    Params,
+    RowQuestion,
+    Stage,
+    StageContext,
+    StageResult,
+)
+from pipeline.stages.ingest import STAGE as INGEST
+from pipeline.stages.ingest import IngestFiles
+from pipeline.telemetry import current_span
+
+
+class ValidateParams(Params):
+    table: TableSchema
+    max_label_delay: Duration
+    max_quarantined_fraction: float = Field(ge=0, le=1)
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig) -> ValidateParams:
+        return cls(table=TableSchema.of(config.dataset),
+                   max_label_delay=config.validate_.max_label_delay,
+                   max_quarantined_fraction=config.validate_.max_quarantined_fraction)
+
+
+class ValidateFiles(Files):
+    clean = Folder("clean")
+    """Clean rows, hive-partitioned by the UTC day of their event time (`day=YYYY-MM-DD`)."""
+    quarantine = Folder("quarantine")
+    """Quarantined rows with `_reason`, `_detail` and `_source_file`."""
+
+
+class ValidateFacts(Facts):
+    quarantine_reasons: dict[str, int]
+    quarantined_share: float
+    files: int
 
 
 class QuarantineThresholdExceeded(RuntimeError):
     """More rows were quarantined than the config allows; the data, not the code, is suspect."""
 
 
-@ray.remote(num_cpus=1)
 def _row_keys(store, path: str, row_key: str) -> np.ndarray:
     with store.fs.open(path, "rb") as handle:
         return pq.read_table(handle, columns=[row_key])[row_key].to_numpy(zero_copy_only=False)
 
 
-@ray.remote(num_cpus=1)
-def _validate_file(store, path: str, index: int, duplicate: np.ndarray, config, output: str,
-                   carrier: dict) -> dict:
-    dataset = config.dataset
-    with worker_span(carrier, "validate.file", {"file": path}) as span:
-        with store.fs.open(path, "rb") as handle:
-            raw = pq.read_table(handle)
-        table = conform(raw, dataset, where=path)
-        reasons, details = row_reasons(table, dataset, config.validate_.max_label_delay, duplicate)
-        bad = reasons.astype(bool)  # None (clean) is falsy, a reason code is not
-        clean = table.filter(pa.array(~bad)).sort_by(dataset.event_time)
-        quarantined = table.filter(pa.array(bad)).append_column(
-            "_reason", pa.array(reasons[bad], pa.string())).append_column(
-            "_detail", pa.array(details[bad], pa.string())).append_column(
-            "_source_file", pa.array([path] * int(bad.sum()), pa.string()))
-        _write_clean(store, clean, dataset.event_time, posixpath.join(output, "clean"), index)
-        with store.fs.open(posixpath.join(output, "quarantine", f"part-{index:05d}.parquet"),
-                           "wb") as handle:
-            pq.write_table(quarantined, handle)
-        span.set_attributes({"rows.in": raw.num_rows, "rows.out": clean.num_rows,
-                             "rows.quarantined": quarantined.num_rows})
+def _validate_file(store, path: str, index: int, duplicate: np.ndarray, params: ValidateParams,
+                   output: ValidateFiles) -> dict:
+    table_schema = params.table
+    with store.fs.open(path, "rb") as handle:
+        raw = pq.read_table(handle)
+    table = conform(raw, table_schema, where=path)
+    reasons, details = row_reasons(table, table_schema, params.max_label_delay, duplicate)
+    bad = reasons.astype(bool)  # None (clean) is falsy, a reason code is not
+    clean = table.filter(pa.array(~bad)).sort_by(table_schema.event_time)
+    quarantined = table.filter(pa.array(bad)).append_column(
+        "_reason", pa.array(reasons[bad], pa.string())).append_column(
+        "_detail", pa.array(details[bad], pa.string())).append_column(
+        "_source_file", pa.array([path] * int(bad.sum()), pa.string()))
+    _write_clean(store, clean, table_schema.event_time, output.clean, index)
+    with store.fs.open(posixpath.join(output.quarantine, f"part-{index:05d}.parquet"),
+                       "wb") as handle:
+        pq.write_table(quarantined, handle)
+    current_span().set_attributes({"file": path, "rows.in": raw.num_rows,
+                                   "rows.out": clean.num_rows,
+                                   "rows.quarantined": quarantined.num_rows})
     counts = pd.Series(reasons[bad]).value_counts().to_dict() if bad.any() else {}
     return {"rows": raw.num_rows, "clean": clean.num_rows, "quarantined": int(bad.sum()),
             "reasons": counts, "statistics": column_statistics(clean),
@@ -73,19 +110,20 @@ def _write_clean(store, clean: pa.Table, event_time: str, base: str, index: int)
     )
 
 
-def run(ctx: StageContext) -> StageResult:
-    config, store = ctx.config, ctx.store
-    files = sorted(p for p in store.fs.find(ctx.input_path("ingest", "data"))
-                   if p.endswith(".parquet"))
-    keys = ray.get([_row_keys.remote(store, path, config.dataset.row_key) for path in files])
+def run(ctx: StageContext[ValidateParams, ValidateFiles]) -> StageResult[ValidateFacts]:
+    params, store = ctx.params, ctx.store
+    snapshot: IngestFiles = ctx.input(INGEST).files
+    files = sorted(p for p in store.fs.find(snapshot.data) if p.endswith(".parquet"))
+    row_keys = ray.remote(num_cpus=1)(ctx.traced(_row_keys, "validate.row_keys"))
+    keys = ray.get([row_keys.remote(store, path, params.table.row_key) for path in files])
     # first occurrence (in file, then row order) is kept; later copies are quarantined
     duplicated = pd.Series(np.concatenate(keys)).duplicated(keep="first").to_numpy()
     bounds = np.cumsum([0] + [len(k) for k in keys])
-    store.fs.makedirs(posixpath.join(ctx.output, "quarantine"), exist_ok=True)
-    carrier = ctx.telemetry.carrier()
+    store.fs.makedirs(ctx.output.quarantine, exist_ok=True)
+    validate_file = ray.remote(num_cpus=1)(ctx.traced(_validate_file, "validate.file"))
     results = ray.get([
-        _validate_file.remote(store, path, i, duplicated[bounds[i]:bounds[i + 1]], config,
-                              ctx.output, carrier)
+        validate_file.remote(store, path, i, duplicated[bounds[i]:bounds[i + 1]], params,
+                             ctx.output)
         for i, path in enumerate(files)
     ])
     rows_in = sum(r["rows"] for r in results)
@@ -95,7 +133,7 @@ def run(ctx: StageContext) -> StageResult:
         for reason, count in result["reasons"].items():
             reasons[reason] = reasons.get(reason, 0) + count
     share = quarantined / rows_in if rows_in else 0.0
-    limit = config.validate_.max_quarantined_fraction
+    limit = params.max_quarantined_fraction
     if share > limit:
         raise QuarantineThresholdExceeded(
             f"{quarantined:,} of {rows_in:,} rows ({share:.2%}) quarantined, over the limit of "
@@ -107,16 +145,33 @@ def run(ctx: StageContext) -> StageResult:
         rows_quarantined=quarantined,
         schema=results[0]["schema"] if results else {},
         statistics=merge_statistics([r["statistics"] for r in results]),
-        details={"quarantine_reasons": dict(sorted(reasons.items())),
-                 "quarantined_share": round(share, 6), "files": len(files),
-                 "clean": "clean/", "quarantine": "quarantine/"},
+        facts=ValidateFacts(quarantine_reasons=dict(sorted(reasons.items())),
+                            quarantined_share=round(share, 6), files=len(files)),
     )
+
+
+def explain(question: RowQuestion) -> list[str]:
+    files: ValidateFiles = question.output.files
+    store = question.store
+    clean = _rows(store, files.clean, question)
+    lines = [f"validate passed it ({clean.num_rows} clean copy)"] if clean.num_rows else []
+    for row in _rows(store, files.quarantine, question).to_pylist():
+        lines.append(f"validate quarantined a copy: {row['_reason']} ({row['_detail']}) "
+                     f"from {row['_source_file']}")
+    return lines
+
+
+def _rows(store, path: str, question: RowQuestion) -> pa.Table:
+    return pads.dataset(path, filesystem=store.arrow_filesystem(), format="parquet",
+                        partitioning="hive").to_table(filter=question.where())
 
 
 STAGE = Stage(
     name="validate",
-    inputs=("ingest",),
-    config_sections=("dataset", "validate"),
+    params=ValidateParams,
+    files=ValidateFiles,
+    facts=ValidateFacts,
     run=run,
-    code_modules=("pipeline.stages.validate", "pipeline.quality.rules"),
+    explain=explain,
+    inputs=(INGEST,),
 )

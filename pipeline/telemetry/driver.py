@@ -78,16 +78,8 @@ class Telemetry:
         """`{"traceparent", "spec"}` of the current span: pass it to Ray work and `worker_span`."""
         return make_carrier(self.spec)
 
-    def current_trace_id(self) -> str | None:
-        """Hex trace id of the current span (for manifests), None outside a span or when off."""
-        ctx = trace.get_current_span().get_span_context()
-        return f"{ctx.trace_id:032x}" if ctx.is_valid else None
-
     def counter(self, name: str, unit: str = "1", description: str = "") -> metrics.Counter:
         return self._meter.create_counter(name, unit=unit, description=description)
-
-    def histogram(self, name: str, unit: str = "s", description: str = "") -> metrics.Histogram:
-        return self._meter.create_histogram(name, unit=unit, description=description)
 
     def _collect_spans(self) -> list[dict]:
         if self.spec.exporter not in ("jsonl", "memory"):

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import atexit
 import contextvars
+import functools
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 from opentelemetry import context as otel_context
@@ -33,6 +34,9 @@ _WORKER_PROVIDERS: dict[tuple[int, TelemetrySpec], Providers | None] = {}
 _WORKER_LOCK = threading.Lock()
 # worker_spans open in this context: the outermost one flushes (even when nested in a driver span)
 _DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("raypipe_worker_span_depth", default=0)
+# the carrier of the outermost open worker_span: nested spans and meters in the same work reuse it
+_ACTIVE: contextvars.ContextVar[Mapping | None] = contextvars.ContextVar("raypipe_carrier",
+                                                                         default=None)
 
 
 def make_carrier(spec: TelemetrySpec, ctx: otel_context.Context | None = None) -> dict:
@@ -77,7 +81,9 @@ def worker_span(
     """A span in a Ray worker process, child of the driver span that made `carrier`.
 
     On an exception the span records it and gets StatusCode.ERROR, and the exception propagates.
+    With `carrier=None` inside traced work, the span nests under the work's span.
     """
+    carrier = carrier if carrier is not None else _ACTIVE.get()
     spec = (carrier or {}).get("spec")
     providers = worker_providers(spec) if spec is not None else None
     if providers is None:
@@ -85,22 +91,26 @@ def worker_span(
         return
     tracer = providers.tracer_provider.get_tracer(TRACER_NAME)
     token = _DEPTH.set(_DEPTH.get() + 1)
+    active = _ACTIVE.set(carrier)
     try:
         with tracer.start_as_current_span(
             name, context=_parent(carrier), attributes=span_attributes(attributes)
         ) as span:
             yield span
     finally:
+        _ACTIVE.reset(active)
         _DEPTH.reset(token)
         if _DEPTH.get() == 0:  # the outermost worker span: export before the task returns
             providers.flush()
 
 
-def worker_meter(carrier: Mapping | None) -> metrics.Meter:
+def worker_meter(carrier: Mapping | None = None) -> metrics.Meter:
     """An OTel Meter for metrics recorded in a worker; flushed with the outermost worker_span.
 
-    Files ("jsonl"/"memory") get cumulative snapshots in run_dir/metrics/worker-*.jsonl.
+    Files ("jsonl"/"memory") get cumulative snapshots in run_dir/metrics/worker-*.jsonl. Without a
+    carrier, inside traced work, it is the work's meter.
     """
+    carrier = carrier if carrier is not None else _ACTIVE.get()
     spec = (carrier or {}).get("spec")
     providers = worker_providers(spec) if spec is not None else None
     if providers is None:
@@ -108,9 +118,41 @@ def worker_meter(carrier: Mapping | None) -> metrics.Meter:
     return providers.meter_provider.get_meter(TRACER_NAME)
 
 
-def flush_worker(carrier: Mapping | None) -> None:
-    """Export everything this process holds for the carrier's spec (for metrics outside spans)."""
-    spec = (carrier or {}).get("spec")
-    providers = worker_providers(spec) if spec is not None else None
-    if providers is not None:
-        providers.flush()
+def traced(work: Callable, name: str | None, carrier: Mapping) -> Callable:
+    """`work` (a function, or a class for Ray Data's actor pool) run inside a worker span `name`,
+    a child of the span that made `carrier`. Picklable, so it ships to any Ray process; inside it,
+    `worker_span(None, ...)` nests and `current_span()` is that span. With `name=None` no span is
+    opened: long-running work (a training loop) opens its own, each exported as it closes."""
+    if isinstance(work, type):
+        class Traced(work):  # a Ray Data callable class: each call is one span
+            def __call__(self, *args, **kwargs):
+                with _work_context(carrier, name):
+                    return super().__call__(*args, **kwargs)
+
+        Traced.__name__ = Traced.__qualname__ = work.__name__
+        return Traced
+
+    @functools.wraps(work)
+    def run(*args, **kwargs):
+        with _work_context(carrier, name):
+            return work(*args, **kwargs)
+
+    return run
+
+
+@contextmanager
+def _work_context(carrier: Mapping, name: str | None) -> Iterator[None]:
+    if name is not None:
+        with worker_span(carrier, name):
+            yield
+        return
+    token = _ACTIVE.set(carrier)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def current_span() -> trace.Span:
+    """The innermost open span of this process (a no-op span outside one)."""
+    return trace.get_current_span()
