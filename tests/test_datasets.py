@@ -310,3 +310,17 @@ def test_ensure_dataset_refuses_a_mismatch_and_unknown_kinds(tmp_path) -> None:
         ensure_dataset(uri, "rideshare", 2_000, START, END, seed=0)
     with pytest.raises(ValueError, match="'taxi'.*rideshare"):
         ensure_dataset(str(tmp_path / "other"), "taxi", 1_000, START, END, seed=0)
+
+
+def test_run_refuses_to_generate_over_a_users_folder(tmp_path, capsys) -> None:
+    from tests.conftest import SMOKE, run_cli
+
+    target = _plant(tmp_path, "user_folder")
+    before = _contents(target)
+    code, _, _ = run_cli("run", "-c", str(SMOKE), "--set", f"dataset.source={target}",
+                         "--set", f"artifact_root={tmp_path / 'artifacts'}")
+    lines = capsys.readouterr().err.splitlines()
+    assert code == 1
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(target) in lines[0]
+    assert "dataset.generate" in lines[0]
+    assert _contents(target) == before
