@@ -2,6 +2,11 @@
 
 Each bad row gets exactly one reason code (the first rule it breaks, in RULES order) and a detail a
 person can act on; rows are never dropped, only routed to the quarantine with their reason.
+
+NaN and ±inf in a float column are one rule, ``not_finite``, checked right after nulls: NaN is not
+null and compares false with every bound, and inf passes a column without min/max, so without this
+rule both would reach featurize. It applies to every float column, required or not (a missing value
+is null, never NaN), and the detail names the value.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ _ARROW_TYPES = {
     "int8": pa.int8(), "int32": pa.int32(), "int64": pa.int64(), "float32": pa.float32(),
     "float64": pa.float64(), "string": pa.string(), "bool": pa.bool_(), "timestamp": CANONICAL_TIME,
 }
-RULES = ("null_required", "duplicate_row_key", "out_of_range", "label_before_event",
+RULES = ("null_required", "not_finite", "duplicate_row_key", "out_of_range", "label_before_event",
          "label_delay_exceeds_max", "event_time_outside_range")
 
 
@@ -71,6 +76,12 @@ def row_reasons(table: pa.Table, dataset: DatasetConfig, max_label_delay: timede
     for name, spec in dataset.columns.items():
         if spec.required:
             flag(np.asarray(table[name].is_null()), "null_required", f"{name} is null")
+    for name, spec in dataset.columns.items():
+        if spec.type in ("float32", "float64"):
+            values = table[name].to_numpy(zero_copy_only=False).astype("float64")
+            flag(_not_finite(table[name]), "not_finite",
+                 lambda m, name=name, values=values: np.array(
+                     [f"{name}={v} is not a finite number" for v in values[m]], dtype=object))
     flag(duplicate, "duplicate_row_key", f"{dataset.row_key} seen earlier in the snapshot")
     for name, spec in dataset.columns.items():
         if spec.min is None and spec.max is None:
@@ -91,6 +102,11 @@ def row_reasons(table: pa.Table, dataset: DatasetConfig, max_label_delay: timede
     flag((event < start) | (event >= end), "event_time_outside_range",
          f"{dataset.event_time} outside [{dataset.start.isoformat()}, {dataset.end.isoformat()})")
     return reasons, details
+
+
+def _not_finite(column: pa.ChunkedArray) -> np.ndarray:
+    """True where a float value is NaN or ±inf; nulls are False (the null rule owns them)."""
+    return np.asarray(pc.fill_null(pc.or_(pc.is_nan(column), pc.is_inf(column)), False))
 
 
 def _micros(column: pa.ChunkedArray) -> np.ndarray:
