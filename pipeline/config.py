@@ -383,6 +383,13 @@ def _yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Apply one `dotted.key=value` (value parsed as YAML) to the raw config mapping."""
     if "=" not in assignment:
@@ -401,8 +408,8 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     try:
         value = _yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"--set {dotted}: {raw!r} is not valid YAML ({problem})") from None
+        raise ConfigError(f"--set {dotted}: {raw!r} is not valid YAML ({_yaml_problem(exc)})") \
+            from None
     if isinstance(node, list):
         node[_index(node, keys[-1], dotted)] = value
     else:
@@ -425,7 +432,7 @@ def load_config(path: str | Path = DEFAULT_CONFIG, overrides: list[str] = ()) ->
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     data = {} if data is None else data
     if overrides and not isinstance(data, dict):
         raise ConfigError(f"--set {overrides[0]}: {path} holds a {type(data).__name__}, not a "
