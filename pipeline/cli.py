@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
+from pathlib import Path
 
 from pipeline.config import DEFAULT_CONFIG, ConfigError, PipelineConfig, load_config
 from pipeline.dag import STAGE_NAMES
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.overrides)
     if args.command in ("run", "stage"):
+        _check_artifact_root(config)
         try:
             summary = Runner(config).run(only=args.name if args.command == "stage" else None)
         except SourceError as exc:  # raised while computing ingest's cache key, before it runs
@@ -98,6 +101,22 @@ def _dispatch(args: argparse.Namespace) -> None:
         print(trace_row(config, args.row_key))
     elif args.command == "profile":
         print(_profile(config, args.run_id))
+
+
+def _check_artifact_root(config: PipelineConfig) -> None:
+    """A local artifact root must be creatable and writable (checked before any stage runs)."""
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, root = fsspec.core.url_to_fs(config.artifact_root, **config.storage_options)
+    if not isinstance(fs, LocalFileSystem):
+        return
+    existing = Path(root)
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"artifact_root {config.artifact_root} cannot be written: "
+                              f"{existing} is not a writable folder")
 
 
 def _check_row_key(config: PipelineConfig, text: str) -> None:
