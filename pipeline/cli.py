@@ -1,14 +1,23 @@
-"""`pipeline run | stage | trace | profile`: the surface users touch."""
+"""`pipeline run | stage | trace | profile`: the surface users touch.
+
+Every failure is one line on stderr, `error: <message>` (exit 1), except an invalid config:
+`config error: ` and one line per bad key (exit 2). `--debug` adds the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
+from pathlib import Path
 
-from pipeline.config import DEFAULT_CONFIG, ConfigError, load_config
+from pipeline.config import DEFAULT_CONFIG, ConfigError, PipelineConfig, load_config
 from pipeline.dag import STAGE_NAMES
-from pipeline.runner import Runner, StageFailed
+from pipeline.runner import Runner
+
+_SHOWN_LINES = 3  # of a multi-line failure message, before "(+N more lines)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -17,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"YAML config (default: {DEFAULT_CONFIG})")
     common.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config value, e.g. train.epochs=3")
+    common.add_argument("--debug", action="store_true", help="show the traceback of a failure")
 
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -62,30 +72,71 @@ def _profile(config, run_id: str | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        config = load_config(args.config, args.overrides)
-        if args.command in ("run", "stage"):
-            summary = Runner(config).run(only=args.name if args.command == "stage" else None)
-            model = summary.model
-            if model:
-                print(f"model {model['model']} {model['version']}: {model['reason']}")
-            if args.json:
-                print(json.dumps(summary.as_json()))
-        elif args.command == "trace":
-            from pipeline.trace import trace_row
-
-            print(trace_row(config, args.row_key))
-        elif args.command == "profile":
-            print(_profile(config, args.run_id))
+        _dispatch(args)
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    except StageFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except LookupError as exc:
-        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
-        return 1
+        return _fail(args, f"config error: {exc}", 2)
+    except Exception as exc:  # the one place where every other failure becomes one line
+        return _fail(args, f"error: {_one_line(_describe(exc))}", 1)
     return 0
+
+
+def _dispatch(args: argparse.Namespace) -> None:
+    config = load_config(args.config, args.overrides)
+    if args.command in ("run", "stage"):
+        _check_artifact_root(config)
+        summary = Runner(config).run(only=args.name if args.command == "stage" else None)
+        model = summary.model
+        if model:
+            print(f"model {model['model']} {model['version']}: {model['reason']}")
+        if args.json:
+            print(json.dumps(summary.as_json()))
+    elif args.command == "trace":
+        from pipeline.trace import trace_row
+
+        print(trace_row(config, args.row_key))
+    elif args.command == "profile":
+        print(_profile(config, args.run_id))
+
+
+def _check_artifact_root(config: PipelineConfig) -> None:
+    """A local artifact root must be creatable and writable (checked before any stage runs)."""
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, root = fsspec.core.url_to_fs(config.artifact_root, **config.storage_options)
+    if not isinstance(fs, LocalFileSystem):
+        return
+    existing = Path(root)
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"artifact_root {config.artifact_root} cannot be written: "
+                              f"{existing} is not a writable folder")
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    if args.debug:
+        traceback.print_exc()
+    print(message, file=sys.stderr)
+    return code
+
+
+def _describe(exc: Exception) -> str:
+    """The exception as a sentence: our own exceptions and plain ValueError/LookupError carry a
+    message written for people; OS errors name their file; anything else says its type."""
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror or type(exc).__name__}: {exc.filename}"
+    message = str(exc.args[0]) if type(exc) is LookupError and exc.args else str(exc)
+    if type(exc).__module__.startswith("pipeline") or type(exc) in (ValueError, LookupError):
+        return message or type(exc).__name__
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def _one_line(message: str) -> str:
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    shown = "; ".join(lines[:_SHOWN_LINES])
+    hidden = len(lines) - _SHOWN_LINES
+    return f"{shown} (+{hidden} more lines; --debug shows them)" if hidden > 0 else shown
 
 
 if __name__ == "__main__":

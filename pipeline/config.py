@@ -3,18 +3,25 @@
 A new dataset needs a new config, not new code: the schema section declares every column's type and
 *when it becomes known* (at the event, or only once the label is in), and everything downstream
 (validation rules, point-in-time windows, leakage refusal, the model's inputs) is derived from it.
+
+Validation reports every problem at once, each as `key: message`. Field rules live on the models;
+rules that relate several fields (a column named in one place must be declared in another, the split
+dates must be ordered) are `cross_check_problems`, which runs on every section that validated, so a
+bad field elsewhere never hides them and each names the key to fix.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -22,10 +29,10 @@ from pydantic import (
     PlainSerializer,
     ValidationError,
     field_validator,
-    model_validator,
 )
 
 from pipeline.durations import format_duration, parse_duration
+from pipeline.packed import PACKED
 
 DEFAULT_CONFIG = "configs/local.yaml"
 
@@ -36,9 +43,42 @@ Duration = Annotated[
 ]
 
 
+def _longer_than_zero(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError(f"must be longer than zero, got {format_duration(value)}")
+    return value
+
+
+def _not_negative(value: timedelta) -> timedelta:
+    if value < timedelta(0):
+        raise ValueError(f"must not be negative, got -{format_duration(-value)}")
+    return value
+
+
+PositiveDuration = Annotated[Duration, AfterValidator(_longer_than_zero)]
+NonNegativeDuration = Annotated[Duration, AfterValidator(_not_negative)]
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _safe_name(value: str) -> str:
+    """Names that become path segments (registry folders, run records) cannot escape them."""
+    if not SAFE_NAME.fullmatch(value) or ".." in value:
+        raise ValueError(f"{value!r} is not a safe name: use 1 to 128 letters, digits, '.', '_' or "
+                         "'-', starting with a letter or digit, and no '..' (it becomes part of "
+                         "a path)")
+    return value
+
+
+SafeName = Annotated[str, AfterValidator(_safe_name)]
+
+
 def _utc(value: Any) -> Any:
     if isinstance(value, str):
-        value = datetime.fromisoformat(value)
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a valid date or time ({exc})") from None
     if hasattr(value, "year") and not isinstance(value, datetime):  # a bare YAML date
         value = datetime(value.year, value.month, value.day)
     if isinstance(value, datetime) and value.tzinfo is None:
@@ -96,23 +136,6 @@ class DatasetConfig(_Strict):
     )
     columns: dict[str, ColumnSpec]
 
-    @model_validator(mode="after")
-    def _check(self) -> DatasetConfig:
-        if self.end <= self.start:
-            raise ValueError(f"end ({self.end}) must be after start ({self.start})")
-        for key in ("row_key", "event_time", "label", "label_available_at"):
-            column = getattr(self, key)
-            if column not in self.columns:
-                raise ValueError(f"{key}: column {column!r} is not in dataset.columns")
-        for key in ("event_time", "label_available_at"):
-            if self.columns[getattr(self, key)].type not in ("timestamp", "int64"):
-                raise ValueError(f"{key}: a time column must be timestamp or int64 epoch")
-        if self.columns[self.label].known_at != "label":
-            raise ValueError(f"label column {self.label!r} must be declared known_at: label")
-        if self.columns[self.label_available_at].known_at != "label":
-            raise ValueError(f"column {self.label_available_at!r} must be declared known_at: label")
-        return self
-
 
 Aggregation = Literal["count", "sum", "mean", "min", "max", "std", "last", "time_since_last"]
 
@@ -121,7 +144,7 @@ class WindowFeature(_Strict):
     entity: list[str]
     column: str | None = Field(None, description="source column; omit to count rows")
     agg: Aggregation
-    window: Duration
+    window: PositiveDuration
     available_at: Literal["event", "label"] | None = Field(
         None, description="when the source value becomes usable; defaults to the column's known_at"
     )
@@ -131,13 +154,6 @@ class WindowFeature(_Strict):
     @classmethod
     def _entity_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
-
-    @field_validator("window")
-    @classmethod
-    def _positive(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("a window must be longer than zero")
-        return value
 
     @property
     def feature_name(self) -> str:
@@ -151,7 +167,7 @@ class FeaturesConfig(_Strict):
     numeric: list[str] = Field([], description="event-time numeric columns fed to the model as is")
     categorical: list[str] = Field([], description="event-time columns embedded by the model")
     windows: list[WindowFeature] = []
-    chunk: Duration = Field(
+    chunk: PositiveDuration = Field(
         parse_duration("7d"), description="time span of one featurize task; each task also reads "
         "a lookback halo of the longest window, so chunks much shorter than it repeat work"
     )
@@ -164,7 +180,7 @@ class FeaturesConfig(_Strict):
 
 class ValidateConfig(_Strict):
     max_quarantined_fraction: float = Field(0.05, ge=0, le=1)
-    max_label_delay: Duration = Field(
+    max_label_delay: PositiveDuration = Field(
         parse_duration("1d"), description="labels later than this are implausible (and would "
         "make featurize's lookback unbounded)"
     )
@@ -173,7 +189,7 @@ class ValidateConfig(_Strict):
 class SplitConfig(_Strict):
     train_until: Timestamp
     validation_until: Timestamp
-    embargo: Duration = timedelta(0)
+    embargo: NonNegativeDuration = timedelta(0)
 
 
 class TrainConfig(_Strict):
@@ -181,7 +197,7 @@ class TrainConfig(_Strict):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     resources_per_worker: dict[str, float] = {}
-    hidden: list[int] = [64, 32]
+    hidden: list[Annotated[int, Field(ge=1)]] = [64, 32]
     dropout: float = Field(0.0, ge=0, lt=1)
     embedding_dim: int = Field(8, ge=1)
     lr: float = Field(3e-3, gt=0)
@@ -194,15 +210,15 @@ class TrainConfig(_Strict):
 
 
 class EvaluateConfig(_Strict):
-    model_name: str = "model"
+    model_name: SafeName = "model"
     min_improvement: float = Field(
-        0.0, description="relative improvement over the baseline needed to promote (0.05 = 5%)"
+        0.0, ge=0, description="relative improvement over the baseline needed to promote (0.05 = 5%)"
     )
 
 
 class ClusterConfig(_Strict):
     address: str | None = Field(None, description="Ray address; None starts a local Ray")
-    num_cpus: int | None = None
+    num_cpus: int | None = Field(None, ge=1)
     runtime_env: dict[str, Any] = {}
 
 
@@ -212,15 +228,12 @@ class TelemetryConfig(_Strict):
     service_name: str = "raypipe"
     resource_attributes: dict[str, str] = {}
 
-    @model_validator(mode="after")
-    def _endpoint(self) -> TelemetryConfig:
-        if self.exporter == "otlp" and not self.endpoint:
-            raise ValueError("exporter otlp needs an endpoint, e.g. http://127.0.0.1:4318")
-        return self
-
 
 class PipelineConfig(_Strict):
-    name: str
+    """A whole config. Build it with `load_config` or `parse_config`, which also run
+    `cross_check_problems`; validating this model alone checks each field, not how they relate."""
+
+    name: SafeName
     artifact_root: str
     storage_options: dict[str, Any] = {}
     dataset: DatasetConfig
@@ -234,49 +247,6 @@ class PipelineConfig(_Strict):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    @model_validator(mode="after")
-    def _cross_checks(self) -> PipelineConfig:
-        columns = self.dataset.columns
-        for section, names in (("numeric", self.features.numeric),
-                               ("categorical", self.features.categorical)):
-            for name in names:
-                if name not in columns:
-                    raise ValueError(f"features.{section}: column {name!r} is not in the schema")
-                if columns[name].known_at != "event":
-                    raise ValueError(
-                        f"features.{section}: column {name!r} is known only at label time; "
-                        "feeding it to the model as is would leak the label"
-                    )
-        seen: set[str] = set()
-        for i, feature in enumerate(self.features.windows):
-            where = f"features.windows.{i}"
-            for name in feature.entity + ([feature.column] if feature.column else []):
-                if name not in columns:
-                    raise ValueError(f"{where}: column {name!r} is not in the schema")
-            known_at = columns[feature.column].known_at if feature.column else "event"
-            if feature.available_at == "event" and known_at == "label":
-                raise ValueError(
-                    f"{where} ({feature.feature_name}): refused, it reads {feature.column!r} as if "
-                    "known at event time, but the schema says it is known only once the label is "
-                    "(label leakage)"
-                )
-            if feature.column and feature.agg not in ("count", "time_since_last") \
-                    and columns[feature.column].type in ("string", "timestamp", "bool"):
-                raise ValueError(f"{where}: {feature.agg} needs a numeric column, "
-                                 f"{feature.column!r} is {columns[feature.column].type}")
-            if feature.feature_name in columns or feature.feature_name == "features":
-                raise ValueError(f"{where}: feature name {feature.feature_name!r} clashes with a "
-                                 "column; give it another `name`")
-            if feature.feature_name in seen:
-                raise ValueError(f"{where}: duplicate feature name {feature.feature_name!r}")
-            seen.add(feature.feature_name)
-        split, ds = self.split, self.dataset
-        if not ds.start < split.train_until < split.validation_until < ds.end:
-            raise ValueError(
-                "split: need dataset.start < train_until < validation_until < dataset.end"
-            )
-        return self
-
     def available_at(self, feature: WindowFeature) -> str:
         """The column whose time says when this feature's source value became usable."""
         known_at = feature.available_at or (
@@ -284,14 +254,136 @@ class PipelineConfig(_Strict):
         )
         return self.dataset.label_available_at if known_at == "label" else self.dataset.event_time
 
-    def section(self, *names: str) -> dict[str, Any]:
-        """The JSON-able config sections a stage reads (part of its cache key)."""
-        dumped = self.model_dump(mode="json", by_alias=True)
-        return {name: dumped[name] for name in names}
-
     def digest(self) -> str:
         payload = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class Problem(NamedTuple):
+    key: str
+    message: str
+
+
+def cross_check_problems(sections: dict[str, Any]) -> list[Problem]:
+    """Rules across fields, on whichever validated sections are present (by top-level key)."""
+    dataset, features = sections.get("dataset"), sections.get("features")
+    split, telemetry = sections.get("split"), sections.get("telemetry")
+    problems = []
+    if dataset is not None:
+        problems += _dataset_problems(dataset)
+        if features is not None:
+            problems += _input_problems(dataset.columns, features)
+            problems += _window_problems(dataset.columns, features.windows)
+        if split is not None:
+            problems += _split_problems(dataset, split)
+    if telemetry is not None and telemetry.exporter == "otlp" and not telemetry.endpoint:
+        problems.append(Problem("telemetry.endpoint", "exporter otlp needs an endpoint, "
+                                "e.g. http://127.0.0.1:4318"))
+    return problems
+
+
+def _dataset_problems(ds: DatasetConfig) -> list[Problem]:
+    problems = []
+    if ds.end <= ds.start:
+        problems.append(Problem("dataset.end", f"{ds.end} must be after dataset.start ({ds.start})"))
+    for role in ("row_key", "event_time", "label", "label_available_at"):
+        column = getattr(ds, role)
+        if column not in ds.columns:
+            problems.append(Problem(f"dataset.{role}",
+                                    f"column {column!r} is not in dataset.columns"))
+        elif role in ("event_time", "label_available_at") \
+                and ds.columns[column].type not in ("timestamp", "int64"):
+            problems.append(Problem(f"dataset.{role}", f"time column {column!r} must be "
+                                    f"timestamp or int64 epoch, not {ds.columns[column].type}"))
+    for role in ("label", "label_available_at"):
+        column = getattr(ds, role)
+        if column in ds.columns and ds.columns[column].known_at != "label":
+            problems.append(Problem(f"dataset.columns.{column}.known_at",
+                                    f"the {role} column {column!r} must be known_at: label"))
+    return problems
+
+
+def _input_problems(columns: dict[str, ColumnSpec], features: FeaturesConfig) -> list[Problem]:
+    """Columns fed to the model as is must exist and be known at event time."""
+    problems = []
+    for section in ("numeric", "categorical"):
+        for i, name in enumerate(getattr(features, section)):
+            key = f"features.{section}.{i}"
+            if name not in columns:
+                problems.append(Problem(key, f"column {name!r} is not in the schema"))
+            elif columns[name].known_at != "event":
+                problems.append(Problem(key, f"column {name!r} is known only at label time; "
+                                        "feeding it to the model as is would leak the label"))
+    return problems
+
+
+def _window_problems(columns: dict[str, ColumnSpec],
+                     windows: list[WindowFeature]) -> list[Problem]:
+    problems, seen = [], set()
+    for i, feature in enumerate(windows):
+        where = f"features.windows.{i}"
+        missing = [Problem(f"{where}.{role}", f"column {name!r} is not in the schema")
+                   for role, names in (("entity", feature.entity), ("column", [feature.column]))
+                   for name in names if name and name not in columns]
+        if missing:
+            problems += missing
+            continue
+        spec = columns[feature.column] if feature.column else None
+        if feature.available_at == "event" and spec and spec.known_at == "label":
+            problems.append(Problem(
+                f"{where}.available_at", f"({feature.feature_name}) refused, it reads "
+                f"{feature.column!r} as if known at event time, but the schema says it is known "
+                "only once the label is (label leakage)"))
+        if spec and feature.agg not in ("count", "time_since_last") \
+                and spec.type in ("string", "timestamp", "bool"):
+            problems.append(Problem(f"{where}.agg", f"{feature.agg} needs a numeric column, "
+                                    f"{feature.column!r} is {spec.type}"))
+        name = feature.feature_name
+        if name in columns or name == PACKED:
+            problems.append(Problem(f"{where}.name", f"feature name {name!r} clashes with a "
+                                    "column; give it another `name`"))
+        elif name in seen:
+            problems.append(Problem(f"{where}.name", f"duplicate feature name {name!r}"))
+        seen.add(name)
+    return problems
+
+
+def _split_problems(ds: DatasetConfig, split: SplitConfig) -> list[Problem]:
+    order = "need dataset.start < train_until < validation_until < dataset.end"
+    problems = []
+    if not ds.start < split.train_until < ds.end:
+        problems.append(Problem("split.train_until", f"{split.train_until} is not between "
+                                f"dataset.start and dataset.end; {order}"))
+    if not split.train_until < split.validation_until < ds.end:
+        problems.append(Problem("split.validation_until", f"{split.validation_until} is not "
+                                f"between split.train_until and dataset.end; {order}"))
+    return problems
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML in which an impossible date (2026-02-30) stays text, so that validation can
+    refuse it under its key instead of the YAML parser failing without one."""
+
+
+def _timestamp_or_text(loader: _Loader, node: yaml.Node) -> Any:
+    try:
+        return loader.construct_yaml_timestamp(node)
+    except ValueError:
+        return loader.construct_scalar(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_or_text)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
@@ -309,7 +401,11 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
             node = node.setdefault(key, {})
         if not isinstance(node, (dict, list)):
             raise ConfigError(f"--set {dotted}: {where} is a value, not a section")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = _yaml(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {dotted}: {raw!r} is not valid YAML ({_yaml_problem(exc)})") \
+            from None
     if isinstance(node, list):
         node[_index(node, keys[-1], dotted)] = value
     else:
@@ -326,25 +422,60 @@ def load_config(path: str | Path = DEFAULT_CONFIG, overrides: list[str] = ()) ->
     """Read, override and validate a config; raise ConfigError naming each bad key."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _yaml(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+    data = {} if data is None else data
+    if overrides and not isinstance(data, dict):
+        raise ConfigError(f"--set {overrides[0]}: {path} holds a {type(data).__name__}, not a "
+                          "mapping of sections, so there is no key to set")
     for assignment in overrides:
         apply_override(data, assignment)
     return parse_config(data, source=str(path))
 
 
-def parse_config(data: dict[str, Any], source: str = "config") -> PipelineConfig:
+def parse_config(data: Any, source: str = "config") -> PipelineConfig:
+    """Validate a raw config mapping; raise ConfigError listing every problem (fields and cross-
+    field rules together), one `  key: message` line each."""
+    if not isinstance(data, dict):
+        _refuse(source, [Problem("(top level)", f"expected a mapping of sections, got "
+                                 f"{type(data).__name__}")])
     try:
-        return PipelineConfig.model_validate(data)
+        config = PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-            message = error["msg"].removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                message = "unknown key"
-            lines.append(f"  {key}: {message}")
-        raise ConfigError(f"{source} is not a valid config:\n" + "\n".join(lines)) from None
+        problems = [_problem(error) for error in exc.errors()]
+        failed = {error["loc"][0] for error in exc.errors() if error["loc"]}
+        problems += cross_check_problems(_valid_sections(data, failed))
+        _refuse(source, problems)
+    _refuse(source, cross_check_problems({name: getattr(config, name) for name in _CROSS_CHECKED}))
+    return config
+
+
+_CROSS_CHECKED = ("dataset", "features", "split", "telemetry")  # the sections cross checks read
+
+
+def _valid_sections(data: dict[str, Any], failed: set) -> dict[str, Any]:
+    """The cross-checked sections of `data` that validated (their defaults when absent)."""
+    sections = {}
+    for name in _CROSS_CHECKED:
+        if name not in failed:
+            field = PipelineConfig.model_fields[name]
+            sections[name] = (field.annotation.model_validate(data[name]) if name in data
+                              else field.get_default())
+    return sections
+
+
+def _problem(error: dict[str, Any]) -> Problem:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = error["msg"].removeprefix("Value error, ")
+    return Problem(key, "unknown key" if error["type"] == "extra_forbidden" else message)
+
+
+def _refuse(source: str, problems: list[Problem]) -> None:
+    if problems:
+        lines = "\n".join(f"  {key}: {message}" for key, message in problems)
+        raise ConfigError(f"{source} is not a valid config:\n{lines}")

@@ -140,7 +140,10 @@ class Runner:
     def _run_stage(self, stage: Stage, upstream: dict[str, Output], telemetry: Telemetry,
                    trace_id: str) -> tuple[StageOutcome, Output]:
         inputs = {up.name: upstream[up.name] for up in stage.inputs}
-        key = stage_key(stage, self.config, inputs)
+        try:  # the key reads external inputs too (the source listing), which can fail
+            key = stage_key(stage, self.config, inputs)
+        except Exception as exc:
+            raise StageFailed(f"stage {stage.name} failed: {exc}") from exc
         started = time.perf_counter()
         with telemetry.span(f"stage.{stage.name}", {"stage.name": stage.name,
                                                      "stage.cache_key": key.key,

@@ -48,7 +48,7 @@ def test_misspelled_duration_is_named():
 def test_column_missing_from_schema_is_named():
     data = _smoke()
     data["features"]["windows"][1]["entity"] = "drvier_id"
-    assert "features.windows.1: column 'drvier_id' is not in the schema" in _error(data)
+    assert "features.windows.1.entity: column 'drvier_id' is not in the schema" in _error(data)
 
 
 def test_label_time_column_read_at_event_time_is_refused():
@@ -63,13 +63,14 @@ def test_label_time_column_read_at_event_time_is_refused():
 def test_label_time_column_as_model_input_is_refused():
     data = _smoke()
     data["features"]["numeric"].append("fare")
-    assert "features.numeric: column 'fare' is known only at label time" in _error(data)
+    assert "features.numeric.1: column 'fare' is known only at label time" in _error(data)
 
 
 def test_splits_must_be_ordered():
     data = _smoke()
     data["split"]["validation_until"] = "2026-01-05"
-    assert "train_until < validation_until" in _error(data)
+    assert "split.validation_until: 2026-01-05 00:00:00+00:00 is not between split.train_until" \
+        in _error(data)
 
 
 def test_overrides_apply_dotted_keys_and_list_indices():
@@ -104,3 +105,78 @@ def test_feature_name_clashing_with_a_column_is_refused():
     data = _smoke()
     data["features"]["windows"][0]["name"] = "fare"
     assert "feature name 'fare' clashes with a column" in _error(data)
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("evaluate.min_improvement", -0.1, "greater than or equal to 0"),
+    ("split.embargo", -3600, "must not be negative, got -1h"),
+    ("validate.max_label_delay", "0s", "must be longer than zero"),
+    ("features.chunk", "0s", "must be longer than zero"),
+    ("train.hidden", [64, 0], "greater than or equal to 1"),
+    ("cluster.num_cpus", 0, "greater than or equal to 1"),
+    ("evaluate.model_name", "", "is not a safe name"),
+    ("evaluate.model_name", "../escape", "is not a safe name"),
+    ("evaluate.model_name", "a/b", "is not a safe name"),
+    ("evaluate.model_name", "a..b", "is not a safe name"),
+    ("name", "my config", "is not a safe name"),
+    ("dataset.start", "2026-02-30", "is not a valid date"),
+    ("split.train_until", "2026-13-01", "is not a valid date"),
+])
+def test_values_that_load_but_make_no_sense_are_named(key: str, value, expected: str):
+    data = _smoke()
+    *path, last = key.split(".")
+    node = data
+    for part in path:
+        node = node.setdefault(part, {})
+    node[last] = value
+    message = _error(data)
+    shown = f"{key}.1" if key == "train.hidden" else key
+    assert f"  {shown}: " in message and expected in message
+
+
+def test_every_problem_is_reported_together_under_its_own_key():
+    data = _smoke()
+    data["train"]["lr"] = -1
+    data["telemetry"] = {"exporter": "otlp"}
+    data["features"]["windows"][0]["entity"] = "drvier_id"
+    data["features"]["categorical"].append("fare")
+    data["split"]["train_until"] = "2025-12-01"
+    data["dataset"]["label"] = "nope"
+    lines = _error(data).splitlines()
+    keys = [line.split(":")[0].strip() for line in lines[1:]]
+    assert lines[0] == "config is not a valid config:"
+    assert sorted(keys) == sorted([
+        "train.lr", "telemetry.endpoint", "features.windows.0.entity", "features.categorical.2",
+        "split.train_until", "dataset.label"])
+
+
+def test_cross_field_checks_still_run_when_a_section_is_invalid():
+    data = _smoke()
+    data["dataset"]["partition"] = ["not", "a", "string"]  # the dataset section fails
+    data["train"]["epochs"] = 0
+    data["telemetry"] = {"exporter": "otlp"}
+    message = _error(data)
+    assert "  dataset.partition: " in message and "  train.epochs: " in message
+    assert "  telemetry.endpoint: exporter otlp needs an endpoint" in message
+
+
+def test_an_impossible_date_in_the_file_is_named(tmp_path):
+    config = tmp_path / "bad-date.yaml"
+    config.write_text(SMOKE.read_text().replace("end: 2026-01-15", "end: 2026-02-30"))
+    with pytest.raises(ConfigError, match=r"dataset\.end: '2026-02-30' is not a valid date"):
+        load_config(config)
+    with pytest.raises(ConfigError, match=r"split\.embargo: must not be negative"):
+        load_config(SMOKE, ["split.embargo=-300"])
+    with pytest.raises(ConfigError, match=r"split\.validation_until: '2026-13-01' is not a valid"):
+        load_config(SMOKE, ["split.validation_until=2026-13-01"])
+
+
+def test_set_errors_name_the_set(tmp_path):
+    with pytest.raises(ConfigError, match=r"--set train\.hidden: '\[64, 32' is not valid YAML"):
+        load_config(SMOKE, ["train.hidden=[64, 32"])
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match=r"--set train\.epochs=3: .* not a mapping"):
+        load_config(listed, ["train.epochs=3"])
+    with pytest.raises(ConfigError, match=r"\(top level\): expected a mapping"):
+        load_config(listed)

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.datasets import (
+    SourceNotEmpty,
     dataset_exists,
     ensure_dataset,
     generate_orders,
@@ -23,6 +24,7 @@ from pipeline.datasets import (
     rideshare,
     write_partitioned,
 )
+from pipeline.datasets.writer import GENERATING
 
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 END = datetime(2026, 1, 15, tzinfo=timezone.utc)
@@ -243,14 +245,18 @@ def test_write_read_round_trip(trips: pa.Table, tmp_path, kind: str) -> None:
     assert "day" not in day_file.names
 
 
-def test_ensure_dataset_generates_once_and_replaces_partial_writes(tmp_path) -> None:
+def test_ensure_dataset_generates_once_and_resumes_only_its_own_attempt(tmp_path) -> None:
     uri = str(tmp_path / "orders")
+    (tmp_path / "orders").mkdir()  # an empty folder is as good as none
     args = {"kind": "orders", "rows": 2_000, "start": START, "end": END, "seed": 3}
     assert ensure_dataset(uri, **args) is True
     assert ensure_dataset(uri, **args) is False
 
     fs, root = fsspec.core.url_to_fs(uri)
+    assert not fs.exists(f"{root}/{GENERATING}")  # gone once the dataset is complete
+    # a generation killed before its _SUCCESS: our marker and half-written files
     fs.rm(f"{root}/_SUCCESS")
+    fs.pipe_file(f"{root}/{GENERATING}", b'{"generated": {}}')
     fs.makedirs(f"{root}/day=2030-01-01")
     fs.pipe_file(f"{root}/day=2030-01-01/part-0.parquet", b"half-written garbage")
     assert not dataset_exists(uri)
@@ -260,6 +266,43 @@ def test_ensure_dataset_generates_once_and_replaces_partial_writes(tmp_path) -> 
     assert pc.max(table["day"]).as_py() < "2026-01-15"
 
 
+def _plant(tmp_path, layout: str):
+    """A location that holds something ensure_dataset did not write."""
+    target = tmp_path / "target"
+    if layout == "a_file":
+        target.write_text("not a folder")
+        return target
+    target.mkdir()
+    if layout == "user_folder":
+        (target / "notes.txt").write_text("my notes")
+        pq.write_table(pa.table({"x": [1, 2, 3]}), target / "events.parquet")
+    elif layout == "partitions_without_markers":
+        (target / "day=2026-01-01").mkdir()
+        pq.write_table(pa.table({"x": [1]}), target / "day=2026-01-01" / "part-0.parquet")
+    elif layout == "stray_file_beside_our_marker":
+        (target / GENERATING).write_text("{}")
+        (target / "notes.txt").write_text("my notes")
+    return target
+
+
+def _contents(path) -> dict:
+    if path.is_file():
+        return {".": path.read_bytes()}
+    return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("layout", ["user_folder", "partitions_without_markers",
+                                    "stray_file_beside_our_marker", "a_file"])
+def test_ensure_dataset_never_touches_what_it_did_not_create(tmp_path, layout: str) -> None:
+    target = _plant(tmp_path, layout)
+    before = _contents(target)
+    with pytest.raises(SourceNotEmpty, match=str(target)):
+        ensure_dataset(str(target), "orders", 1_000, START, END, seed=0)
+    with pytest.raises(SourceNotEmpty):
+        write_partitioned(generate_orders(100, START, END, seed=0), str(target))
+    assert _contents(target) == before
+
+
 def test_ensure_dataset_refuses_a_mismatch_and_unknown_kinds(tmp_path) -> None:
     uri = str(tmp_path / "trips")
     ensure_dataset(uri, "rideshare", 1_000, START, END, seed=0)
@@ -267,3 +310,17 @@ def test_ensure_dataset_refuses_a_mismatch_and_unknown_kinds(tmp_path) -> None:
         ensure_dataset(uri, "rideshare", 2_000, START, END, seed=0)
     with pytest.raises(ValueError, match="'taxi'.*rideshare"):
         ensure_dataset(str(tmp_path / "other"), "taxi", 1_000, START, END, seed=0)
+
+
+def test_run_refuses_to_generate_over_a_users_folder(tmp_path, capsys) -> None:
+    from tests.conftest import SMOKE, run_cli
+
+    target = _plant(tmp_path, "user_folder")
+    before = _contents(target)
+    code, _, _ = run_cli("run", "-c", str(SMOKE), "--set", f"dataset.source={target}",
+                         "--set", f"artifact_root={tmp_path / 'artifacts'}")
+    lines = capsys.readouterr().err.splitlines()
+    assert code == 1
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(target) in lines[0]
+    assert "dataset.generate" in lines[0]
+    assert _contents(target) == before

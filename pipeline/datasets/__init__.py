@@ -2,7 +2,8 @@
 
 ``ensure_dataset`` is what the default config leans on: it writes the table once, and later runs
 reuse it. It refuses to reuse a table generated with different parameters, because silently training
-on data other than what the config describes is exactly the bug the pipeline exists to stop.
+on data other than what the config describes is exactly the bug the pipeline exists to stop. It never
+writes over a folder it did not create (see ``writer``): a user's real data is never replaced.
 """
 
 from __future__ import annotations
@@ -14,8 +15,16 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.datasets.orders import generate_orders
-from pipeline.datasets.rideshare import generate_rideshare, to_utc_us
-from pipeline.datasets.writer import dataset_exists, open_dataset, read_marker, write_partitioned
+from pipeline.datasets.rideshare import generate_rideshare
+from pipeline.datasets.writer import (
+    SourceNotEmpty,
+    check_target,
+    dataset_exists,
+    open_dataset,
+    read_marker,
+    write_partitioned,
+)
+from pipeline.epoch import to_us
 
 GENERATORS: dict[str, Callable[[int, datetime, datetime, int], pa.Table]] = {
     "rideshare": generate_rideshare,
@@ -24,6 +33,7 @@ GENERATORS: dict[str, Callable[[int, datetime, datetime, int], pa.Table]] = {
 
 __all__ = [
     "GENERATORS",
+    "SourceNotEmpty",
     "dataset_exists",
     "ensure_dataset",
     "generate_orders",
@@ -44,14 +54,15 @@ def ensure_dataset(
     storage_options: dict[str, Any] | None = None,
 ) -> bool:
     """Generate and publish the ``kind`` table at ``uri`` unless it is already there; True if it
-    generated. A partial earlier attempt (files without the marker) is replaced."""
+    generated. Only an absent or empty ``uri``, or an unfinished generation of our own, is written;
+    any other folder without the ``_SUCCESS`` marker raises SourceNotEmpty."""
     if kind not in GENERATORS:
         raise ValueError(f"unknown dataset kind {kind!r}; known kinds: {', '.join(GENERATORS)}")
     wanted = {
         "kind": kind,
         "rows": rows,
-        "start_us": to_utc_us(start),
-        "end_us": to_utc_us(end),
+        "start_us": to_us(start),
+        "end_us": to_us(end),
         "seed": seed,
     }
     published = read_marker(uri, storage_options)
@@ -63,6 +74,7 @@ def ensure_dataset(
                 "point dataset.source at a new location or delete the old one"
             )
         return False
+    check_target(uri, storage_options=storage_options)  # before the (slow) generation
     table = GENERATORS[kind](rows, start, end, seed)
     write_partitioned(table, uri, storage_options=storage_options, metadata={"generated": wanted})
     return True

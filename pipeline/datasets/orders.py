@@ -40,10 +40,10 @@ from pipeline.datasets.rideshare import (
     daylight,
     disjoint_rows,
     mean_reverting_walk,
-    to_utc_us,
     with_duplicates,
     with_nulls,
 )
+from pipeline.epoch import to_us
 
 WAREHOUSES = [
     "AMS1", "BER1", "BER2", "CDG1", "FRA1", "LHR1", "LHR2", "MAD1", "MIL1", "VIE1", "WAW1", "ZRH1"
@@ -65,7 +65,7 @@ DIRT = {
 def generate_orders(rows: int, start: datetime, end: datetime, seed: int) -> pa.Table:
     """``rows`` orders placed in [start, end) (naive datetimes are UTC), deterministic in seed."""
     rng = np.random.default_rng(seed)
-    start_s, end_s = to_utc_us(start) // 1_000_000, to_utc_us(end) // 1_000_000
+    start_s, end_s = to_us(start) // 1_000_000, to_us(end) // 1_000_000
     if rows <= 0 or end_s <= start_s:
         raise ValueError(f"need rows > 0 and start < end, got {rows=}, {start=}, {end=}")
     duplicates = round(rows * DIRT["duplicate"])

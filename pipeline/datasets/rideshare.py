@@ -34,10 +34,12 @@ their day and each duplicate sits right after its original.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
+
+from pipeline.epoch import to_us
 
 BASE_PACE = 2.0  # minutes per km in free-flowing traffic: 30 km/h
 SLOT = timedelta(minutes=15)
@@ -63,7 +65,7 @@ TIMESTAMP = pa.timestamp("us", tz="UTC")
 def generate_rideshare(rows: int, start: datetime, end: datetime, seed: int) -> pa.Table:
     """``rows`` trips requested in [start, end) (naive datetimes are UTC), deterministic in seed."""
     rng = np.random.default_rng(seed)
-    start_us, end_us = to_utc_us(start), to_utc_us(end)
+    start_us, end_us = to_us(start), to_us(end)
     if rows <= 0 or end_us <= start_us:
         raise ValueError(f"need rows > 0 and start < end, got {rows=}, {start=}, {end=}")
     duplicates = round(rows * DIRT["duplicate"])
@@ -72,7 +74,7 @@ def generate_rideshare(rows: int, start: datetime, end: datetime, seed: int) -> 
     drivers = int(np.clip(n / weeks / TRIPS_PER_DRIVER_WEEK, 10, MAX_DRIVERS))
     riders = int(np.clip(n // 10, 10, MAX_RIDERS))
 
-    slot_us = int(SLOT / timedelta(microseconds=1))
+    slot_us = to_us(SLOT)
     slot_start = np.arange(start_us, end_us, slot_us)
     slot_width = np.minimum(slot_us, end_us - slot_start)
     hour = (slot_start % US_PER_DAY) / (3_600 * US)
@@ -124,17 +126,6 @@ def generate_rideshare(rows: int, start: datetime, end: datetime, seed: int) -> 
         }
     )
     return with_duplicates(table, replayed)
-
-
-def to_utc_us(value: datetime | date | str) -> int:
-    """Microseconds since the epoch; naive datetimes and bare dates are taken as UTC."""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if not isinstance(value, datetime):
-        value = datetime(value.year, value.month, value.day)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return (value - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
 
 
 def mean_reverting_walk(

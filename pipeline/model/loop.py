@@ -95,6 +95,8 @@ class TrainingState:
     stopped: bool = False
     restarts: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    """Per-epoch records; their wall-clock fields (predictor.WALL_CLOCK) feed the manifest's
+    details only and are stripped when the model is saved, so the saved files are byte-stable."""
     first_batch_at: float | None = None
     """Wall-clock time of the first training batch (start-up = this - the driver's fit start)."""
 

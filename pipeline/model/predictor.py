@@ -5,8 +5,11 @@ A model directory holds
                         best epoch, format version
     weights.pt          the network's state_dict (torch.save; loaded with weights_only=True)
     preprocessing.json  the transform fit on the training split (see preprocessing.py)
-    history.json        per-epoch metrics (written by the train stage beside the model)
-Everything is read through an fsspec filesystem, so a model on s3:// loads like one on disk.
+    history.json        per-epoch metrics (written by the train stage beside the model), without
+                        wall-clock timings
+Everything is read through an fsspec filesystem, so a model on s3:// loads like one on disk. The files
+are byte-stable: identical weights give identical files, hence the same artifact fingerprint (the
+train stage's manifest details carry the timings instead).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ WEIGHTS = "weights.pt"
 PREPROCESSING = "preprocessing.json"
 HISTORY = "history.json"
 FORMAT_VERSION = 1
+WALL_CLOCK = ("train_seconds", "samples_per_second")  # history fields never written to disk
 
 
 @dataclass
@@ -69,7 +73,8 @@ def save_model(fs, model_dir: str, spec: NetworkSpec, state_dict: dict[str, torc
     fs.pipe_file(posixpath.join(model_dir, WEIGHTS), buffer.getvalue())
     _write_json(fs, posixpath.join(model_dir, PREPROCESSING), preprocessor.to_json())
     if history is not None:
-        _write_json(fs, posixpath.join(model_dir, HISTORY), history)
+        _write_json(fs, posixpath.join(model_dir, HISTORY), [
+            {k: v for k, v in epoch.items() if k not in WALL_CLOCK} for epoch in history])
     _write_json(fs, posixpath.join(model_dir, MODEL_JSON), {
         "format_version": FORMAT_VERSION,
         "network": spec.to_json(),

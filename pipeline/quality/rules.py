@@ -1,7 +1,12 @@
-"""The validate stage's rules, as pure functions of an Arrow table and the dataset config.
+"""The validate stage's rules, as pure functions of an Arrow table and the table's schema.
 
 Each bad row gets exactly one reason code (the first rule it breaks, in RULES order) and a detail a
 person can act on; rows are never dropped, only routed to the quarantine with their reason.
+
+NaN and ±inf in a float column are one rule, ``not_finite``, checked right after nulls: NaN is not
+null and compares false with every bound, and inf passes a column without min/max, so without this
+rule both would reach featurize. It applies to every float column, required or not (a missing value
+is null, never NaN), and the detail names the value.
 """
 
 from __future__ import annotations
@@ -12,14 +17,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.config import ColumnSpec, DatasetConfig
+from pipeline.config import ColumnSpec
+from pipeline.epoch import column_us, to_us
+from pipeline.schema import TableSchema
 
 CANONICAL_TIME = pa.timestamp("us", tz="UTC")
 _ARROW_TYPES = {
     "int8": pa.int8(), "int32": pa.int32(), "int64": pa.int64(), "float32": pa.float32(),
     "float64": pa.float64(), "string": pa.string(), "bool": pa.bool_(), "timestamp": CANONICAL_TIME,
 }
-RULES = ("null_required", "duplicate_row_key", "out_of_range", "label_before_event",
+RULES = ("null_required", "not_finite", "duplicate_row_key", "out_of_range", "label_before_event",
          "label_delay_exceeds_max", "event_time_outside_range")
 
 
@@ -27,11 +34,11 @@ class SchemaError(ValueError):
     """A column whose values cannot be read as the declared type; names the file and column."""
 
 
-def time_columns(dataset: DatasetConfig) -> tuple[str, str]:
+def time_columns(dataset: TableSchema) -> tuple[str, str]:
     return dataset.event_time, dataset.label_available_at
 
 
-def conform(table: pa.Table, dataset: DatasetConfig, where: str) -> pa.Table:
+def conform(table: pa.Table, dataset: TableSchema, where: str) -> pa.Table:
     """Cast every schema column to its declared type; time columns to timestamp[us, UTC]."""
     columns = {}
     for name, spec in dataset.columns.items():
@@ -41,7 +48,7 @@ def conform(table: pa.Table, dataset: DatasetConfig, where: str) -> pa.Table:
     return pa.table(columns)
 
 
-def _cast(column: pa.ChunkedArray, name: str, spec: ColumnSpec, dataset: DatasetConfig,
+def _cast(column: pa.ChunkedArray, name: str, spec: ColumnSpec, dataset: TableSchema,
           where: str) -> pa.ChunkedArray:
     if name in time_columns(dataset) and pa.types.is_integer(column.type):
         column = pc.cast(column, pa.int64()).cast(pa.timestamp(dataset.time_unit, tz="UTC"))
@@ -55,7 +62,7 @@ def _cast(column: pa.ChunkedArray, name: str, spec: ColumnSpec, dataset: Dataset
                           f"declared type {spec.type}: {exc}") from None
 
 
-def row_reasons(table: pa.Table, dataset: DatasetConfig, max_label_delay: timedelta,
+def row_reasons(table: pa.Table, dataset: TableSchema, max_label_delay: timedelta,
                 duplicate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row: the reason code (None = clean) and a human-readable detail."""
     n = table.num_rows
@@ -71,6 +78,12 @@ def row_reasons(table: pa.Table, dataset: DatasetConfig, max_label_delay: timede
     for name, spec in dataset.columns.items():
         if spec.required:
             flag(np.asarray(table[name].is_null()), "null_required", f"{name} is null")
+    for name, spec in dataset.columns.items():
+        if spec.type in ("float32", "float64"):
+            values = table[name].to_numpy(zero_copy_only=False).astype("float64")
+            flag(_not_finite(table[name]), "not_finite",
+                 lambda m, name=name, values=values: np.array(
+                     [f"{name}={v} is not a finite number" for v in values[m]], dtype=object))
     flag(duplicate, "duplicate_row_key", f"{dataset.row_key} seen earlier in the snapshot")
     for name, spec in dataset.columns.items():
         if spec.min is None and spec.max is None:
@@ -81,21 +94,21 @@ def row_reasons(table: pa.Table, dataset: DatasetConfig, max_label_delay: timede
         flag(low | high, "out_of_range",
              lambda m, name=name, spec=spec, values=values: np.array(
                  [f"{name}={v:g} outside [{spec.min}, {spec.max}]" for v in values[m]], dtype=object))
-    event = _micros(table[dataset.event_time])
-    label = _micros(table[dataset.label_available_at])
+    event = column_us(table[dataset.event_time], missing=0)  # null rows are already flagged
+    label = column_us(table[dataset.label_available_at], missing=0)
     flag(label < event, "label_before_event",
          f"{dataset.label_available_at} is before {dataset.event_time}")
-    flag(label - event > max_label_delay // timedelta(microseconds=1), "label_delay_exceeds_max",
+    flag(label - event > to_us(max_label_delay), "label_delay_exceeds_max",
          f"label arrived more than {max_label_delay} after the event")
-    start, end = (int(t.timestamp() * 1_000_000) for t in (dataset.start, dataset.end))
+    start, end = to_us(dataset.start), to_us(dataset.end)
     flag((event < start) | (event >= end), "event_time_outside_range",
          f"{dataset.event_time} outside [{dataset.start.isoformat()}, {dataset.end.isoformat()})")
     return reasons, details
 
 
-def _micros(column: pa.ChunkedArray) -> np.ndarray:
-    """Microseconds since the epoch; nulls become 0 (null rows are already flagged)."""
-    return pc.fill_null(column.cast(pa.int64()), 0).to_numpy()
+def _not_finite(column: pa.ChunkedArray) -> np.ndarray:
+    """True where a float value is NaN or ±inf; nulls are False (the null rule owns them)."""
+    return np.asarray(pc.fill_null(pc.or_(pc.is_nan(column), pc.is_inf(column)), False))
 
 
 def column_statistics(table: pa.Table) -> dict[str, dict]:

@@ -41,14 +41,15 @@ class IngestParams(Params):
     partition: str
     start: Timestamp
     end: Timestamp
-    columns: list[str]
+    columns: dict[str, str]
+    """Declared column name → type: what the snapshot projects and checks each file against."""
 
     @classmethod
     def from_config(cls, config: PipelineConfig) -> IngestParams:
         dataset = config.dataset
         return cls(source=dataset.source, storage_options=dataset.storage_options,
                    partition=dataset.partition, start=dataset.start, end=dataset.end,
-                   columns=list(dataset.columns))
+                   columns={name: spec.type for name, spec in dataset.columns.items()})
 
 
 class IngestFiles(Files):
@@ -73,22 +74,39 @@ def partition_days(start: datetime, end: datetime) -> list[str]:
 
 
 def source_files(params: IngestParams) -> tuple[fsspec.AbstractFileSystem, str, list[str]]:
-    """Partition pruning: only the parquet files of partitions inside the configured range."""
-    dataset = params
-    fs, root = fsspec.core.url_to_fs(dataset.source, **dataset.storage_options)
+    """Partition pruning: only the parquet files of partitions inside the configured range.
+
+    Each way a source can hold nothing to read is its own SourceError, saying what was found."""
+    dataset, source = params, params.source
+    fs, root = fsspec.core.url_to_fs(source, **dataset.storage_options)
     root = root.rstrip("/")
-    if not fs.exists(root):
-        raise SourceError(f"source {dataset.source} does not exist")
-    wanted = {f"{dataset.partition}={day}" for day in partition_days(dataset.start, dataset.end)}
-    files = []
-    for entry in sorted(fs.ls(root, detail=False)):
-        if posixpath.basename(entry.rstrip("/")) in wanted:
-            files += sorted(p for p in fs.find(entry) if p.endswith(".parquet"))
+    if not fs.isdir(root):
+        state = "is a file, not a folder of partitions" if fs.exists(root) else "does not exist"
+        raise SourceError(f"source {source} {state} (dataset.source)")
+    folders = sorted(posixpath.basename(e["name"].rstrip("/"))
+                     for e in fs.ls(root, detail=True) if e["type"] == "directory")
+    prefix = f"{dataset.partition}="
+    partitions = [name for name in folders if name.startswith(prefix)]
+    if not partitions:
+        others = sorted({name.split("=", 1)[0] + "=..." for name in folders if "=" in name})
+        if others:
+            raise SourceError(f"source {source} has no {prefix}... folders (dataset.partition "
+                              f"is {dataset.partition!r}); it has {', '.join(others)} folders")
+        if not any(path.endswith(".parquet") for path in fs.find(root)):
+            raise SourceError(f"source {source} holds no parquet files (dataset.source)")
+        raise SourceError(f"source {source} holds parquet files but no {prefix}... folders; "
+                          "ingest reads hive-partitioned parquet (dataset.partition)")
+    days = partition_days(dataset.start, dataset.end)
+    in_range = [name for name in partitions if name.removeprefix(prefix) in days]
+    if not in_range:
+        raise SourceError(f"source {source} has no partition in {prefix}{days[0]}..{days[-1]} "
+                          f"(dataset.start, dataset.end); it holds {partitions[0]}.."
+                          f"{partitions[-1].removeprefix(prefix)}")
+    files = [path for name in in_range for path in sorted(fs.find(f"{root}/{name}"))
+             if path.endswith(".parquet")]
     if not files:
-        raise SourceError(
-            f"source {dataset.source} has no parquet files in partitions "
-            f"{dataset.partition}={min(wanted)}..{max(wanted)}"
-        )
+        raise SourceError(f"source {source} has no parquet files in partitions "
+                          f"{in_range[0]}..{in_range[-1].removeprefix(prefix)}")
     return fs, root, files
 
 
@@ -104,17 +122,43 @@ def source_fingerprint(params: IngestParams) -> dict[str, str]:
             "source_fingerprint": digest.hexdigest()}
 
 
-def _check_columns(fs: fsspec.AbstractFileSystem, files: list[str], wanted: list[str]) -> int:
-    """Fail on a file that lacks a schema column (schema drift), naming it; return the row count."""
-    rows = 0
+def _check_columns(fs: fsspec.AbstractFileSystem, files: list[str],
+                   declared: dict[str, str]) -> int:
+    """Fail before Ray reads anything, naming the file and column: a file that is not parquet,
+    lacks a schema column (schema drift), types a column differently from the first file (a time
+    zone included), or holds a kind that cannot be read as the declared type. Return the row
+    count; 0 is an error."""
+    kinds = {"int": pa.types.is_integer, "float": lambda t: pa.types.is_floating(t)
+             or pa.types.is_integer(t), "string": lambda t: pa.types.is_string(t)
+             or pa.types.is_large_string(t), "bool": pa.types.is_boolean,
+             "timestamp": lambda t: pa.types.is_timestamp(t) or pa.types.is_integer(t)}
+    rows, seen = 0, {}  # column -> (type, file) where it was first typed
     for path in files:
-        with fs.open(path, "rb") as handle:
-            metadata = pq.ParquetFile(handle).metadata
-        missing = sorted(set(wanted) - set(metadata.schema.names))
+        try:
+            with fs.open(path, "rb") as handle:
+                metadata = pq.ParquetFile(handle).metadata
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise SourceError(f"{path}: not a readable parquet file ({exc})") from None
+        schema = metadata.schema.to_arrow_schema()
+        missing = sorted(set(declared) - set(schema.names))
         if missing:
             raise SourceError(f"{path}: column(s) {', '.join(missing)} missing from the file "
                               "(schema drift: the config's dataset.columns expects them)")
+        for name in declared:
+            kind = schema.field(name).type
+            if pa.types.is_null(kind):  # an all-null column reads as any type
+                continue
+            if not kinds[declared[name].rstrip("0123456789")](kind):
+                raise SourceError(f"{path}: column {name!r} is {kind}, which cannot be read as "
+                                  f"its declared type {declared[name]} (dataset.columns)")
+            first_kind, first_path = seen.setdefault(name, (kind, path))
+            if kind != first_kind:
+                raise SourceError(f"{path}: column {name!r} is {kind}, but {first_kind} in "
+                                  f"{first_path} (schema drift between source files)")
         rows += metadata.num_rows
+    if rows == 0:
+        raise SourceError(f"source files in range hold 0 rows (all {len(files)} under "
+                          f"{posixpath.commonpath(files)} are empty): nothing to snapshot")
     return rows
 
 
@@ -127,7 +171,7 @@ def run(ctx: StageContext[IngestParams, IngestFiles]) -> StageResult[IngestFacts
     snapshot = ray.data.read_parquet(
         files,
         filesystem=arrow_filesystem(fs),
-        columns=params.columns,  # column projection: only what the schema declares travels on
+        columns=list(params.columns),  # column projection: only what the schema declares travels on
         partitioning=Partitioning("hive", base_dir=root, filesystem=arrow_filesystem(fs)),
     )
     snapshot = snapshot.map_batches(ctx.traced(_read_block, "ingest.read_block"),
