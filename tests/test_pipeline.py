@@ -123,7 +123,7 @@ def test_trace_follows_a_test_row_through_every_stage(smoke_run):
     code, output, _ = run_cli("trace", str(predictions[0]), "-c", str(SMOKE), *smoke_run.overrides)
     assert code == 0, output
     lines = output.splitlines()
-    assert any(line.startswith("[source]") for line in lines)
+    assert any(line.startswith("[ingest") and "source holds" in line for line in lines)
     assert any(line.startswith("[validate") and "passed it" in line for line in lines)
     windows = [line for line in lines if line.startswith("[featurize") and "window [" in line]
     assert len(windows) == 7 and all("source rows" in line for line in windows)
@@ -142,4 +142,4 @@ def test_trace_says_why_a_row_was_quarantined(smoke_run):
 def test_trace_of_an_unknown_row_names_it(smoke_run, capsys):
     code, _, _ = run_cli("trace", "999999999", "-c", str(SMOKE), *smoke_run.overrides)
     assert code == 1
-    assert "trip_id=999999999 is not in the source" in capsys.readouterr().err
+    assert "trip_id=999999999 is not in the snapshot of" in capsys.readouterr().err
