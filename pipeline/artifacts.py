@@ -3,9 +3,11 @@
 Layout under the root (spelled here and nowhere else):
     stages/<stage>/<cache_key>/            a published output; complete iff manifest.json exists
     stages/<stage>/_staging/<key>-<run>/   work in progress, never read by anyone else
+    stages/<stage>/_locks/<key>.lock       held (flock, local disk) while a run computes a key
     runs/<run_id>/run.json                 one record per `pipeline run` (spans/, metrics beside it)
     runs/latest.json                       the id of the latest run
     train_runs/<cache_key>/                Ray Train checkpoints of a train attempt (resume point)
+    registry/<model>/v<N>/claim.json       the version number, claimed exclusively by one run
     registry/<model>/v<N>/entry.json       registered models (entry.json written last)
 
 Object stores have no atomic directory rename, so completeness is defined by the manifest alone: data
@@ -16,10 +18,17 @@ removes.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import posixpath
+import shutil
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -95,9 +104,16 @@ class ArtifactStore:
         return Artifact(stage, final, self.read_json(manifest_path))
 
     def begin(self, stage: str, key: str, run_id: str) -> str:
-        """A fresh, empty staging directory for one attempt at producing (stage, key)."""
+        """A fresh, empty staging directory for one attempt at producing (stage, key).
+
+        Called under the key's compute lock. On local disk every earlier attempt at this key held
+        that lock while it lived, so their staging folders belong to dead runs: removed here.
+        """
         staging = self.path("stages", stage, "_staging", f"{key}-{run_id}")
-        if self.fs.exists(staging):
+        if self.is_local:
+            for stale in Path(posixpath.dirname(staging)).glob(f"{key}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        elif self.fs.exists(staging):
             self.fs.rm(staging, recursive=True)
         self.fs.makedirs(staging, exist_ok=True)
         return staging
@@ -118,6 +134,49 @@ class ArtifactStore:
             self.fs.rm(objects)
         self.write_json(posixpath.join(final, MANIFEST), manifest)
         return Artifact(stage, final, manifest)
+
+    @contextmanager
+    def compute_lock(self, stage: str, key: str, waiting: Callable[[str], None]) -> Iterator[None]:
+        """Held while one run computes (stage, key), so a concurrent run waits, then reuses it.
+
+        Local disk: an exclusive flock on `stages/<stage>/_locks/<key>.lock`, released by the
+        kernel when the holder exits, even on SIGKILL. Object stores have no locks: two runs of
+        one key may both compute it (stages are deterministic; the later publish rewrites the same
+        files), and registry versions stay exclusive (`create_exclusive`).
+        """
+        if not self.is_local:
+            yield
+            return
+        path = Path(self.path("stages", stage, "_locks", f"{key}.lock"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                waiting(f"another run ({handle.read().strip() or 'unknown'}) is computing it")
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def create_exclusive(self, path: str, payload: Any) -> bool:
+        """Write a JSON object only if nothing is at `path` yet; False if something was.
+
+        O_EXCL on local disk; a conditional PUT (If-None-Match: *) on S3.
+        """
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        data = json.dumps(payload, indent=2, sort_keys=True, default=str).encode()
+        try:
+            self.fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
 
     def abandon(self, staging: str) -> None:
         if self.fs.exists(staging):

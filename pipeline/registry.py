@@ -16,6 +16,7 @@ from typing import Any
 from pipeline.artifacts import Artifact, ArtifactStore
 
 ENTRY = "entry.json"
+CLAIM = "claim.json"
 _VERSION = re.compile(r"^v(\d+)$")
 
 
@@ -34,7 +35,12 @@ def versions(store: ArtifactStore, model: str) -> list[dict[str, Any]]:
 
 
 def register(store: ArtifactStore, model: str, model_dir: str, entry: dict[str, Any]) -> dict:
-    """Copy the model in as the next version and write its entry last; reuse a same-key version."""
+    """Copy the model in as the next version and write its entry last; reuse a same-key version.
+
+    The version number is claimed with an exclusive create of `v<N>/claim.json`, so two runs
+    registering at once get two numbers and never overwrite each other; an unfinished version
+    keeps its number (never reused).
+    """
     for existing in versions(store, model):
         if existing["evaluate_cache_key"] == entry["evaluate_cache_key"]:
             return existing
@@ -42,9 +48,11 @@ def register(store: ArtifactStore, model: str, model_dir: str, entry: dict[str, 
     taken = [int(m.group(1)) for p in (store.fs.ls(root, detail=False)
                                        if store.fs.exists(root) else [])
              if (m := _VERSION.match(posixpath.basename(p.rstrip("/"))))]
-    number = max(taken, default=0) + 1  # unfinished versions keep their number: never reused
-    target = posixpath.join(root, f"v{number}")
-    store.fs.makedirs(target, exist_ok=True)
+    number = max(taken, default=0) + 1
+    claim = {"evaluate_cache_key": entry["evaluate_cache_key"], "run_id": entry.get("run_id")}
+    while not store.create_exclusive(store.registry_path(model, f"v{number}", CLAIM), claim):
+        number += 1
+    target = store.registry_path(model, f"v{number}")
     store.fs.copy(model_dir.rstrip("/") + "/", posixpath.join(target, "model"), recursive=True)
     entry = {**entry, "model": model, "version": f"v{number}", "uri": store.uri(target)}
     store.write_json(posixpath.join(target, ENTRY), entry)

@@ -21,7 +21,7 @@ from pipeline.provenance import git_commit, versions
 from pipeline.ray_cluster import ensure_ray
 from pipeline.stage import Output, Params, Stage, StageContext, StageResult
 from pipeline.stages.evaluate import EvaluateFacts
-from pipeline.telemetry import Telemetry, TelemetrySpec, redact, redact_text
+from pipeline.telemetry import REDACTED, Telemetry, TelemetrySpec, redact, redact_text
 
 
 class StageFailed(RuntimeError):
@@ -148,10 +148,9 @@ class Runner:
         with telemetry.span(f"stage.{stage.name}", {"stage.name": stage.name,
                                                      "stage.cache_key": key.key,
                                                      "stage.code_version": stage.code_version}) as span:
-            artifact = self.store.find(stage.name, key.key)
-            status = "cached" if artifact else "ran"
-            if artifact is None:
-                artifact = self._compute(stage, key, inputs, telemetry, trace_id)
+            artifact = self.store.find(stage.name, key.key) or self._compute_once(
+                stage, key, inputs, telemetry, trace_id)
+            status = "ran" if artifact.manifest["run_id"] == self.run_id else "cached"
             rows = artifact.manifest["rows"]
             ran = status == "ran"
             io = {"bytes.read": sum(i.artifact.manifest["bytes"] for i in inputs.values())
@@ -174,9 +173,21 @@ class Runner:
                                self.store.uri(artifact.uri), output.facts)
         return outcome, output
 
+    def _compute_once(self, stage: Stage, key: StageKey, inputs: dict[str, Output],
+                      telemetry: Telemetry, trace_id: str) -> Artifact:
+        """Compute under the key's lock; a concurrent run that held it may have published it."""
+        def waiting(why: str) -> None:
+            self.echo(f"{stage.name:<10} waiting  ({why})")
+
+        with self.store.compute_lock(stage.name, key.key, waiting):
+            return self.store.find(stage.name, key.key) or self._compute(
+                stage, key, inputs, telemetry, trace_id)
+
     def _compute(self, stage: Stage, key: StageKey, inputs: dict[str, Output],
                  telemetry: Telemetry, trace_id: str) -> Artifact:
         ensure_ray(self.config.cluster)
+        if stage.resources:
+            _check_resources(stage, stage.resources(key.params), local=not self.config.cluster.address)
         staging = self.store.begin(stage.name, key.key, self.run_id)
         self.echo(f"{stage.name:<10} running  (cache key {key.key})")
         started_at = datetime.now(timezone.utc)
@@ -257,6 +268,9 @@ class Runner:
                              service_name=config.telemetry.service_name,
                              resource_attributes=attributes, run_dir=str(run_dir))
 
+    def _recorded_config(self) -> dict[str, Any]:
+        return redact(_masked_env_vars(self.config.model_dump(mode="json", by_alias=True)))
+
     def _run_dir(self) -> Path:
         """Local folder for this run's span and metric files (uploaded to the root at the end)."""
         if self.store.is_local:
@@ -274,7 +288,7 @@ class Runner:
             shutil.rmtree(run_dir, ignore_errors=True)
         self.store.write_json(record_path, {
             **summary.as_json(),
-            "config": redact(self.config.model_dump(mode="json", by_alias=True)),
+            "config": self._recorded_config(),
             "config_digest": self.config.digest(),
             "finished_at": datetime.now(timezone.utc).isoformat(),
             "complete": error is None,
@@ -283,6 +297,15 @@ class Runner:
             "git_commit": git_commit(),
         })
         self.store.write_json(self.store.latest_run_path(), {"run_id": self.run_id})
+
+
+def _masked_env_vars(config: dict[str, Any]) -> dict[str, Any]:
+    """Every runtime_env env var value masked, whatever its name: workers get credentials this
+    way, and a name that does not look secret (GH_PAT) is no proof that the value is not."""
+    env_vars = config.get("cluster", {}).get("runtime_env", {}).get("env_vars")
+    if env_vars:
+        config["cluster"]["runtime_env"]["env_vars"] = {name: REDACTED for name in env_vars}
+    return config
 
 
 def published_outputs(config: PipelineConfig, store: ArtifactStore,
@@ -300,6 +323,21 @@ def published_outputs(config: PipelineConfig, store: ArtifactStore,
             break
         published[stage.name] = stage.output(artifact)
     return published
+
+
+def _check_resources(stage: Stage, needed: dict[str, float], local: bool) -> None:
+    """Fail fast, with the numbers, when a local Ray can never meet what a stage asks for at once
+    (Ray Train would retry its worker group forever). A cluster may autoscale: not checked."""
+    import ray
+
+    have = ray.cluster_resources()
+    short = {name: amount for name, amount in needed.items() if have.get(name, 0) < amount}
+    if local and short:
+        asked = ", ".join(f"{amount:g} {name}" for name, amount in needed.items())
+        owned = ", ".join(f"{have.get(name, 0):g} {name}" for name in needed)
+        raise StageFailed(f"stage {stage.name} needs {asked} at once (train.num_workers × "
+                          f"resources per worker), the local Ray has {owned}: lower "
+                          "train.num_workers or raise cluster.num_cpus")
 
 
 def _check_accounting(stage: str, result: StageResult) -> None:

@@ -155,6 +155,8 @@ class Stage(Generic[P, F, D]):
     inputs: tuple[Stage[Any, Any, Any], ...] = ()
     external_inputs: Callable[[P], dict[str, str]] | None = None
     """Fingerprints of inputs from outside the artifact store (the source dataset)."""
+    resources: Callable[[P], dict[str, float]] | None = None
+    """Ray resources the stage needs at once (train's worker group), checked before it starts."""
 
     @property
     def code_version(self) -> str:

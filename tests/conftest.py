@@ -88,3 +88,16 @@ def run_cli(*args: str) -> tuple[int, str, dict | None]:
         with contextlib.suppress(json.JSONDecodeError):
             summary = json.loads(lines[-1])
     return code, output, summary
+
+
+@pytest.fixture
+def smoke_copy(smoke_run, tmp_path) -> tuple[Path, list[str]]:
+    """A private copy of the shared smoke run's artifacts (every stage published), to run more on;
+    returns its root and the `--set` arguments that point the smoke config at it."""
+    import shutil
+
+    root = tmp_path / "artifacts"
+    shutil.copytree(smoke_run.root, root)
+    overrides = list(smoke_run.overrides)
+    overrides[overrides.index(f"artifact_root={smoke_run.root}")] = f"artifact_root={root}"
+    return root, overrides

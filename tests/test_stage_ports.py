@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import importlib
-import shutil
 import textwrap
 from pathlib import Path
 
@@ -105,16 +104,6 @@ def test_upstream_stage_modules_are_not_a_stages_code():
 
 
 # -- keys from parameters --------------------------------------------------------------------
-@pytest.fixture
-def smoke_copy(smoke_run, tmp_path) -> tuple[Path, list[str]]:
-    """A private copy of the shared smoke run's artifacts, to run more stages on."""
-    root = tmp_path / "artifacts"
-    shutil.copytree(smoke_run.root, root)
-    overrides = list(smoke_run.overrides)
-    overrides[overrides.index(f"artifact_root={smoke_run.root}")] = f"artifact_root={root}"
-    return root, overrides
-
-
 def test_a_validation_rule_reruns_validate_and_later_stages_but_not_ingest(smoke_copy):
     _, overrides = smoke_copy
     stricter = [*overrides, "--set", "dataset.columns.distance_km.max=20"]

@@ -346,6 +346,14 @@ def explain(question: RowQuestion) -> list[str]:
     return lines
 
 
+def worker_group_resources(params: TrainParams) -> dict[str, float]:
+    """What Ray Train's worker group needs at once: it never starts on less."""
+    train = params.train
+    per_worker = {"CPU": 1.0, **({"GPU": 1.0} if train.use_gpu else {}),
+                  **train.resources_per_worker}
+    return {name: amount * train.num_workers for name, amount in per_worker.items()}
+
+
 STAGE = Stage(
     name="train",
     params=TrainParams,
@@ -354,4 +362,5 @@ STAGE = Stage(
     run=run,
     explain=explain,
     inputs=(FEATURIZE,),
+    resources=worker_group_resources,
 )
