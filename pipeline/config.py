@@ -134,6 +134,11 @@ class DatasetConfig(_Strict):
     time_unit: Literal["s", "ms", "us", "ns"] = Field(
         "us", description="unit of integer epoch time columns (timestamp columns ignore it)"
     )
+    unlabeled: Literal["quarantine", "history"] = Field(
+        "quarantine", description="a row whose label and label-available time are both null (an "
+        "event that never got a label): quarantined, or kept as history (it feeds windows, never "
+        "a split)"
+    )
     columns: dict[str, ColumnSpec]
 
 

@@ -331,8 +331,10 @@ def explain(question: RowQuestion) -> list[str]:
         return ["featurize: no features (the row did not pass validation)"]
     values = rows.slice(0, 1).to_pylist()[0]
     t = values[roles.event_time]
-    lines = [f"event time t = {fmt(t)}; label {roles.label} = {fmt(values[roles.label])}, "
-             f"available at {fmt(values[roles.label_available_at])}"]
+    label = values[roles.label]
+    lines = [f"event time t = {fmt(t)}; label {roles.label} = {fmt(label)}, available at "
+             f"{fmt(values[roles.label_available_at])}" if label is not None else
+             f"event time t = {fmt(t)}; label {roles.label} = null (unlabeled: history only)"]
     clean = question.input(VALIDATE).files.clean
     for spec in params.windows:
         lines.append(_window_line(store, clean, roles, spec, values, t))
