@@ -365,6 +365,8 @@ def _value_text(spec: WindowSpec, value: Any) -> str:
     """A feature value with its unit; "no history" spelled out (null, or 0 for a count)."""
     if value is None:
         return "null (no history in the window)"
+    if spec.agg == "count" and value == 0:
+        return "0 (no history in the window)"
     if spec.agg == "time_since_last":
         return f"{fmt(value)} s"
     return fmt(value)
