@@ -134,6 +134,11 @@ class DatasetConfig(_Strict):
     time_unit: Literal["s", "ms", "us", "ns"] = Field(
         "us", description="unit of integer epoch time columns (timestamp columns ignore it)"
     )
+    unlabeled: Literal["quarantine", "history"] = Field(
+        "quarantine", description="a row whose label and label-available time are both null (an "
+        "event that never got a label): quarantined, or kept as history (it feeds windows, never "
+        "a split)"
+    )
     columns: dict[str, ColumnSpec]
 
 
@@ -274,6 +279,7 @@ def cross_check_problems(sections: dict[str, Any]) -> list[Problem]:
         if features is not None:
             problems += _input_problems(dataset.columns, features)
             problems += _window_problems(dataset.columns, features.windows)
+            problems += _leakage_problems(dataset.columns, features)
         if split is not None:
             problems += _split_problems(dataset, split)
     if telemetry is not None and telemetry.exporter == "otlp" and not telemetry.endpoint:
@@ -304,17 +310,36 @@ def _dataset_problems(ds: DatasetConfig) -> list[Problem]:
 
 
 def _input_problems(columns: dict[str, ColumnSpec], features: FeaturesConfig) -> list[Problem]:
-    """Columns fed to the model as is must exist and be known at event time."""
-    problems = []
-    for section in ("numeric", "categorical"):
-        for i, name in enumerate(getattr(features, section)):
-            key = f"features.{section}.{i}"
-            if name not in columns:
-                problems.append(Problem(key, f"column {name!r} is not in the schema"))
-            elif columns[name].known_at != "event":
-                problems.append(Problem(key, f"column {name!r} is known only at label time; "
-                                        "feeding it to the model as is would leak the label"))
-    return problems
+    """Columns fed to the model as is must exist (`_leakage_problems` says when they may be read)."""
+    return [Problem(f"features.{section}.{i}", f"column {name!r} is not in the schema")
+            for section in ("numeric", "categorical")
+            for i, name in enumerate(getattr(features, section)) if name not in columns]
+
+
+def _leakage_problems(columns: dict[str, ColumnSpec], features: FeaturesConfig) -> list[Problem]:
+    """The one leakage rule: no column known only at label time may be read at event time, in
+    whatever role (`_event_time_reads` lists them all)."""
+    return [Problem(key, f"column {name!r} is known only at label time, but {role} reads it at "
+                    "event time: refused (label leakage)")
+            for key, name, role in _event_time_reads(features)
+            if name in columns and columns[name].known_at == "label"]
+
+
+def _event_time_reads(features: FeaturesConfig) -> list[tuple[str, str, str]]:
+    """Every column the features read at a row's event time, as (key, column, role): the model's
+    inputs, every window's entity (the row's own value picks its group) and a window value
+    declared available at the event. A new role that reads a column at event time goes here."""
+    reads = [(f"features.{section}.{i}", name, f"features.{section} (a model input)")
+             for section in ("numeric", "categorical")
+             for i, name in enumerate(getattr(features, section))]
+    for i, feature in enumerate(features.windows):
+        where = f"features.windows.{i}"
+        reads += [(f"{where}.entity", name, f"the window's entity ({feature.feature_name})")
+                  for name in feature.entity]
+        if feature.column and feature.available_at == "event":
+            reads.append((f"{where}.available_at", feature.column,
+                          f"the window's value with available_at: event ({feature.feature_name})"))
+    return reads
 
 
 def _window_problems(columns: dict[str, ColumnSpec],
@@ -329,11 +354,6 @@ def _window_problems(columns: dict[str, ColumnSpec],
             problems += missing
             continue
         spec = columns[feature.column] if feature.column else None
-        if feature.available_at == "event" and spec and spec.known_at == "label":
-            problems.append(Problem(
-                f"{where}.available_at", f"({feature.feature_name}) refused, it reads "
-                f"{feature.column!r} as if known at event time, but the schema says it is known "
-                "only once the label is (label leakage)"))
         if spec and feature.agg not in ("count", "time_since_last") \
                 and spec.type in ("string", "timestamp", "bool"):
             problems.append(Problem(f"{where}.agg", f"{feature.agg} needs a numeric column, "

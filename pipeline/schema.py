@@ -32,14 +32,16 @@ class TableSchema(Roles):
     """Everything validate checks a row against: types, rules and the snapshot's time range."""
 
     time_unit: Literal["s", "ms", "us", "ns"]
+    unlabeled: Literal["quarantine", "history"]
     columns: dict[str, ColumnSpec]
     start: Timestamp
     end: Timestamp
 
     @classmethod
     def of(cls, dataset: DatasetConfig) -> TableSchema:
-        return TableSchema(**_roles(dataset), time_unit=dataset.time_unit, columns=dataset.columns,
-                   start=dataset.start, end=dataset.end)
+        return TableSchema(**_roles(dataset), time_unit=dataset.time_unit,
+                           unlabeled=dataset.unlabeled, columns=dataset.columns,
+                           start=dataset.start, end=dataset.end)
 
 
 def _roles(dataset: DatasetConfig) -> dict[str, str]:

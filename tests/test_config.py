@@ -66,6 +66,36 @@ def test_label_time_column_as_model_input_is_refused():
     assert "features.numeric.1: column 'fare' is known only at label time" in _error(data)
 
 
+@pytest.mark.parametrize(("section", "feature", "key"), [
+    ("windows", {"entity": ["pickup_zone", "fare"], "agg": "count", "window": "30d"},
+     "features.windows.7.entity"),
+    ("windows", {"entity": "duration_min", "agg": "count", "window": "1d",
+                 "available_at": "label"}, "features.windows.7.entity"),
+    ("windows", {"entity": "driver_id", "column": "fare", "agg": "mean", "window": "1d",
+                 "available_at": "event"}, "features.windows.7.available_at"),
+    ("numeric", "fare", "features.numeric.1"),
+    ("categorical", "fare", "features.categorical.2"),
+])
+def test_a_label_time_column_read_at_event_time_is_refused_in_every_role(section, feature, key):
+    """Entity, value, model input: one rule, whatever the window's available_at says."""
+    data = _smoke()
+    data["features"][section].append(feature)
+    message = _error(data)
+    leaked = "duration_min" if "duration_min" in str(feature) else "fare"
+    assert f"  {key}: column {leaked!r} is known only at label time" in message
+    assert "refused (label leakage)" in message
+
+
+def test_a_label_time_column_read_once_the_label_is_in_is_allowed():
+    data = _smoke()
+    data["features"]["windows"].append(
+        {"entity": "driver_id", "column": "fare", "agg": "mean", "window": "1d"})
+    data["features"]["windows"].append(
+        {"entity": "pickup_zone", "column": "fare", "agg": "max", "window": "1d",
+         "available_at": "label"})
+    assert len(parse_config(data).features.windows) == 9
+
+
 def test_splits_must_be_ordered():
     data = _smoke()
     data["split"]["validation_until"] = "2026-01-05"

@@ -2,13 +2,16 @@
 
 The stage's chunked output must equal one pass of the kernel over all rows (and the brute-force
 loop on a sample); the audit must pass on honest features and fail, naming feature, row and both
-values, when a leaky feature path or a too-short lookback is planted.
+values, when a leaky feature path or a too-short lookback is planted. The perturbation check must
+catch, with the config's leakage rule bypassed, a label-time entity, a window that includes the row
+itself and a label column mislabelled as known at the event.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from datetime import timedelta
 
 import numpy as np
@@ -31,7 +34,7 @@ from pipeline.features.audit import (
     read_sample,
 )
 from pipeline.features.reference import reference_windows
-from pipeline.features.windows import compute_windows, window_specs
+from pipeline.features.windows import WindowSpec, compute_windows, window_specs
 from pipeline.runner import Runner, published_outputs
 from pipeline.schema import Roles
 from pipeline.stage import Output, StageContext
@@ -165,6 +168,7 @@ def test_audit_runs_on_the_configured_sample_and_passes(honest, config):
     assert audit["sampled"] == config.features.audit_sample
     assert audit["mismatches"] == 0
     assert audit["compared"] == audit["sampled"] * len(config.features.windows)
+    assert audit["perturbed"] == audit["compared"]
 
 
 def test_sample_is_seeded_and_batched_by_time(honest, config):
@@ -221,13 +225,75 @@ def test_audit_does_not_trust_the_declared_available_at(config, clean):
                                  partitioning=pads.partitioning(
                                      pa.schema([("day", pa.string())]), flavor="hive"))
     label_time = {n for n, spec in dataset.columns.items() if spec.known_at == "label"}
-    mismatches, compared = audit_batch(clean_dataset, "day", sample, leaky, Roles.of(dataset),
-                                       label_time, config.validate_.max_label_delay)
-    assert compared == 40 * len(leaky)
-    assert {m.feature for m in mismatches} >= {s.name for s in leaky
-                                                if s.column == "pace_min_per_km"
-                                                and s.entity == ("pickup_zone",)}
-    assert all(m.row_key in set(sample[dataset.row_key].to_pylist()) for m in mismatches)
+    audit = audit_batch(clean_dataset, "day", sample, leaky, Roles.of(dataset), label_time,
+                        config.validate_.max_label_delay, compute_windows)
+    assert audit.time_travel == audit.perturbation == 40 * len(leaky)
+    assert {m.feature for m in audit.mismatches} >= {s.name for s in leaky
+                                                      if s.column == "pace_min_per_km"
+                                                      and s.entity == ("pickup_zone",)}
+    assert all(m.row_key in set(sample[dataset.row_key].to_pylist()) for m in audit.mismatches)
+
+
+LABEL_ENTITY = WindowSpec(name="rows_with_my_duration", entity=("duration_min",), column=None,
+                          agg="count", window_us=7 * 86_400 * 1_000_000,
+                          available_at="completed_at")
+"""Planted: earlier trips with the same duration as this one. It groups by the row's own label,
+so it tells the model the label; the config refuses it (features.windows.N.entity)."""
+
+
+def _caught_by_perturbation(failure: pytest.ExceptionInfo, time_travel: str = r"\d+") -> None:
+    message = str(failure.value)
+    assert re.search(rf"failed: {time_travel} of \d+ feature values .* and [1-9]\d* of \d+ "
+                     r"changed when the row's own label-time values were nulled", message), message
+    assert "perturbation: feature " in message
+
+
+def test_perturbation_catches_a_label_time_entity(ray_session, config, clean, monkeypatch):
+    """Available at label time, the feature recomputes to itself from the past: only perturbing
+    the row's own label shows that it depends on it."""
+    honest = window_specs(config)
+    monkeypatch.setattr(featurize, "window_specs", lambda _: [*honest, LABEL_ENTITY])
+    with pytest.raises(AuditFailed) as failure:
+        run_stage(config, clean[1], "label-entity")
+    _caught_by_perturbation(failure, time_travel="0")
+    assert "feature rows_with_my_duration" in str(failure.value)
+
+
+def closed_kernel(sources, queries, specs, *, event_time, row_key):
+    """Planted: the production kernel with every window ending at t inclusive, (t - W, t]: a row
+    sees itself. Module level, so that Ray workers import it by name."""
+    shifted = pc.add(queries[event_time], pa.scalar(timedelta(microseconds=1)))
+    queries = queries.set_column(queries.schema.get_field_index(event_time), event_time, shifted)
+    return compute_windows(sources, queries, specs, event_time=event_time, row_key=row_key)
+
+
+def test_perturbation_catches_a_window_that_includes_the_row(ray_session, config, clean,
+                                                             monkeypatch):
+    monkeypatch.setattr(featurize, "compute_windows", closed_kernel)
+    with pytest.raises(AuditFailed) as failure:
+        run_stage(config, clean[1], "closed-window")
+    _caught_by_perturbation(failure)
+    assert "perturbation: feature driver_id__rows__count__7d" in str(failure.value)
+
+
+def test_perturbation_catches_a_label_mislabelled_as_known_at_the_event(ray_session, config, clean,
+                                                                       monkeypatch):
+    """The schema says the label is known at the event (the config rule would refuse that), and a
+    window groups by it: the label and its available-at are perturbed whatever the schema says."""
+    dataset = config.dataset
+    columns = {**dataset.columns,
+               "duration_min": dataset.columns["duration_min"].model_copy(
+                   update={"known_at": "event"})}
+    mislabelled = config.model_copy(update={"dataset": dataset.model_copy(
+        update={"columns": columns})})
+    honest = window_specs(config)
+    planted = dataclasses.replace(LABEL_ENTITY, available_at=dataset.event_time)
+    monkeypatch.setattr(featurize, "window_specs", lambda _: [*honest, planted])
+    assert "duration_min" not in featurize.FeaturizeParams.from_config(
+        mislabelled).label_time_columns
+    with pytest.raises(AuditFailed) as failure:
+        run_stage(mislabelled, clean[1], "mislabelled")
+    _caught_by_perturbation(failure)
 
 
 def _output_dir(config, run_id: str) -> str:

@@ -28,7 +28,9 @@ The table also carries the dirt validation must catch, each on its own disjoint 
 fixed share (``DIRT``): nulls in distance_km / pickup_zone / driver_id, exact duplicate rows,
 completed_at before requested_at, rows stamped a year after ``end`` while their ``day`` partition is
 an ordinary day in range (a clock-skew bug that survives partition pruning), and negative
-distances. Row order is by the request time each row was generated with, so the skewed rows sit in
+distances. With ``cancelled_share`` (0 by default, so the default table is unchanged) that share
+of trips is cancelled: they were requested but have no duration, completion, fare or pace, the
+events without a label that ``dataset.unlabeled: history`` keeps. Row order is by the request time each row was generated with, so the skewed rows sit in
 their day and each duplicate sits right after its original.
 """
 
@@ -62,8 +64,10 @@ US_PER_DAY = 86_400 * US
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 
-def generate_rideshare(rows: int, start: datetime, end: datetime, seed: int) -> pa.Table:
-    """``rows`` trips requested in [start, end) (naive datetimes are UTC), deterministic in seed."""
+def generate_rideshare(rows: int, start: datetime, end: datetime, seed: int,
+                       cancelled_share: float = 0.0) -> pa.Table:
+    """``rows`` trips requested in [start, end) (naive datetimes are UTC), deterministic in seed;
+    ``cancelled_share`` of them cancelled (no label), disjoint from the dirty rows."""
     rng = np.random.default_rng(seed)
     start_us, end_us = to_us(start), to_us(end)
     if rows <= 0 or end_us <= start_us:
@@ -101,7 +105,9 @@ def generate_rideshare(rows: int, start: datetime, end: datetime, seed: int) -> 
     fare = (2.5 + 1.1 * distance + 0.35 * duration).round(2)
     day = requested // US_PER_DAY
 
-    nulls, replayed, backwards, future, negative = disjoint_rows(rng, n, rows, DIRT)
+    # the cancelled set comes last: with a share of 0 every other set is what it always was
+    nulls, replayed, backwards, future, negative, cancelled = disjoint_rows(
+        rng, n, rows, {**DIRT, "cancelled": cancelled_share})
     completed[backwards] = requested[backwards] - (completed[backwards] - requested[backwards])
     requested[future] += SKEW_US
     completed[future] += SKEW_US
@@ -117,11 +123,11 @@ def generate_rideshare(rows: int, start: datetime, end: datetime, seed: int) -> 
             "pickup_zone": with_nulls((zone + 1).astype(np.int32), null_zone),
             "dropoff_zone": pa.array(rng.integers(1, ZONES + 1, n, dtype=np.int32)),
             "requested_at": pa.array(requested, TIMESTAMP),
-            "completed_at": pa.array(completed, TIMESTAMP),
+            "completed_at": pa.array(completed, TIMESTAMP, mask=_rows_mask(n, cancelled)),
             "distance_km": with_nulls(distance, null_distance),
-            "duration_min": pa.array(duration),
-            "fare": pa.array(fare),
-            "pace_min_per_km": with_nulls(pace, null_distance),
+            "duration_min": with_nulls(duration, cancelled),
+            "fare": with_nulls(fare, cancelled),
+            "pace_min_per_km": with_nulls(pace, np.union1d(null_distance, cancelled)),
             "day": day_strings(day),
         }
     )
@@ -163,9 +169,13 @@ def disjoint_rows(
 
 
 def with_nulls(values: np.ndarray, null_rows: np.ndarray) -> pa.Array:
-    mask = np.zeros(len(values), dtype=bool)
-    mask[null_rows] = True
-    return pa.array(values, mask=mask)
+    return pa.array(values, mask=_rows_mask(len(values), null_rows))
+
+
+def _rows_mask(n: int, rows: np.ndarray) -> np.ndarray:
+    mask = np.zeros(n, dtype=bool)
+    mask[rows] = True
+    return mask
 
 
 def categorical(

@@ -14,6 +14,8 @@ and every other row is excluded with one reason code:
     embargo             the event lies in [T, T + E) or [V, V + E): a gap so that windowed features
                         of the later split do not overlap the labels of the earlier one
     missing_time        no event time (validate should have quarantined it; kept for the account)
+    unlabeled           no label: a row validate kept as history (`dataset.unlabeled: history`);
+                        it fed other rows' windows, but there is nothing to learn or test on it
 
 Pure numpy / pyarrow, no I/O. The train stage decides every row's split here, once, and publishes
 (row key, split, reason) per row and the test period's start; evaluate and `pipeline trace` read
@@ -32,19 +34,20 @@ from pipeline.config import SplitConfig
 from pipeline.epoch import column_us, to_us
 
 SPLITS = ("train", "validation", "test")
-REASONS = ("label_after_cutoff", "embargo", "missing_time")
+REASONS = ("label_after_cutoff", "embargo", "missing_time", "unlabeled")
 
 # Codes: 0 means "none" in both arrays, so `_SPLIT_NAMES[codes]` gives None for excluded rows.
 _SPLIT_NAMES = np.array([None, *SPLITS], dtype=object)
 _REASON_NAMES = np.array([None, *REASONS], dtype=object)
 _TRAIN, _VALIDATION, _TEST = 1, 2, 3
-_LABEL_AFTER_CUTOFF, _EMBARGO, _MISSING_TIME = 1, 2, 3
+_LABEL_AFTER_CUTOFF, _EMBARGO, _MISSING_TIME, _UNLABELED = 1, 2, 3, 4
 
 _NEVER = np.iinfo(np.int64).max  # a missing label time: the label never became available
 
 
 def split_codes(event_us: np.ndarray, label_us: np.ndarray, split: SplitConfig,
-                event_missing: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                event_missing: np.ndarray | None = None,
+                label_missing: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The kernel: int8 split codes (0 none, 1 train, 2 validation, 3 test) and reason codes."""
     train_until, validation_until = to_us(split.train_until), to_us(split.validation_until)
     embargo = to_us(split.embargo)
@@ -59,6 +62,9 @@ def split_codes(event_us: np.ndarray, label_us: np.ndarray, split: SplitConfig,
     splits[in_test] = _TEST
     reasons[(in_train | in_validation) & (splits == 0)] = _LABEL_AFTER_CUTOFF
     reasons[~(in_train | in_validation | in_test)] = _EMBARGO
+    if label_missing is not None and label_missing.any():
+        splits[label_missing] = 0
+        reasons[label_missing] = _UNLABELED
     if event_missing is not None and event_missing.any():
         splits[event_missing] = 0
         reasons[event_missing] = _MISSING_TIME
@@ -67,12 +73,15 @@ def split_codes(event_us: np.ndarray, label_us: np.ndarray, split: SplitConfig,
 
 def assign_splits(event_time: pa.Array | pa.ChunkedArray | np.ndarray,
                   label_available_at: pa.Array | pa.ChunkedArray | np.ndarray,
-                  split: SplitConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the split name ("train"/"validation"/"test" or None) and the reason it has none."""
+                  split: SplitConfig,
+                  label: pa.Array | pa.ChunkedArray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the split name ("train"/"validation"/"test" or None) and the reason it has none;
+    given the `label` column, a row without one is `unlabeled`."""
     event_us = column_us(event_time, missing=0)
     missing = _null_mask(event_time)
     label_us = column_us(label_available_at, missing=_NEVER)
-    splits, reasons = split_codes(event_us, label_us, split, missing)
+    label_missing = None if label is None else pc.is_null(label).to_numpy(zero_copy_only=False)
+    splits, reasons = split_codes(event_us, label_us, split, missing, label_missing)
     return _SPLIT_NAMES[splits], _REASON_NAMES[reasons]
 
 
@@ -83,9 +92,11 @@ def _null_mask(times: pa.Array | pa.ChunkedArray | np.ndarray) -> np.ndarray:
 
 
 def with_splits(table: pa.Table, event_time: str, label_available_at: str,
-                split: SplitConfig) -> pa.Table:
-    """`table` with each row's `split` and, for rows in none, its `reason`."""
-    splits, reasons = assign_splits(table[event_time], table[label_available_at], split)
+                split: SplitConfig, label: str | None = None) -> pa.Table:
+    """`table` with each row's `split` and, for rows in none, its `reason` (`label` names the
+    label column, whose null rows are `unlabeled`)."""
+    splits, reasons = assign_splits(table[event_time], table[label_available_at], split,
+                                    table[label] if label else None)
     return table.append_column("split", pa.array(splits, pa.string())).append_column(
         "reason", pa.array(reasons, pa.string()))
 

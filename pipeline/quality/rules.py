@@ -3,6 +3,10 @@
 Each bad row gets exactly one reason code (the first rule it breaks, in RULES order) and a detail a
 person can act on; rows are never dropped, only routed to the quarantine with their reason.
 
+With `dataset.unlabeled: history`, a row whose label and label-available time are both null (an
+event that never got a label) breaks no rule for those two columns: it is kept, as history
+(`unlabeled`), and every other rule applies to it as to any row.
+
 NaN and ±inf in a float column are one rule, ``not_finite``, checked right after nulls: NaN is not
 null and compares false with every bound, and inf passes a column without min/max, so without this
 rule both would reach featurize. It applies to every float column, required or not (a missing value
@@ -62,10 +66,21 @@ def _cast(column: pa.ChunkedArray, name: str, spec: ColumnSpec, dataset: TableSc
                           f"declared type {spec.type}: {exc}") from None
 
 
+def unlabeled(table: pa.Table, dataset: TableSchema) -> np.ndarray:
+    """Rows kept as history: label and label-available time both null, where the config keeps
+    such rows (all False when it quarantines them)."""
+    if dataset.unlabeled != "history":
+        return np.zeros(table.num_rows, bool)
+    return (np.asarray(table[dataset.label].is_null())
+            & np.asarray(table[dataset.label_available_at].is_null()))
+
+
 def row_reasons(table: pa.Table, dataset: TableSchema, max_label_delay: timedelta,
                 duplicate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row: the reason code (None = clean) and a human-readable detail."""
     n = table.num_rows
+    history = unlabeled(table, dataset)
+    kept_unlabeled = {dataset.label: history, dataset.label_available_at: history}
     reasons = np.full(n, None, dtype=object)
     details = np.full(n, None, dtype=object)
 
@@ -77,7 +92,8 @@ def row_reasons(table: pa.Table, dataset: TableSchema, max_label_delay: timedelt
 
     for name, spec in dataset.columns.items():
         if spec.required:
-            flag(np.asarray(table[name].is_null()), "null_required", f"{name} is null")
+            exempt = kept_unlabeled.get(name, np.zeros(n, bool))
+            flag(np.asarray(table[name].is_null()) & ~exempt, "null_required", f"{name} is null")
     for name, spec in dataset.columns.items():
         if spec.type in ("float32", "float64"):
             values = table[name].to_numpy(zero_copy_only=False).astype("float64")
@@ -96,9 +112,9 @@ def row_reasons(table: pa.Table, dataset: TableSchema, max_label_delay: timedelt
                  [f"{name}={v:g} outside [{spec.min}, {spec.max}]" for v in values[m]], dtype=object))
     event = column_us(table[dataset.event_time], missing=0)  # null rows are already flagged
     label = column_us(table[dataset.label_available_at], missing=0)
-    flag(label < event, "label_before_event",
+    flag((label < event) & ~history, "label_before_event",
          f"{dataset.label_available_at} is before {dataset.event_time}")
-    flag(label - event > to_us(max_label_delay), "label_delay_exceeds_max",
+    flag((label - event > to_us(max_label_delay)) & ~history, "label_delay_exceeds_max",
          f"label arrived more than {max_label_delay} after the event")
     start, end = to_us(dataset.start), to_us(dataset.end)
     flag((event < start) | (event >= end), "event_time_outside_range",

@@ -33,7 +33,11 @@ from pipeline.config import Duration, PipelineConfig
 from pipeline.durations import format_duration
 from pipeline.epoch import from_us, to_us
 from pipeline.features.audit import (
+    PERTURBATION,
+    TIME_TRAVEL,
     AuditFailed,
+    BatchAudit,
+    Kernel,
     SampledFile,
     audit_batch,
     plan_sample,
@@ -59,7 +63,7 @@ from pipeline.trace_format import fmt
 
 AUDIT_BATCH_SPAN = timedelta(days=14)  # a batch reads its span plus the lookback: fewer, longer
 AUDIT_BATCH_ROWS = 250
-MISMATCHES_SHOWN = 10
+MISMATCHES_SHOWN = 10  # of each check
 SOURCES_SHOWN = 5
 
 
@@ -119,6 +123,9 @@ class Job:
     output: str
     filesystem: pafs.FileSystem
     params: FeaturizeParams
+    kernel: Kernel
+    """The window kernel: the chunks compute with it and the audit's perturbation check
+    recomputes with it, so a kernel that is wrong by design cannot hide behind a second one."""
 
     @property
     def source_columns(self) -> list[str]:
@@ -157,7 +164,7 @@ def run(ctx: StageContext[FeaturizeParams, FeaturizeFiles]) -> StageResult[Featu
     clean = _clean_dataset(filesystem, clean_path, partition)
     output = ctx.output.data
     store.fs.makedirs(output, exist_ok=True)
-    job = Job(clean, partition, output, filesystem, params)
+    job = Job(clean, partition, output, filesystem, params, compute_windows)
     halo = halo_us(params.windows, params.roles.label_available_at, params.max_label_delay)
     chunks = plan_chunks(days, to_us(params.chunk), halo)
 
@@ -201,8 +208,8 @@ def featurize_chunk(chunk: dict[str, int], job: Job) -> dict[str, Any]:
                                  chunk.start_us),
     )
     sources = pa.concat_tables([halo, rows.select(job.source_columns)])
-    result = compute_windows(sources, rows, job.params.windows, event_time=roles.event_time,
-                             row_key=roles.row_key)
+    result = job.kernel(sources, rows, job.params.windows, event_time=roles.event_time,
+                        row_key=roles.row_key)
     table = training_table(rows, result.columns, job)
     if table.num_rows:  # dictionary pages only where values repeat: 2x faster writes
         pq.write_table(table, posixpath.join(job.output, f"part-{chunk.index:05d}.parquet"),
@@ -225,7 +232,8 @@ def training_table(rows: pa.Table, features: dict[str, pa.Array], job: Job) -> p
 
 
 def run_audit(job: Job, ctx: StageContext) -> dict[str, Any]:
-    """Time-travel audit of a seeded sample of output rows, one Ray task per batch of samples."""
+    """Time-travel audit of a seeded sample of output rows, one Ray task per batch of samples:
+    the reference recomputation and the perturbation check (`pipeline.features.audit`)."""
     params, started = job.params, time.perf_counter()
     seed = int(ctx.cache_key[:8], 16)
     batches = plan_sample(job.filesystem, job.output, params.audit_sample, seed,
@@ -233,27 +241,36 @@ def run_audit(job: Job, ctx: StageContext) -> dict[str, Any]:
     if not params.windows:
         batches = []
     task = ray.remote(num_cpus=1)(ctx.traced(_audit_task, "featurize.audit"))
-    results = ray.get([task.remote(job, batch) for batch in batches])
-    mismatches = [m for found, _ in results for m in found]
-    compared = sum(count for _, count in results)
+    results: list[BatchAudit] = ray.get([task.remote(job, batch) for batch in batches])
+    mismatches = [m for result in results for m in result.mismatches]
+    compared = {TIME_TRAVEL: sum(r.time_travel for r in results),
+                PERTURBATION: sum(r.perturbation for r in results)}
     if mismatches:
-        shown = "\n  ".join(str(m) for m in mismatches[:MISMATCHES_SHOWN])
-        raise AuditFailed(
-            f"time-travel audit failed: {len(mismatches)} of {compared} recomputed feature values "
-            f"differ from the stage's output (recomputed from only the data that existed at each "
-            f"row's event time):\n  {shown}")
+        raise AuditFailed(_audit_failure(mismatches, compared))
     sampled = sum(len(f.rows) for batch in batches for f in batch)
-    return {"sampled": sampled, "compared": compared, "mismatches": 0, "seed": seed,
+    return {"sampled": sampled, "compared": compared[TIME_TRAVEL],
+            "perturbed": compared[PERTURBATION], "mismatches": 0, "seed": seed,
             "batches": len(batches), "seconds": round(time.perf_counter() - started, 3)}
 
 
-def _audit_task(job: Job, files: list[SampledFile]) -> tuple[list, int]:
+def _audit_failure(mismatches: list, compared: dict[str, int]) -> str:
+    by_check = {check: [m for m in mismatches if m.check == check] for check in compared}
+    found = {check: len(found) for check, found in by_check.items()}
+    shown = "\n  ".join(str(m) for found in by_check.values() for m in found[:MISMATCHES_SHOWN])
+    return (f"time-travel audit failed: {found[TIME_TRAVEL]} of {compared[TIME_TRAVEL]} feature "
+            "values recomputed from only the data that existed at each row's event time differ "
+            f"from the stage's output, and {found[PERTURBATION]} of {compared[PERTURBATION]} "
+            "changed when the row's own label-time values were nulled and every row not yet "
+            f"available at its event time dropped (perturbation check):\n  {shown}")
+
+
+def _audit_task(job: Job, files: list[SampledFile]) -> BatchAudit:
     params = job.params
     columns = [params.roles.row_key, params.roles.event_time, *(s.name for s in params.windows)]
     sample = read_sample(job.filesystem, files, columns)
     current_span().set_attributes({"files": len(files), "rows": sample.num_rows})
     return audit_batch(job.clean, job.partition, sample, params.windows, params.roles,
-                       set(params.label_time_columns), params.max_label_delay)
+                       set(params.label_time_columns), params.max_label_delay, job.kernel)
 
 
 def _clean_dataset(filesystem: pafs.FileSystem, path: str, partition: str) -> pads.Dataset:
@@ -314,8 +331,10 @@ def explain(question: RowQuestion) -> list[str]:
         return ["featurize: no features (the row did not pass validation)"]
     values = rows.slice(0, 1).to_pylist()[0]
     t = values[roles.event_time]
-    lines = [f"event time t = {fmt(t)}; label {roles.label} = {fmt(values[roles.label])}, "
-             f"available at {fmt(values[roles.label_available_at])}"]
+    label = values[roles.label]
+    lines = [f"event time t = {fmt(t)}; label {roles.label} = {fmt(label)}, available at "
+             f"{fmt(values[roles.label_available_at])}" if label is not None else
+             f"event time t = {fmt(t)}; label {roles.label} = null (unlabeled: history only)"]
     clean = question.input(VALIDATE).files.clean
     for spec in params.windows:
         lines.append(_window_line(store, clean, roles, spec, values, t))
@@ -346,6 +365,8 @@ def _value_text(spec: WindowSpec, value: Any) -> str:
     """A feature value with its unit; "no history" spelled out (null, or 0 for a count)."""
     if value is None:
         return "null (no history in the window)"
+    if spec.agg == "count" and value == 0:
+        return "0 (no history in the window)"
     if spec.agg == "time_since_last":
         return f"{fmt(value)} s"
     return fmt(value)

@@ -201,7 +201,7 @@ def split_rows(store: ArtifactStore, path: str, params: TrainParams,
     rows.context.execution_options.preserve_order = True
     return rows.map_batches(with_splits, batch_format="pyarrow", fn_kwargs={
         "event_time": roles.event_time, "label_available_at": roles.label_available_at,
-        "split": params.split}).materialize()
+        "split": params.split, "label": roles.label}).materialize()
 
 
 def _in_split(batch: pa.Table, name: str) -> pa.Table:
@@ -338,10 +338,12 @@ def explain(question: RowQuestion) -> list[str]:
         "test": f"event at or after validation_until + embargo "
                 f"({fmt(test_period_start(split))})",
     }
+    unlabeled = "excluded: unlabeled: history only, it fed other rows' windows but has no label"
     lines = []
     for row in splits.to_pylist():
         consumed = "training consumed it" if row["split"] == "train" else "training did not use it"
-        reason = why.get(row["split"]) or f"excluded: {row['reason']}"
+        reason = why.get(row["split"]) or (unlabeled if row["reason"] == "unlabeled"
+                                           else f"excluded: {row['reason']}")
         lines.append(f"split: {row['split'] or 'none'} ({reason}); {consumed}")
     return lines
 

@@ -5,6 +5,9 @@ future. One Ray task per snapshot file applies the rules of `pipeline.quality.ru
 detection needs a global view, and it needs just the row-key column (gathered first, in file order,
 so "the first occurrence wins" is deterministic).
 
+Rows without a label (`dataset.unlabeled: history`) are clean rows kept as history: they feed
+featurize's windows and train gives them no split; `rows_unlabeled` counts them among rows_out.
+
 Clean rows are written hive-partitioned by the UTC day of their *event time*, with canonical
 timestamp[us, UTC] time columns, so featurize can read a time chunk plus its lookback by partition.
 """
@@ -23,7 +26,13 @@ import ray
 from pydantic import Field
 
 from pipeline.config import Duration, PipelineConfig
-from pipeline.quality.rules import column_statistics, conform, merge_statistics, row_reasons
+from pipeline.quality.rules import (
+    column_statistics,
+    conform,
+    merge_statistics,
+    row_reasons,
+    unlabeled,
+)
 from pipeline.schema import TableSchema
 from pipeline.stage import (
     Facts,
@@ -61,6 +70,8 @@ class ValidateFiles(Files):
 
 class ValidateFacts(Facts):
     quarantine_reasons: dict[str, int]
+    rows_unlabeled: int
+    """Clean rows without a label, kept as history (counted in rows_out)."""
     quarantined_share: float
     files: int
 
@@ -82,6 +93,7 @@ def _validate_file(store, path: str, index: int, duplicate: np.ndarray, params: 
     table = conform(raw, table_schema, where=path)
     reasons, details = row_reasons(table, table_schema, params.max_label_delay, duplicate)
     bad = reasons.astype(bool)  # None (clean) is falsy, a reason code is not
+    history = unlabeled(table, table_schema) & ~bad
     clean = table.filter(pa.array(~bad)).sort_by(table_schema.event_time)
     quarantined = table.filter(pa.array(bad)).append_column(
         "_reason", pa.array(reasons[bad], pa.string())).append_column(
@@ -96,7 +108,7 @@ def _validate_file(store, path: str, index: int, duplicate: np.ndarray, params: 
                                    "rows.quarantined": quarantined.num_rows})
     counts = pd.Series(reasons[bad]).value_counts().to_dict() if bad.any() else {}
     return {"rows": raw.num_rows, "clean": clean.num_rows, "quarantined": int(bad.sum()),
-            "reasons": counts, "statistics": column_statistics(clean),
+            "unlabeled": int(history.sum()), "reasons": counts, "statistics": column_statistics(clean),
             "schema": {f.name: str(f.type) for f in clean.schema}}
 
 
@@ -146,6 +158,7 @@ def run(ctx: StageContext[ValidateParams, ValidateFiles]) -> StageResult[Validat
         schema=results[0]["schema"] if results else {},
         statistics=merge_statistics([r["statistics"] for r in results]),
         facts=ValidateFacts(quarantine_reasons=dict(sorted(reasons.items())),
+                            rows_unlabeled=sum(r["unlabeled"] for r in results),
                             quarantined_share=round(share, 6), files=len(files)),
     )
 
@@ -155,6 +168,10 @@ def explain(question: RowQuestion) -> list[str]:
     store = question.store
     clean = _rows(store, files.clean, question)
     lines = [f"validate passed it ({clean.num_rows} clean copy)"] if clean.num_rows else []
+    table: TableSchema = question.params.table
+    if clean.num_rows and unlabeled(clean, table).any():
+        lines.append(f"unlabeled: history only ({table.label} and {table.label_available_at} "
+                     "are null; it feeds windows, never a split)")
     for row in _rows(store, files.quarantine, question).to_pylist():
         lines.append(f"validate quarantined a copy: {row['_reason']} ({row['_detail']}) "
                      f"from {row['_source_file']}")
