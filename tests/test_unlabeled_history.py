@@ -27,8 +27,8 @@ CANCELLED_SHARE = 0.04
 
 @pytest.fixture(scope="module")
 def history_run(ray_session, tmp_path_factory):
-    """ingest, validate, featurize and train on a table with cancelled trips; the artifact root
-    and the --set arguments."""
+    """All five stages on a table with cancelled trips; the artifact root and the --set
+    arguments."""
     tmp = tmp_path_factory.mktemp("unlabeled")
     smoke = load_config(SMOKE)
     source = tmp / "trips"
@@ -39,7 +39,7 @@ def history_run(ray_session, tmp_path_factory):
         "dataset.unlabeled=history", "dataset.columns.fare.required=false",
         "dataset.columns.pace_min_per_km.required=false", "telemetry.exporter=none")
         for arg in ("--set", assignment)]
-    for stage in ("ingest", "validate", "featurize", "train"):
+    for stage in ("ingest", "validate", "featurize", "train", "evaluate"):
         code, output, _ = run_cli("stage", stage, "-c", str(SMOKE), *overrides)
         assert code == 0, output
     return tmp / "artifacts", overrides
@@ -146,3 +146,12 @@ def test_only_a_row_missing_both_its_label_and_its_time_is_history():
     quarantine = TableSchema.of(load_config(SMOKE).dataset)
     assert row_reasons(trips, quarantine, timedelta(days=1), np.zeros(3, bool))[0][0] \
         == "null_required"
+
+
+def test_evaluate_scores_only_the_labeled_test_rows(history_run):
+    root = history_run[0]
+    train = _output(root, "train")[0]
+    manifest, folder = _output(root, "evaluate")
+    scored = pads.dataset(folder / "predictions.parquet", format="parquet").to_table()
+    assert manifest["rows"]["in"] == scored.num_rows == train["details"]["splits"]["test"]
+    assert scored["duration_min"].null_count == 0

@@ -87,8 +87,10 @@ class _Predict:
         return batch.append_column("prediction", pa.array(prediction, pa.float64()))
 
 
-def _in_test_period(batch: pa.Table, event_time: str, start: datetime) -> pa.Table:
-    return batch.filter(pc.greater_equal(batch[event_time], pa.scalar(start, batch[event_time].type)))
+def _test_rows(batch: pa.Table, event_time: str, label: str, start: datetime) -> pa.Table:
+    """Train's test split: labeled rows from the test period on (unlabeled rows are history)."""
+    in_period = pc.greater_equal(batch[event_time], pa.scalar(start, batch[event_time].type))
+    return batch.filter(pc.and_(in_period, pc.is_valid(batch[label])))
 
 
 def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[EvaluateFacts]:
@@ -98,7 +100,7 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
     test_start = datetime.fromisoformat(train_facts.test_period_start)
     scored = (ray.data.read_parquet(ctx.input(FEATURIZE).files.data,
                                     filesystem=store.arrow_filesystem())
-              .map_batches(_in_test_period, fn_args=(roles.event_time, test_start),
+              .map_batches(_test_rows, fn_args=(roles.event_time, roles.label, test_start),
                            batch_format="pyarrow")
               .map_batches(ctx.traced(_Predict, "evaluate.predict_batch"),
                            fn_constructor_args=(store, trained.files.model),
@@ -171,8 +173,9 @@ def explain(question: RowQuestion) -> list[str]:
     predicted = float(load_predictor(question.store.fs, question.input(TRAIN).files.model)
                       .predict(features)[0])
     label = features[label_column][0].as_py()
+    error = "no label, no error" if label is None else f"error {predicted - label:+.4g}"
     return [f"model {model.model} {model.version} ({decision}) predicts {fmt(predicted)}; label "
-            f"{fmt(label)}; error {predicted - label:+.4g} (not a test row: not in its metrics)"]
+            f"{fmt(label)}; {error} (not a test row: not in its metrics)"]
 
 
 STAGE = Stage(
