@@ -204,7 +204,8 @@ def run_stage(config: PipelineConfig, data: Path, output: Path) -> dict:
     # `data` is laid out as validate's output (clean/ partitioned by day), written by this script
     validate = Output(Artifact("validate", str(data), {"fingerprint": "bench"}),
                       ValidateFiles(str(data)),
-                      ValidateFacts(quarantine_reasons={}, quarantined_share=0.0, files=0))
+                      ValidateFacts(quarantine_reasons={}, rows_unlabeled=0,
+                                    quarantined_share=0.0, files=0))
     staging = store.begin("featurize", "bench", "bench")
     context = StageContext(featurize.FeaturizeParams.from_config(config), store,
                            {"validate": validate}, featurize.STAGE.files(staging),
