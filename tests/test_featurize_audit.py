@@ -26,6 +26,7 @@ from pipeline.config import load_config, parse_config
 from pipeline.datasets import write_partitioned
 from pipeline.datasets.rideshare import generate_rideshare
 from pipeline.features.audit import (
+    PERTURBED_EVERY,
     AuditFailed,
     SampledFile,
     agree,
@@ -168,7 +169,8 @@ def test_audit_runs_on_the_configured_sample_and_passes(honest, config):
     assert audit["sampled"] == config.features.audit_sample
     assert audit["mismatches"] == 0
     assert audit["compared"] == audit["sampled"] * len(config.features.windows)
-    assert audit["perturbed"] == audit["compared"]
+    # one in PERTURBED_EVERY rows of each batch (rounded up) also gets the perturbation check
+    assert audit["compared"] / PERTURBED_EVERY <= audit["perturbed"] < audit["compared"]
 
 
 def test_sample_is_seeded_and_batched_by_time(honest, config):
@@ -227,7 +229,8 @@ def test_audit_does_not_trust_the_declared_available_at(config, clean):
     label_time = {n for n, spec in dataset.columns.items() if spec.known_at == "label"}
     audit = audit_batch(clean_dataset, "day", sample, leaky, Roles.of(dataset), label_time,
                         config.validate_.max_label_delay, compute_windows)
-    assert audit.time_travel == audit.perturbation == 40 * len(leaky)
+    assert audit.time_travel == 40 * len(leaky)
+    assert audit.perturbation == 40 // PERTURBED_EVERY * len(leaky)
     assert {m.feature for m in audit.mismatches} >= {s.name for s in leaky
                                                       if s.column == "pace_min_per_km"
                                                       and s.entity == ("pickup_zone",)}
