@@ -21,7 +21,6 @@ from pydantic import BaseModel
 
 from pipeline.config import PipelineConfig
 from pipeline.model.metrics import compute_metrics, primary_metric
-from pipeline.model.predictor import load_predictor
 from pipeline.registry import lineage, register
 from pipeline.schema import Roles
 from pipeline.stage import (
@@ -79,6 +78,8 @@ class _Predict:
     """A Ray Data actor: loads the model once, predicts batch after batch."""
 
     def __init__(self, store, model_dir: str):
+        from pipeline.model.predictor import load_predictor  # torch: only where a model runs
+
         self.predictor = load_predictor(store.fs, model_dir)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -170,6 +171,8 @@ def explain(question: RowQuestion) -> list[str]:
                             format="parquet").to_table(filter=question.where())
     if not features.num_rows:
         return []
+    from pipeline.model.predictor import load_predictor
+
     predicted = float(load_predictor(question.store.fs, question.input(TRAIN).files.model)
                       .predict(features)[0])
     label = features[label_column][0].as_py()
