@@ -9,6 +9,7 @@ Layout under the root (spelled here and nowhere else):
     train_runs/<cache_key>/                Ray Train checkpoints of a train attempt (resume point)
     registry/<model>/v<N>/claim.json       the version number, claimed exclusively by one run
     registry/<model>/v<N>/entry.json       registered models (entry.json written last)
+    registry/<model>/aliases/<alias>/<N>.json   the N-th move of an alias such as champion
 
 Object stores have no atomic directory rename, so completeness is defined by the manifest alone: data
 is moved into place first and manifest.json is written last, as one object. A run killed anywhere

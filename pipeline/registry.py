@@ -2,8 +2,11 @@
 
     registry/<model>/v<N>/model/        weights, preprocessing, architecture (copied from train)
     registry/<model>/v<N>/entry.json    metrics, promotion decision and reason, lineage; written last
+    registry/<model>/aliases/<alias>/<move>.json   one file per move of an alias (e.g. champion)
 
-A version is complete iff entry.json exists. Registering is idempotent: the evaluate cache key is in
+A version is complete iff entry.json exists. An alias is the latest of its move files: moving it
+creates the next numbered file exclusively (never overwrites), so moves are atomic on local disk
+and on S3, concurrent moves both land in order, and the files are the alias's history. Registering is idempotent: the evaluate cache key is in
 the entry, and registering the same key again returns the existing version instead of a new one.
 """
 
@@ -11,13 +14,16 @@ from __future__ import annotations
 
 import posixpath
 import re
+from datetime import datetime, timezone
 from typing import Any
 
 from pipeline.artifacts import Artifact, ArtifactStore
 
 ENTRY = "entry.json"
 CLAIM = "claim.json"
+ALIASES = "aliases"
 _VERSION = re.compile(r"^v(\d+)$")
+_MOVE = re.compile(r"^(\d+)\.json$")
 
 
 def versions(store: ArtifactStore, model: str) -> list[dict[str, Any]]:
@@ -32,6 +38,69 @@ def versions(store: ArtifactStore, model: str) -> list[dict[str, Any]]:
         if match and store.fs.exists(entry):
             found.append((int(match.group(1)), store.read_json(entry)))
     return [entry for _, entry in sorted(found, key=lambda item: item[0])]
+
+
+def version(store: ArtifactStore, model: str, number: str) -> dict[str, Any]:
+    """The entry of a complete version, `v3` or `3`."""
+    name = number if number.startswith("v") else f"v{number}"
+    path = store.registry_path(model, name, ENTRY)
+    if not _VERSION.match(name) or not store.fs.exists(path):
+        raise LookupError(f"model {model} has no version {number} under {store.uri(store.root)}")
+    return store.read_json(path)
+
+
+def resolve(store: ArtifactStore, model: str, ref: str) -> dict[str, Any]:
+    """The entry that `ref` names: a version (`v3`, `3`) or an alias (`champion`)."""
+    if _VERSION.match(ref) or ref.isdigit():
+        return version(store, model, ref)
+    moves = alias_history(store, model, ref)
+    if not moves:
+        raise LookupError(f"model {model} has no alias {ref!r}")
+    return version(store, model, moves[-1]["version"])
+
+
+def alias_history(store: ArtifactStore, model: str, alias: str) -> list[dict[str, Any]]:
+    """Every move of an alias, oldest first; the last one is where it points now."""
+    return [store.read_json(path) for _, path in _moves(store, model, alias)]
+
+
+def aliases(store: ArtifactStore, model: str) -> dict[str, str]:
+    """Each alias of a model and the version it points at now."""
+    root = store.registry_path(model, ALIASES)
+    if not store.fs.exists(root):
+        return {}
+    found = {}
+    for path in store.fs.ls(root, detail=False):
+        name = posixpath.basename(path.rstrip("/"))
+        history = alias_history(store, model, name)
+        if history:
+            found[name] = history[-1]["version"]
+    return found
+
+
+def move_alias(store: ArtifactStore, model: str, alias: str, target: str,
+               reason: str, run_id: str | None = None) -> dict[str, Any]:
+    """Point `alias` at version `target` by creating its next move file exclusively."""
+    entry = version(store, model, target)
+    while True:
+        moves = _moves(store, model, alias)
+        number = moves[-1][0] + 1 if moves else 1
+        previous = store.read_json(moves[-1][1])["version"] if moves else None
+        move = {"alias": alias, "version": entry["version"], "previous": previous,
+                "reason": reason, "run_id": run_id, "move": number,
+                "moved_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        if store.create_exclusive(store.registry_path(model, ALIASES, alias, f"{number:06d}.json"),
+                                  move):
+            return move
+
+
+def _moves(store: ArtifactStore, model: str, alias: str) -> list[tuple[int, str]]:
+    root = store.registry_path(model, ALIASES, alias)
+    if not store.fs.exists(root):
+        return []
+    found = [(int(match.group(1)), path) for path in store.fs.ls(root, detail=False)
+             if (match := _MOVE.match(posixpath.basename(path)))]
+    return sorted(found)
 
 
 def register(store: ArtifactStore, model: str, model_dir: str, entry: dict[str, Any]) -> dict:
