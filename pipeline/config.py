@@ -199,7 +199,9 @@ class SplitConfig(_Strict):
 
 class TrainConfig(_Strict):
     task: Literal["regression", "binary"] = "regression"
-    num_workers: int = Field(1, ge=1)
+    num_workers: int = Field(1, ge=0)
+    """Ray Train workers; 0 runs the loop in the driver (Ray Train's local mode: no worker
+    actors, no restarts or resume; for laptops, tests and smoke runs)."""
     use_gpu: bool = False
     resources_per_worker: dict[str, float] = {}
     hidden: list[Annotated[int, Field(ge=1)]] = [64, 32]

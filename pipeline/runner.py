@@ -144,6 +144,8 @@ class Runner:
             key = stage_key(stage, self.config, inputs)
         except Exception as exc:
             raise StageFailed(f"stage {stage.name} failed: {exc}") from exc
+        if self.store.find(stage.name, key.key) is None:
+            self._start_ray(telemetry)
         started = time.perf_counter()
         with telemetry.span(f"stage.{stage.name}", {"stage.name": stage.name,
                                                      "stage.cache_key": key.key,
@@ -183,9 +185,18 @@ class Runner:
             return self.store.find(stage.name, key.key) or self._compute(
                 stage, key, inputs, telemetry, trace_id)
 
+    def _start_ray(self, telemetry: Telemetry) -> None:
+        """Start or join Ray before the first stage that computes, in its own span, so that no
+        stage's time includes it; a fully cached run never starts Ray."""
+        import ray
+
+        if not ray.is_initialized():
+            with telemetry.span("ray.start", {"cluster.address": self.config.cluster.address
+                                              or "local"}):
+                ensure_ray(self.config.cluster)
+
     def _compute(self, stage: Stage, key: StageKey, inputs: dict[str, Output],
                  telemetry: Telemetry, trace_id: str) -> Artifact:
-        ensure_ray(self.config.cluster)
         if stage.resources:
             _check_resources(stage, stage.resources(key.params), local=not self.config.cluster.address)
         staging = self.store.begin(stage.name, key.key, self.run_id)

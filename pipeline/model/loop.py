@@ -19,6 +19,8 @@ import signal
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -58,6 +60,9 @@ class LoopConfig:
     """Local shuffle buffer in batches (0 = the split's seeded global shuffle order only)."""
     validation_batch_size: int = 16_384
     kill_after_epoch: int | None = None
+    checkpoint_dir: str | None = None
+    """Local mode only: where each epoch's checkpoint is written and kept until the driver has
+    read it (Ray Train's local mode holds a reference to the folder, not a copy)."""
 
 
 class PackedCollate(ArrowBatchCollateFn):
@@ -170,7 +175,7 @@ def train_loop_per_worker(train_loop_config: dict[str, Any]) -> dict[str, Any]:
                                  "validation.loss": validation["loss"]})
 
         with worker_span(None, "train.checkpoint", {"rank": rank, "epoch": number}):
-            _report(network, optimizer, best_weights, state, record, rank)
+            _report(network, optimizer, best_weights, state, record, rank, config)
         if config.kill_after_epoch == number and checkpoint is None and rank == world - 1:
             _die_after_checkpoint_is_registered()
 
@@ -241,7 +246,7 @@ def _evaluate(network: TabularNet, shard, config: LoopConfig, device) -> dict[st
 
 
 def _report(network, optimizer, best_weights, state: TrainingState, record: dict[str, Any],
-            rank: int) -> None:
+            rank: int, config: LoopConfig) -> None:
     """Checkpoint (rank 0 writes it) and report; every rank calls report, it is a barrier."""
     import ray.train
 
@@ -250,7 +255,7 @@ def _report(network, optimizer, best_weights, state: TrainingState, record: dict
                "best_epoch": state.best_epoch, "restarts": state.restarts,
                "stopped": state.stopped,
                **{f"validation_{k}": v for k, v in record["validation"].items()}}
-    with tempfile.TemporaryDirectory() as directory:
+    with _checkpoint_folder(config, record["epoch"]) as directory:
         checkpoint = None
         if rank == 0:
             torch.save({"network": _cpu_copy(network.state_dict()),
@@ -260,6 +265,18 @@ def _report(network, optimizer, best_weights, state: TrainingState, record: dict
             checkpoint = ray.train.Checkpoint.from_directory(directory)
         ray.train.report(metrics, checkpoint=checkpoint,
                          checkpoint_dir_name=f"epoch-{record['epoch']:04d}")
+
+
+@contextmanager
+def _checkpoint_folder(config: LoopConfig, epoch: int) -> Iterator[str]:
+    """A temporary folder Ray Train copies into its storage, or, in local mode, a kept one."""
+    if config.checkpoint_dir is None:
+        with tempfile.TemporaryDirectory() as directory:
+            yield directory
+        return
+    directory = os.path.join(config.checkpoint_dir, f"epoch-{epoch:04d}")
+    os.makedirs(directory, exist_ok=True)
+    yield directory
 
 
 def _die_after_checkpoint_is_registered() -> None:

@@ -3,23 +3,27 @@
 Stops: training on data that changed under you. The cache key includes a fingerprint of every source
 file in range (path, size, modification stamp), so a changed or late-arriving file is a new snapshot,
 and the snapshot's own content fingerprint pins every later stage to exactly these bytes.
+
+How: the driver lists the partitions in range and checks every file's footer (a bad file fails
+here, named, before anything is written); Ray tasks then copy consecutive groups of files, the
+declared columns only, into numbered part files. Plain pyarrow in a few large tasks: Ray Data's
+per-file and per-execution start-up cost more than the copy itself (see benchmarks/ingest.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import posixpath
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 import fsspec
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-import ray.data
+import ray
 from pydantic import Field
-from ray.data.datasource import Partitioning
 
-from pipeline.artifacts import arrow_filesystem
 from pipeline.config import PipelineConfig, Timestamp
 from pipeline.stage import (
     Facts,
@@ -61,6 +65,12 @@ class IngestFacts(Facts):
     files_read: int
     partitions: list[str]
     time_range: list[str]
+
+
+GROUP_BYTES = 256 * 2**20
+"""Source bytes per copy task, at most (about; a file is never split)."""
+_FOOTER_READERS = 16
+_BATCH_ROWS = 131_072
 
 
 class SourceError(ValueError):
@@ -123,22 +133,28 @@ def source_fingerprint(params: IngestParams) -> dict[str, str]:
 
 
 def _check_columns(fs: fsspec.AbstractFileSystem, files: list[str],
-                   declared: dict[str, str]) -> int:
-    """Fail before Ray reads anything, naming the file and column: a file that is not parquet,
-    lacks a schema column (schema drift), types a column differently from the first file (a time
+                   declared: dict[str, str]) -> tuple[int, pa.Schema]:
+    """Fail before anything is written, naming the file and column: a file that is not parquet,
+    lacks a schema column (schema drift), types a column differently from another file (a time
     zone included), or holds a kind that cannot be read as the declared type. Return the row
-    count; 0 is an error."""
+    count (0 is an error) and the snapshot's schema: the declared columns as the files type them.
+    Footers are read by a thread pool: on object storage each one is a round trip."""
     kinds = {"int": pa.types.is_integer, "float": lambda t: pa.types.is_floating(t)
              or pa.types.is_integer(t), "string": lambda t: pa.types.is_string(t)
              or pa.types.is_large_string(t), "bool": pa.types.is_boolean,
              "timestamp": lambda t: pa.types.is_timestamp(t) or pa.types.is_integer(t)}
-    rows, seen = 0, {}  # column -> (type, file) where it was first typed
-    for path in files:
+
+    def footer(path: str) -> pq.FileMetaData:
         try:
             with fs.open(path, "rb") as handle:
-                metadata = pq.ParquetFile(handle).metadata
+                return pq.ParquetFile(handle).metadata
         except (pa.ArrowInvalid, OSError) as exc:
             raise SourceError(f"{path}: not a readable parquet file ({exc})") from None
+
+    with ThreadPoolExecutor(max_workers=_FOOTER_READERS) as pool:
+        footers = list(pool.map(footer, files))
+    rows, seen = 0, {}  # column -> (type, file) where it was first typed
+    for path, metadata in zip(files, footers):
         schema = metadata.schema.to_arrow_schema()
         missing = sorted(set(declared) - set(schema.names))
         if missing:
@@ -159,30 +175,42 @@ def _check_columns(fs: fsspec.AbstractFileSystem, files: list[str],
     if rows == 0:
         raise SourceError(f"source files in range hold 0 rows (all {len(files)} under "
                           f"{posixpath.commonpath(files)} are empty): nothing to snapshot")
-    return rows
+    return rows, pa.schema([(name, seen.get(name, (pa.null(),))[0]) for name in declared])
+
+
+def file_groups(sizes: list[int], workers: int) -> list[slice]:
+    """Consecutive runs of the (sorted) file list, one Ray task each: at least one per worker
+    CPU while there are files, and none much over GROUP_BYTES, so a task's start-up is paid per
+    hundred megabytes rather than per file, and the snapshot's part files keep source order."""
+    total = sum(sizes)
+    count = max(1, min(len(sizes), max(workers, -(-total // GROUP_BYTES))))
+    share, groups, start, filled = total / count, [], 0, 0
+    for index, size in enumerate(sizes):
+        filled += size
+        if filled >= share * (len(groups) + 1) and len(groups) < count - 1:
+            groups.append(slice(start, index + 1))
+            start = index + 1
+    groups.append(slice(start, len(sizes)))
+    return [group for group in groups if group.start < group.stop]
 
 
 def run(ctx: StageContext[IngestParams, IngestFiles]) -> StageResult[IngestFacts]:
-    params = ctx.params
-    fs, root, files = source_files(params)
-    rows_in = _check_columns(fs, files, params.columns)
-    # row order is part of the snapshot's bytes, hence of its fingerprint and every later key
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    snapshot = ray.data.read_parquet(
-        files,
-        filesystem=arrow_filesystem(fs),
-        columns=list(params.columns),  # column projection: only what the schema declares travels on
-        partitioning=Partitioning("hive", base_dir=root, filesystem=arrow_filesystem(fs)),
-    )
-    snapshot = snapshot.map_batches(ctx.traced(_read_block, "ingest.read_block"),
-                                    batch_format="pyarrow", batch_size=None)
-    snapshot.write_parquet(ctx.output.data, filesystem=ctx.store.arrow_filesystem(),
-                           min_rows_per_file=250_000)
-    rows_out, schema = _written(ctx)
+    params, store = ctx.params, ctx.store
+    with ctx.telemetry.span("ingest.list") as span:
+        fs, _, files = source_files(params)
+        span.set_attribute("files", len(files))
+    with ctx.telemetry.span("ingest.check_footers", {"files": len(files)}):
+        rows_in, schema = _check_columns(fs, files, params.columns)
+        sizes = [int(fs.info(path).get("size") or 0) for path in files]
+    store.fs.makedirs(ctx.output.data, exist_ok=True)
+    copy = ray.remote(num_cpus=1)(ctx.traced(_copy_files, "ingest.copy_files"))
+    workers = max(1, int(ray.available_resources().get("CPU", 1)))
+    written = ray.get([copy.remote(fs, files[group], schema, store, ctx.output.data, index)
+                       for index, group in enumerate(file_groups(sizes, workers))])
     return StageResult(
         rows_in=rows_in,
-        rows_out=rows_out,
-        schema=schema,
+        rows_out=sum(written),
+        schema={field.name: str(field.type) for field in schema},
         facts=IngestFacts(
             source=params.source, files_read=len(files),
             partitions=sorted({posixpath.basename(posixpath.dirname(f)) for f in files}),
@@ -190,20 +218,22 @@ def run(ctx: StageContext[IngestParams, IngestFiles]) -> StageResult[IngestFacts
     )
 
 
-def _read_block(block: pa.Table) -> pa.Table:
-    """Pass a read block through unchanged; its span says how much it carried."""
-    current_span().set_attributes({"rows": block.num_rows, "bytes": block.nbytes})
-    return block
-
-
-def _written(ctx: StageContext[IngestParams, IngestFiles]) -> tuple[int, dict[str, str]]:
-    rows, schema = 0, {}
-    for path in sorted(ctx.store.fs.find(ctx.output.data)):
-        with ctx.store.fs.open(path, "rb") as handle:
-            metadata = pq.ParquetFile(handle).metadata
-        rows += metadata.num_rows
-        schema = {f.name: str(f.type) for f in metadata.schema.to_arrow_schema()}
-    return rows, schema
+def _copy_files(fs: fsspec.AbstractFileSystem, files: list[str], schema: pa.Schema, store,
+                directory: str, index: int) -> int:
+    """Stream the declared columns of `files`, in order, into the snapshot's part `index`;
+    batch by batch, so a task holds one row group at a time, not its files."""
+    rows = 0
+    path = posixpath.join(directory, f"part-{index:05d}.parquet")
+    with store.fs.open(path, "wb") as sink, pq.ParquetWriter(sink, schema) as writer:
+        for source in files:
+            with fs.open(source, "rb") as handle:
+                parquet = pq.ParquetFile(handle)
+                for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, columns=schema.names):
+                    table = pa.Table.from_batches([batch]).cast(schema)
+                    writer.write_table(table, row_group_size=_BATCH_ROWS)
+                    rows += table.num_rows
+    current_span().set_attributes({"files": len(files), "rows": rows, "part": index})
+    return rows
 
 
 def explain(question: RowQuestion) -> list[str]:

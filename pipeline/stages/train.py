@@ -7,6 +7,12 @@ checkpoint every epoch under `<artifact root>/train_runs/<cache key>`, FailureCo
 a rerun of the same key resumes there), and unreproducible weights (seeds per rank and epoch,
 order-preserving data, deterministic kernels).
 
+`train.num_workers: 0` is Ray Train's local mode: the same loop runs in the driver process, with no
+controller or worker actors (on a 2-core machine their start-up is 12-20 s, ten times a smoke run's
+training). It gives up what those actors give: no restart after a failure, no resume after a kill
+(checkpoints live in a temporary folder), no GPU placement by Ray, one process only. Meant for
+laptops, tests and smoke runs; `num_workers >= 1` is the production path.
+
 Data path: Ray Data reads the featurize parquet; per split a map_batches keeps that split's rows and
 encodes them once (standardised `features`, categorical codes, label), the training rows in a seeded
 shuffled order, and materialises them; the trainer streams each worker its shard with
@@ -22,10 +28,12 @@ logged). It is an environment variable on purpose: no config file can switch it 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import posixpath
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -96,7 +104,8 @@ class TrainFacts(Facts):
     startup_seconds: float | None
     fit_seconds: float
     weights_sha256: str
-    train_run: str
+    train_run: str | None
+    """Ray Train's run folder (checkpoints); None in local mode, which keeps none."""
 
 
 def run(ctx: StageContext[TrainParams, TrainFiles]) -> StageResult[TrainFacts]:
@@ -126,18 +135,21 @@ def run(ctx: StageContext[TrainParams, TrainFiles]) -> StageResult[TrainFacts]:
         validation = encode_split(rows, "validation", preprocessor, params.roles.label)
     key_type = rows.schema().base_schema.field(params.roles.row_key).type
     del rows  # the encoded splits are all that training reads from here on
-    with ctx.telemetry.span("train.fit", {"train.workers": params.train.num_workers}):
-        loop = loop_config(params.train, preprocessor)
+    local_mode = params.train.num_workers == 0
+    kept_checkpoints = (tempfile.TemporaryDirectory(prefix="raypipe-local-train-") if local_mode
+                        else contextlib.nullcontext(None))
+    with ctx.telemetry.span("train.fit", {"train.workers": params.train.num_workers}), \
+            kept_checkpoints as checkpoint_dir:
+        loop = loop_config(params.train, preprocessor, checkpoint_dir)
         fit_started = time.time()
         # the loop opens its own spans per epoch, each exported as it closes
         result = fit(ctx.traced(train_loop_per_worker, span=None), loop, train, validation,
                      params.train, store, ctx.cache_key)
         fit_seconds = time.time() - fit_started
-
-    # The latest checkpoint holds the whole training state, the best epoch's weights included.
-    with result.checkpoint.as_directory() as directory:
-        saved = torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu",
-                           weights_only=True)
+        # The latest checkpoint holds the whole training state, the best epoch's weights included.
+        with result.checkpoint.as_directory() as directory:
+            saved = torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu",
+                               weights_only=True)
     state, best = saved["state"], saved["best_network"]
     checksum = weights_checksum(best)
     save_model(store.fs, ctx.output.model, loop.network, best, preprocessor,
@@ -193,15 +205,26 @@ def _facts(state: dict, counts: Counter, params: TrainParams, fit_started: float
 def split_rows(store: ArtifactStore, path: str, params: TrainParams,
                facts: FeaturizeFacts) -> ray.data.Dataset:
     """The featurize output, only the columns training reads, each row with its split decided
-    once (`split`, `reason` columns), in a deterministic order, materialised for every pass."""
+    once (`split`, `reason` columns), in file then row order, materialised for every pass.
+
+    One plain Ray task per part file rather than `ray.data.read_parquet`: on the smoke run the
+    read's planning and start-up took 2-5 s for two small files, the tasks a fraction of it."""
     roles = params.roles
     columns = list(dict.fromkeys([roles.row_key, roles.event_time, roles.label_available_at,
                                   roles.label, facts.packed_column, *facts.categorical_columns]))
-    rows = ray.data.read_parquet(path, filesystem=store.arrow_filesystem(), columns=columns)
-    rows.context.execution_options.preserve_order = True
-    return rows.map_batches(with_splits, batch_format="pyarrow", fn_kwargs={
-        "event_time": roles.event_time, "label_available_at": roles.label_available_at,
-        "split": params.split, "label": roles.label}).materialize()
+    files = sorted(p for p in store.fs.find(path) if p.endswith(".parquet"))
+    read = ray.remote(num_cpus=1)(_read_with_splits)
+    return ray.data.from_arrow_refs([read.remote(store, file, columns, params) for file in files])
+
+
+def _read_with_splits(store: ArtifactStore, path: str, columns: list[str],
+                      params: TrainParams) -> pa.Table:
+    with store.fs.open(path, "rb") as handle:
+        table = pq.read_table(handle, columns=columns)
+    roles = params.roles
+    return with_splits(table, event_time=roles.event_time,
+                       label_available_at=roles.label_available_at, split=params.split,
+                       label=roles.label)
 
 
 def _in_split(batch: pa.Table, name: str) -> pa.Table:
@@ -272,8 +295,9 @@ def encode_split(rows: ray.data.Dataset, name: str, preprocessor: Preprocessor, 
 
 
 # -- Ray Train -------------------------------------------------------------------------------
-def loop_config(train: TrainConfig, preprocessor: Preprocessor):
-    """The loop's LoopConfig: architecture from the fitted preprocessing, the rest from config."""
+def loop_config(train: TrainConfig, preprocessor: Preprocessor, checkpoint_dir: str | None = None):
+    """The loop's LoopConfig: architecture from the fitted preprocessing, the rest from config;
+    `checkpoint_dir` only in local mode, where Ray Train keeps no checkpoint files itself."""
     from pipeline.model.loop import KILL_ENV, LoopConfig
     from pipeline.model.network import NetworkSpec
 
@@ -290,12 +314,14 @@ def loop_config(train: TrainConfig, preprocessor: Preprocessor):
         batch_size=train.batch_size, epochs=train.epochs, patience=train.patience,
         seed=train.seed, label_mean=preprocessor.label_mean, label_std=preprocessor.label_std,
         kill_after_epoch=int(kill) if kill else None,
+        checkpoint_dir=checkpoint_dir,
     )
 
 
 def fit(train_loop_per_worker: Callable, loop, train: ray.data.Dataset,
         validation: ray.data.Dataset, settings: TrainConfig, store: ArtifactStore, name: str):
-    """Run the TorchTrainer; checkpoints live under the artifact root, named by the cache key."""
+    """Run the TorchTrainer; checkpoints live under the artifact root, named by the cache key
+    (with `num_workers: 0`, Ray Train's local mode: the loop runs here, in the driver)."""
     from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -353,7 +379,8 @@ def worker_group_resources(params: TrainParams) -> dict[str, float]:
     train = params.train
     per_worker = {"CPU": 1.0, **({"GPU": 1.0} if train.use_gpu else {}),
                   **train.resources_per_worker}
-    return {name: amount * train.num_workers for name, amount in per_worker.items()}
+    return {name: amount * train.num_workers for name, amount in per_worker.items()
+            if train.num_workers}
 
 
 STAGE = Stage(
