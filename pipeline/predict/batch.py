@@ -14,7 +14,10 @@ handed the same sources and rows featurize was, so a row that featurize saw gets
 
 from __future__ import annotations
 
+import contextlib
+import posixpath
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
@@ -23,8 +26,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
 import ray.data
+import ray.exceptions
 from pydantic import TypeAdapter, ValidationError
 
 from pipeline.artifacts import ArtifactStore, arrow_filesystem
@@ -120,16 +125,12 @@ def _checked_input(uri: str, options: dict, spec: ModelSpec, partition: str) -> 
     need one global view: the row keys are gathered first (in input order; the first occurrence
     wins), as validate gathers them."""
     fs, path = fsspec.core.url_to_fs(uri, **options)
-    if not fs.exists(path):
-        raise ValueError(f"input {uri} does not exist (--input)")
+    _check_columns(fs, path, uri, spec)
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     blocks = ray.data.read_parquet(path, filesystem=arrow_filesystem(fs),
                                    include_paths=True).to_arrow_refs()
-    surveys = ray.get([_survey.remote(block, spec, partition) for block in blocks])
-    for survey in surveys:
-        if survey.missing:
-            raise SchemaError(f"{survey.source}: column(s) {', '.join(survey.missing)} missing "
-                              f"(model {spec.model} {spec.version} reads them)")
+    surveys = ray.get([_survey.remote(block, spec.table.row_key, partition)
+                       for block in blocks])
     if not sum(len(survey.keys) for survey in surveys):
         raise ValueError(f"input {uri} holds no rows")
     keys = np.concatenate([survey.keys for survey in surveys])
@@ -140,32 +141,56 @@ def _checked_input(uri: str, options: dict, spec: ModelSpec, partition: str) -> 
     parts = [_check_block.options(num_returns=3).remote(
         block, duplicate[bounds[i]:bounds[i + 1]], schema, spec.max_label_delay)
         for i, block in enumerate(blocks)]
-    times = ray.get([part[2] for part in parts])
+    try:
+        times = ray.get([part[2] for part in parts])
+    except ray.exceptions.RayTaskError:
+        _collect(part[i] for part in parts for i in (0, 1))
+        raise
     return CheckedInput([part[0] for part in parts], [part[1] for part in parts],
                         np.concatenate(times))
+
+
+def _collect(refs: Iterable[ray.ObjectRef]) -> None:
+    """Read the other results of failed tasks, which Ray would otherwise log as unhandled
+    errors: a failure stays one line."""
+    for ref in refs:
+        with contextlib.suppress(ray.exceptions.RayTaskError):
+            ray.get(ref)
+
+
+def _check_columns(fs, path: str, uri: str, spec: ModelSpec) -> None:
+    """Every input file must hold the columns the model reads (label-time ones aside): checked
+    from the files' footers, before Ray reads a row."""
+    if not fs.exists(path):
+        raise ValueError(f"input {uri} does not exist (--input)")
+    files = [path] if fs.isfile(path) else sorted(
+        found for found in fs.find(path) if found.endswith(".parquet")
+        and not posixpath.basename(found).startswith(("_", ".")))
+    if not files:
+        raise ValueError(f"input {uri} holds no parquet files (--input)")
+    for file in files:
+        with fs.open(file, "rb") as handle:
+            names = pq.read_schema(handle).names
+        missing = missing_columns(names, spec)
+        if missing:
+            raise SchemaError(f"{file}: column(s) {', '.join(missing)} missing (model "
+                              f"{spec.model} {spec.version} reads them)")
 
 
 @dataclass(frozen=True)
 class Survey:
     """What the driver needs of one input block before checking it."""
 
-    source: str
-    missing: list[str]
     keys: np.ndarray
     days: list[str]
     """Its day partitions, if the input is partitioned like the source."""
 
 
 @ray.remote(num_cpus=1)
-def _survey(block: pa.Table, spec: ModelSpec, partition: str) -> Survey:
-    missing = missing_columns(block, spec)
-    row_key = spec.table.row_key
-    keys = block[row_key].to_numpy(zero_copy_only=False) if row_key in block.column_names \
-        else np.zeros(0)
+def _survey(block: pa.Table, row_key: str, partition: str) -> Survey:
     days = pc.unique(block[partition]).drop_null().to_pylist() \
         if partition in block.column_names else []
-    source = block[PATH][0].as_py() if block.num_rows else "input"
-    return Survey(source, missing, keys, [str(day) for day in days])
+    return Survey(block[row_key].to_numpy(zero_copy_only=False), [str(day) for day in days])
 
 
 @ray.remote(num_cpus=1)

@@ -48,10 +48,10 @@ def input_schema(spec: ModelSpec, days: tuple[str, str] | None) -> TableSchema:
                                          "start": start, "end": end})
 
 
-def missing_columns(block: pa.Table, spec: ModelSpec) -> list[str]:
-    """Schema columns a block of input lacks, other than the optional label-time ones."""
+def missing_columns(names: list[str], spec: ModelSpec) -> list[str]:
+    """Schema columns missing from `names`, other than the optional label-time ones."""
     return [name for name in spec.table.columns
-            if name not in block.column_names and name not in spec.label_time_columns]
+            if name not in names and name not in spec.label_time_columns]
 
 
 def check_rows(block: pa.Table, duplicate: np.ndarray, schema: TableSchema,
@@ -126,6 +126,9 @@ def without_keys(rows: pa.Table, row_key: str, keys: pa.Array) -> pa.Table:
 
 
 def _midnight(day: str) -> datetime:
-    parsed = date.fromisoformat(day)
+    try:
+        parsed = date.fromisoformat(day)
+    except ValueError:
+        raise ValueError(f"input partition value {day!r} is not a day (YYYY-MM-DD)") from None
     return datetime(parsed.year, parsed.month, parsed.day, tzinfo=timezone.utc)
 
