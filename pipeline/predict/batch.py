@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import posixpath
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -79,7 +80,9 @@ def predict(config: PipelineConfig, reference: str, input_uri: str, output_uri: 
 
     ensure_ray(config.cluster)
     checked = _checked_input(input_uri, options, spec, config.dataset.partition)
-    about = {"model": spec.model, "version": spec.version, "input": input_uri}
+    # both files name the attempt; the predictions, written last, are its commit point
+    about = {"model": spec.model, "version": spec.version, "input": input_uri,
+             "attempt": uuid.uuid4().hex}
     with quarantine.writer(about) as batches:
         for part in checked.quarantined:
             batches.write(ray.get(part))
@@ -90,8 +93,10 @@ def predict(config: PipelineConfig, reference: str, input_uri: str, output_uri: 
     as_of_us = int(checked.times.max()) if cutoff is None else to_us(cutoff)
     job = ChunkJob(spec, history, checked.clean, as_of_us)
     with predictions.writer({**about, "as_of": from_us(as_of_us).isoformat(),
-                             "history_source": history.uri}) as batches:
-        for batch in _scored(job, store, checked.times).iter_batches(batch_format="pyarrow", batch_size=None):
+                             "history_source": history.uri, "quarantined": quarantined}
+                            ) as batches:
+        for batch in _scored(job, store, checked.times).iter_batches(batch_format="pyarrow",
+                                                                      batch_size=None):
             batches.write(batch)
         rows = batches.rows
     return (f"predicted {rows:,} rows with {spec.model} {spec.version} as of "
