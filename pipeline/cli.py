@@ -1,4 +1,4 @@
-"""`pipeline run | stage | trace | profile`: the surface users touch.
+"""`pipeline run | stage | trace | profile | predict`: the surface users touch.
 
 Every failure is one line on stderr, `error: <message>` (exit 1), except an invalid config:
 `config error: ` and one line per bad key (exit 2). `--debug` adds the traceback.
@@ -39,6 +39,20 @@ def _parser() -> argparse.ArgumentParser:
     profile = commands.add_parser("profile", parents=[common],
                                   help="per-stage time, rows/s and bytes of a run, and a timeline")
     profile.add_argument("run_id", nargs="?", help="default: the latest run")
+    predict = commands.add_parser("predict", parents=[common],
+                                  help="score an event table with a registered model, computing "
+                                       "its features with the code and spec it was trained with")
+    predict.add_argument("--model", required=True, metavar="MODEL@REF",
+                         help="a registered version or alias, e.g. trip-duration@v1 or "
+                              "trip-duration@champion")
+    predict.add_argument("--input", required=True, metavar="URI",
+                         help="parquet file or folder of events to score")
+    predict.add_argument("--output", required=True, metavar="URI",
+                         help="parquet file for the predictions; quarantined rows go beside it "
+                              "(NAME.quarantine.parquet)")
+    predict.add_argument("--as-of", metavar="TIME",
+                         help="use only what was known before TIME (ISO 8601, UTC by default); "
+                              "default: the latest event time of the input")
     return parser
 
 
@@ -65,6 +79,18 @@ def _profile(config, run_id: str | None) -> str:
         table = profile_run(local, f"{local}/timeline.png")
         store.fs.put_file(f"{local}/timeline.png", f"{remote}/timeline.png")
     return table + f"\ntimeline: {store.uri(remote)}/timeline.png"
+
+
+def _predict(config: PipelineConfig, args: argparse.Namespace) -> str:
+    """Batch prediction; a failure inside a Ray task is reported as the failure it was."""
+    import ray.exceptions
+
+    from pipeline.predict.batch import predict
+
+    try:
+        return predict(config, args.model, args.input, args.output, args.as_of)
+    except ray.exceptions.RayTaskError as exc:
+        raise exc.cause if isinstance(exc.cause, Exception) else exc from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,6 +122,8 @@ def _dispatch(args: argparse.Namespace) -> None:
         print(trace_row(config, args.row_key))
     elif args.command == "profile":
         print(_profile(config, args.run_id))
+    elif args.command == "predict":
+        print(_predict(config, args))
 
 
 def _check_artifact_root(config: PipelineConfig) -> None:

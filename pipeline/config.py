@@ -223,6 +223,17 @@ class EvaluateConfig(_Strict):
     )
 
 
+class PredictConfig(_Strict):
+    history_source: str | None = Field(
+        None, description="fsspec URI of the hive-partitioned event table `pipeline predict` "
+        "reads history from (validated like dataset.source); default: dataset.source"
+    )
+    storage_options: dict[str, Any] | None = Field(
+        None, description="fsspec options for predict's input, output and history source; "
+        "default: dataset.storage_options"
+    )
+
+
 class ClusterConfig(_Strict):
     address: str | None = Field(None, description="Ray address; None starts a local Ray")
     num_cpus: int | None = Field(None, ge=1)
@@ -249,6 +260,7 @@ class PipelineConfig(_Strict):
     split: SplitConfig
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    predict: PredictConfig = PredictConfig()
     cluster: ClusterConfig = ClusterConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
 

@@ -256,10 +256,10 @@ def _available_before(past: pa.Table, rows: pa.Table, group: Sequence[WindowSpec
     picked = np.concatenate(picks) if picks else np.zeros(0, np.int64)
     owner = np.concatenate(owners) if owners else np.zeros(0, np.int64)
     sources = past.take(pa.array(picked, pa.int64())).append_column(QUERY, pa.array(owner))
-    return _blank_unknown(sources, t[owner], roles, label_time)
+    return blank_unknown(sources, t[owner], roles, label_time)
 
 
-def _blank_unknown(rows: pa.Table, t: np.ndarray, roles: Roles, label_time: set[str]) -> pa.Table:
+def blank_unknown(rows: pa.Table, t: np.ndarray, roles: Roles, label_time: set[str]) -> pa.Table:
     """Label-time values blanked in each row whose label was not available before its own t
     (a null label-available time: never)."""
     unknown = pa.array(micros(rows[roles.label_available_at]) >= t)
@@ -339,7 +339,7 @@ class _History:
                                  *([spec.column] if spec.column else []),
                                  roles.label_available_at])
         rows = self.rows.select(list(columns)).take(pa.array(np.flatnonzero(near), pa.int64()))
-        return as_rows(_blank_unknown(rows, np.full(rows.num_rows, t, np.int64), roles,
+        return as_rows(blank_unknown(rows, np.full(rows.num_rows, t, np.int64), roles,
                                       self.label_time))
 
 

@@ -44,7 +44,12 @@ from pipeline.features.audit import (
     read_sample,
 )
 from pipeline.features.chunks import Chunk, event_time_filter, halo_us, plan_chunks
-from pipeline.features.windows import WindowSpec, compute_windows, window_specs
+from pipeline.features.windows import (
+    WindowResult,
+    WindowSpec,
+    compute_windows,
+    window_specs,
+)
 from pipeline.packed import PACKED, pack
 from pipeline.schema import Roles
 from pipeline.stage import (
@@ -94,6 +99,35 @@ class FeaturizeParams(Params):
         """The packed column's layout: numeric passthrough columns, then window features."""
         return [*self.numeric, *(spec.name for spec in self.windows)]
 
+    @property
+    def source_columns(self) -> list[str]:
+        """Columns the kernel reads from history rows (the row key orders them, and breaks ties
+        for `last`)."""
+        roles, specs = self.roles, self.windows
+        return list(dict.fromkeys([roles.row_key, roles.event_time,
+                                   *(c for s in specs for c in (*s.entity, s.available_at)),
+                                   *(s.column for s in specs if s.column)]))
+
+    @property
+    def repeating_columns(self) -> list[str]:
+        return list(dict.fromkeys([*(c for s in self.windows for c in s.entity),
+                                   *self.categorical]))
+
+    @property
+    def passthrough_columns(self) -> list[str]:
+        """The output's columns besides the features: roles, entities, the model's raw inputs."""
+        roles = self.roles
+        return list(dict.fromkeys([roles.row_key, roles.event_time, roles.label,
+                                   roles.label_available_at,
+                                   *(c for s in self.windows for c in s.entity),
+                                   *self.numeric, *self.categorical]))
+
+    @property
+    def row_columns(self) -> list[str]:
+        """Columns of the rows whose features are computed: what the output carries plus what
+        the kernel reads."""
+        return list(dict.fromkeys([*self.passthrough_columns, *self.source_columns]))
+
 
 class FeaturizeFiles(Files):
     data = Folder("data")
@@ -126,34 +160,6 @@ class Job:
     kernel: Kernel
     """The window kernel: the chunks compute with it and the audit's perturbation check
     recomputes with it, so a kernel that is wrong by design cannot hide behind a second one."""
-
-    @property
-    def source_columns(self) -> list[str]:
-        """Columns the kernel reads from halo rows (the row key only to break ties for `last`)."""
-        roles, specs = self.params.roles, self.params.windows
-        ties = [roles.row_key] if any(s.agg == "last" for s in specs) else []
-        return list(dict.fromkeys([*ties, roles.event_time,
-                                   *(c for s in specs for c in (*s.entity, s.available_at)),
-                                   *(s.column for s in specs if s.column)]))
-
-    @property
-    def repeating_columns(self) -> list[str]:
-        return list(dict.fromkeys([*(c for s in self.params.windows for c in s.entity),
-                                   *self.params.categorical]))
-
-    @property
-    def passthrough_columns(self) -> list[str]:
-        """The output's columns besides the features: roles, entities, the model's raw inputs."""
-        roles, params = self.params.roles, self.params
-        return list(dict.fromkeys([roles.row_key, roles.event_time, roles.label,
-                                   roles.label_available_at,
-                                   *(c for s in params.windows for c in s.entity),
-                                   *params.numeric, *params.categorical]))
-
-    @property
-    def row_columns(self) -> list[str]:
-        """Columns of a chunk's own rows: what the output carries plus what the kernel reads."""
-        return list(dict.fromkeys([*self.passthrough_columns, *self.source_columns]))
 
 
 def run(ctx: StageContext[FeaturizeParams, FeaturizeFiles]) -> StageResult[FeaturizeFacts]:
@@ -199,38 +205,50 @@ def run(ctx: StageContext[FeaturizeParams, FeaturizeFiles]) -> StageResult[Featu
 def featurize_chunk(chunk: dict[str, int], job: Job) -> dict[str, Any]:
     """One time chunk: read it and its halo, compute the features, write one parquet file."""
     chunk = Chunk(**chunk)
-    roles = job.params.roles
-    rows = job.clean.to_table(
-        columns=job.row_columns,
+    params = job.params
+    roles = params.roles
+    rows = sort_rows(job.clean.to_table(
+        columns=params.row_columns,
         filter=event_time_filter(roles.event_time, job.partition, chunk.start_us, chunk.end_us),
-    ).sort_by([(roles.event_time, "ascending"), (roles.row_key, "ascending")])
-    halo = job.clean.to_table(
-        columns=job.source_columns,
+    ), roles)
+    halo = sort_rows(job.clean.to_table(
+        columns=params.source_columns,
         filter=event_time_filter(roles.event_time, job.partition, chunk.halo_start_us,
                                  chunk.start_us),
-    )
-    sources = pa.concat_tables([halo, rows.select(job.source_columns)])
-    result = job.kernel(sources, rows, job.params.windows, event_time=roles.event_time,
-                        row_key=roles.row_key)
-    table = training_table(rows, result.columns, job)
+    ), roles)
+    sources = pa.concat_tables([halo, rows.select(params.source_columns)])
+    table, result = features_table(rows, sources, params, job.kernel)
     if table.num_rows:  # dictionary pages only where values repeat: 2x faster writes
         pq.write_table(table, posixpath.join(job.output, f"part-{chunk.index:05d}.parquet"),
-                       filesystem=job.filesystem, use_dictionary=job.repeating_columns)
+                       filesystem=job.filesystem, use_dictionary=params.repeating_columns)
     current_span().set_attributes({"chunk.index": chunk.index,
                                    "chunk.start": from_us(chunk.start_us).isoformat(),
                                    "rows": table.num_rows, "rows.halo": halo.num_rows})
-    columns = job.params.feature_columns
+    columns = params.feature_columns
     summary = {"rows": table.num_rows, "skipped": result.nulls_skipped,
                "columns": {name: _column_summary(table[name]) for name in columns}}
     return {"index": chunk.index, "summary": json.dumps(summary)}
 
 
-def training_table(rows: pa.Table, features: dict[str, pa.Array], job: Job) -> pa.Table:
-    """The output rows: passthrough columns, one column per feature, and the packed tensor."""
-    columns = {name: rows[name] for name in job.passthrough_columns}
-    columns.update(features)
-    packed = pack([columns[name] for name in job.params.feature_columns], rows.num_rows)
-    return pa.table({**columns, PACKED: packed})
+def sort_rows(rows: pa.Table, roles: Roles) -> pa.Table:
+    """Rows in the one order the kernel is handed them: by event time, then row key.
+
+    The kernel's float sums depend on the order of its sources, so this order, not the layout of
+    the files they came from, is what makes a feature value reproducible (`pipeline predict`
+    recomputes the same values from other files)."""
+    return rows.sort_by([(roles.event_time, "ascending"), (roles.row_key, "ascending")])
+
+
+def features_table(rows: pa.Table, sources: pa.Table, params: FeaturizeParams,
+                   kernel: Kernel = compute_windows) -> tuple[pa.Table, WindowResult]:
+    """`rows` with their point-in-time features over `sources` (both in `sort_rows` order): the
+    passthrough columns, one column per feature and the packed tensor."""
+    result = kernel(sources, rows, params.windows, event_time=params.roles.event_time,
+                    row_key=params.roles.row_key)
+    columns = {name: rows[name] for name in params.passthrough_columns}
+    columns.update(result.columns)
+    packed = pack([columns[name] for name in params.feature_columns], rows.num_rows)
+    return pa.table({**columns, PACKED: packed}), result
 
 
 def run_audit(job: Job, ctx: StageContext) -> dict[str, Any]:

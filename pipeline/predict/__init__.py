@@ -1,0 +1,7 @@
+"""`pipeline predict`: score an event table with a registered model, with the model's own features.
+
+- `spec`: the model's feature spec and validation rules, read from its lineage (never today's config)
+- `rows`: the rows to score and the history their windows read, held to validate's rules
+- `output`: predictions and quarantine written atomically, never over a file predict did not write
+- `batch`: the Ray Data pipeline that ties them together
+"""

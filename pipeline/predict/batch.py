@@ -1,0 +1,278 @@
+"""Batch prediction: an event table in, the model's predictions out, with featurize's own code.
+
+The input streams through Ray Data: its blocks are read and checked against validate's rules
+(`rows`); the clean rows are grouped into featurize's time chunks (the model's chunk length,
+aligned to the epoch), and one task per chunk reads its lookback halo from the history source and
+computes the features exactly as a featurize chunk does (`featurize.features_table`: the same
+kernel, window specs and halo); an actor applies the model's saved preprocessing and network; the
+driver writes the predictions as they arrive (`output`).
+
+A chunk's features are computed for every row known in it (history and input alike), as featurize
+computes them for every clean row of its chunk, and kept for the input rows: the kernel is then
+handed the same sources and rows featurize was, so a row that featurize saw gets the same bits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import posixpath
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+import ray.data
+import ray.exceptions
+from pydantic import TypeAdapter, ValidationError
+
+from pipeline.artifacts import ArtifactStore, arrow_filesystem
+from pipeline.config import PipelineConfig, Timestamp
+from pipeline.epoch import US_PER_DAY, from_us, to_us
+from pipeline.features.chunks import Chunk, halo_us, plan_chunks
+from pipeline.features.windows import micros
+from pipeline.predict.output import OutputFile, quarantine_uri
+from pipeline.predict.rows import (
+    HistorySource,
+    check_rows,
+    in_time,
+    input_schema,
+    known_at,
+    missing_columns,
+    without_keys,
+)
+from pipeline.predict.spec import ModelSpec, load_model_spec
+from pipeline.quality.rules import SchemaError
+from pipeline.ray_cluster import ensure_ray
+from pipeline.schema import TableSchema
+from pipeline.stages.featurize import features_table, sort_rows
+
+PATH = "path"  # the column Ray Data's include_paths adds: the file each row came from
+PREDICTION = "prediction"
+MODEL, MODEL_VERSION = "model", "model_version"
+SCORE_BATCH = 8192
+
+
+def predict(config: PipelineConfig, reference: str, input_uri: str, output_uri: str,
+            as_of: str | None = None) -> str:
+    """Score `input_uri` with the model `reference` names; write the predictions to
+    `output_uri` and the quarantined rows beside it; return the summary line."""
+    started = time.perf_counter()
+    options = config.predict.storage_options
+    options = config.dataset.storage_options if options is None else options
+    store = ArtifactStore(config.artifact_root, config.storage_options)
+    spec = load_model_spec(store, reference)
+    history = HistorySource(config.predict.history_source or config.dataset.source, options,
+                            config.dataset.partition)
+    history.check()
+    predictions = OutputFile(output_uri, options)
+    quarantine = OutputFile(quarantine_uri(output_uri), options)
+    for target in (predictions, quarantine):  # refuse before any work
+        target.check_replaceable()
+    cutoff = _parse_as_of(as_of)
+
+    ensure_ray(config.cluster)
+    checked = _checked_input(input_uri, options, spec, config.dataset.partition)
+    # both files name the attempt; the predictions, written last, are its commit point
+    about = {"model": spec.model, "version": spec.version, "input": input_uri,
+             "attempt": uuid.uuid4().hex}
+    with quarantine.writer(about) as batches:
+        for part in checked.quarantined:
+            batches.write(ray.get(part))
+        quarantined = batches.rows
+    if not checked.times.size:
+        raise ValueError(f"no row of {input_uri} passed validation: {quarantined:,} quarantined "
+                         f"(reasons in {quarantine.uri})")
+    as_of_us = int(checked.times.max()) if cutoff is None else to_us(cutoff)
+    job = ChunkJob(spec, history, checked.clean, as_of_us)
+    with predictions.writer({**about, "as_of": from_us(as_of_us).isoformat(),
+                             "history_source": history.uri, "quarantined": quarantined}
+                            ) as batches:
+        for batch in _scored(job, store, checked.times).iter_batches(batch_format="pyarrow",
+                                                                      batch_size=None):
+            batches.write(batch)
+        rows = batches.rows
+    return (f"predicted {rows:,} rows with {spec.model} {spec.version} as of "
+            f"{from_us(as_of_us).isoformat()}, {quarantined:,} quarantined, in "
+            f"{time.perf_counter() - started:.1f}s: {predictions.uri} (quarantine: "
+            f"{quarantine.uri})")
+
+
+def _parse_as_of(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return TypeAdapter(Timestamp).validate_python(text)
+    except ValidationError:
+        raise ValueError(f"--as-of {text!r} is not a time: use ISO 8601, e.g. "
+                         "2026-01-15T08:00:00 (UTC when no offset is given)") from None
+
+
+@dataclass
+class CheckedInput:
+    clean: list[ray.ObjectRef]
+    """Clean rows, one table per input block, in input order."""
+    quarantined: list[ray.ObjectRef]
+    """Quarantined rows with their reasons, one table per block."""
+    times: np.ndarray
+    """Event times of the clean rows, microseconds."""
+
+
+def _checked_input(uri: str, options: dict, spec: ModelSpec, partition: str) -> CheckedInput:
+    """Read the input through Ray Data and hold each block to validate's rules. Duplicates
+    need one global view: the row keys are gathered first (in input order; the first occurrence
+    wins), as validate gathers them."""
+    fs, path = fsspec.core.url_to_fs(uri, **options)
+    _check_columns(fs, path, uri, spec)
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    blocks = ray.data.read_parquet(path, filesystem=arrow_filesystem(fs),
+                                   include_paths=True).to_arrow_refs()
+    surveys = ray.get([_survey.remote(block, spec.table.row_key, partition)
+                       for block in blocks])
+    if not sum(len(survey.keys) for survey in surveys):
+        raise ValueError(f"input {uri} holds no rows")
+    keys = np.concatenate([survey.keys for survey in surveys])
+    duplicate = pd.Series(keys).duplicated(keep="first").to_numpy()
+    days = sorted(day for survey in surveys for day in survey.days)
+    schema = input_schema(spec, (days[0], days[-1]) if days else None)
+    bounds = np.cumsum([0, *(len(survey.keys) for survey in surveys)])
+    parts = [_check_block.options(num_returns=3).remote(
+        block, duplicate[bounds[i]:bounds[i + 1]], schema, spec.max_label_delay)
+        for i, block in enumerate(blocks)]
+    try:
+        times = ray.get([part[2] for part in parts])
+    except ray.exceptions.RayTaskError:
+        _collect(part[i] for part in parts for i in (0, 1))
+        raise
+    return CheckedInput([part[0] for part in parts], [part[1] for part in parts],
+                        np.concatenate(times))
+
+
+def _collect(refs: Iterable[ray.ObjectRef]) -> None:
+    """Read the other results of failed tasks, which Ray would otherwise log as unhandled
+    errors: a failure stays one line."""
+    for ref in refs:
+        with contextlib.suppress(ray.exceptions.RayTaskError):
+            ray.get(ref)
+
+
+def _check_columns(fs, path: str, uri: str, spec: ModelSpec) -> None:
+    """Every input file must hold the columns the model reads (label-time ones aside): checked
+    from the files' footers, before Ray reads a row."""
+    if not fs.exists(path):
+        raise ValueError(f"input {uri} does not exist (--input)")
+    files = [path] if fs.isfile(path) else sorted(
+        found for found in fs.find(path) if found.endswith(".parquet")
+        and not posixpath.basename(found).startswith(("_", ".")))
+    if not files:
+        raise ValueError(f"input {uri} holds no parquet files (--input)")
+    for file in files:
+        with fs.open(file, "rb") as handle:
+            names = pq.read_schema(handle).names
+        missing = missing_columns(names, spec)
+        if missing:
+            raise SchemaError(f"{file}: column(s) {', '.join(missing)} missing (model "
+                              f"{spec.model} {spec.version} reads them)")
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What the driver needs of one input block before checking it."""
+
+    keys: np.ndarray
+    days: list[str]
+    """Its day partitions, if the input is partitioned like the source."""
+
+
+@ray.remote(num_cpus=1)
+def _survey(block: pa.Table, row_key: str, partition: str) -> Survey:
+    days = pc.unique(block[partition]).drop_null().to_pylist() \
+        if partition in block.column_names else []
+    return Survey(block[row_key].to_numpy(zero_copy_only=False), [str(day) for day in days])
+
+
+@ray.remote(num_cpus=1)
+def _check_block(block: pa.Table, duplicate: np.ndarray, schema: TableSchema,
+                 max_label_delay: timedelta) -> tuple[pa.Table, pa.Table, np.ndarray]:
+    clean, quarantined = check_rows(block, duplicate, schema, max_label_delay, PATH)
+    return clean, quarantined, micros(clean[schema.event_time])
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    """What every chunk task needs, shipped once per task."""
+
+    spec: ModelSpec
+    history: HistorySource
+    clean: list[ray.ObjectRef]
+    as_of_us: int
+
+
+def _scored(job: ChunkJob, store: ArtifactStore, times: np.ndarray) -> ray.data.Dataset:
+    """Features per chunk, then predictions, streamed in chunk order."""
+    chunks = [asdict(chunk) for chunk in _chunks(job.spec, times)]
+    return (ray.data.from_items(chunks, override_num_blocks=len(chunks))
+            .map_batches(_chunk_features, fn_kwargs={"job": job}, batch_size=1,
+                         batch_format="pyarrow")
+            .map_batches(_Score, fn_constructor_args=(job.spec, store), batch_format="pyarrow",
+                         compute=ray.data.ActorPoolStrategy(size=1), batch_size=SCORE_BATCH))
+
+
+def _chunks(spec: ModelSpec, times: np.ndarray) -> list[Chunk]:
+    """featurize's chunks (the model's chunk length and halo) that hold input rows at `times`."""
+    params = spec.features
+    times = np.sort(times)
+    days = sorted({from_us(int(day)).date() for day in np.unique(times - times % US_PER_DAY)})
+    halo = halo_us(params.windows, params.roles.label_available_at, params.max_label_delay)
+    return [chunk for chunk in plan_chunks(days, to_us(params.chunk), halo)
+            if np.searchsorted(times, chunk.end_us) > np.searchsorted(times, chunk.start_us)]
+
+
+def _chunk_features(batch: pa.Table, job: ChunkJob) -> pa.Table:
+    """The input rows of one chunk with their features, computed as featurize computes a chunk:
+    for every row known in it, over the rows known in it and its halo."""
+    (chunk,) = [Chunk(**row) for row in batch.to_pylist()]
+    spec, params = job.spec, job.spec.features
+    event_time, row_key = params.roles.event_time, params.roles.row_key
+    inputs = pa.concat_tables(ray.get(job.clean))
+    nearby = in_time(inputs, event_time, chunk.halo_start_us, chunk.end_us)
+    scored = in_time(nearby, event_time, chunk.start_us, chunk.end_us)
+    history = without_keys(job.history.rows(spec, chunk.halo_start_us,
+                                            min(chunk.end_us, job.as_of_us)),
+                           row_key, inputs[row_key])
+    sources = sort_rows(known_at(pa.concat_tables([history, nearby]), job.as_of_us, spec),
+                        params.roles)
+    rows = sort_rows(pa.concat_tables(
+        [in_time(history, event_time, chunk.start_us, chunk.end_us), scored]), params.roles)
+    table, _ = features_table(rows.select(params.row_columns),
+                              sources.select(params.source_columns), params)
+    return table.filter(pc.is_in(table[row_key], value_set=scored[row_key]))
+
+
+class _Score:
+    """A Ray Data actor: loads the model once, then predicts batch after batch."""
+
+    def __init__(self, spec: ModelSpec, store: ArtifactStore):
+        from pipeline.model.predictor import load_predictor  # torch: only where a model runs
+
+        self.spec = spec
+        self.predictor = load_predictor(store.fs, spec.model_dir)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        spec, roles = self.spec, self.spec.features.roles
+        rows = batch.num_rows
+        columns = {roles.row_key: batch[roles.row_key],
+                   roles.event_time: batch[roles.event_time],
+                   PREDICTION: pa.array(self.predictor.predict(batch), pa.float64()),
+                   MODEL: pa.array([spec.model] * rows, pa.string()),
+                   MODEL_VERSION: pa.array([spec.version] * rows, pa.string())}
+        columns.update({name: batch[name] for name in spec.output_feature_columns})
+        return pa.table(columns)
+

@@ -1,0 +1,91 @@
+"""The registered model's own feature spec: what `pipeline predict` computes for it.
+
+Everything that shapes a feature value comes from the model's lineage, not from today's config:
+featurize's parameters (window specs, chunk length, label delay) from the manifest of the featurize
+output the model was trained on, validate's rules from the validate output before it, and the
+preprocessing saved with the model. A config edited since training cannot skew what is served.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from pipeline.artifacts import MANIFEST, ArtifactStore
+from pipeline.model.predictor import MODEL_JSON
+from pipeline.registry import resolve
+from pipeline.schema import TableSchema
+from pipeline.stages.featurize import FeaturizeParams
+from pipeline.stages.validate import ValidateParams
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    model: str
+    version: str
+    model_dir: str
+    features: FeaturizeParams
+    table: TableSchema
+    """validate's schema and rules, as they were when the model's data was validated."""
+    max_label_delay: timedelta
+
+    @property
+    def label_time_columns(self) -> set[str]:
+        """Columns known only once the label is: blanked until then, optional in the input."""
+        roles = self.features.roles
+        return {*self.features.label_time_columns, roles.label, roles.label_available_at}
+
+    @property
+    def output_feature_columns(self) -> list[str]:
+        """The model's inputs, as named columns: numeric, categorical, then window features."""
+        params = self.features
+        return list(dict.fromkeys([*params.numeric, *params.categorical,
+                                   *(spec.name for spec in params.windows)]))
+
+
+def parse_reference(reference: str) -> tuple[str, str]:
+    """`MODEL@REF` → (model, ref); ref is a version (`v3`, `3`) or an alias (`champion`)."""
+    model, at, ref = reference.partition("@")
+    if not (model and at and ref):
+        raise ValueError(f"--model {reference!r}: expected MODEL@VERSION or MODEL@ALIAS, "
+                         "e.g. trip-duration@v1 or trip-duration@champion")
+    return model, ref
+
+
+def load_model_spec(store: ArtifactStore, reference: str) -> ModelSpec:
+    """The registry entry `reference` names, with the feature spec it was trained with."""
+    model, ref = parse_reference(reference)
+    entry = resolve(store, model, ref)
+    name = f"model {model} {entry['version']}"
+    features = FeaturizeParams.model_validate(_params(store, entry, "featurize", name))
+    validate = ValidateParams.model_validate(_params(store, entry, "validate", name))
+    model_dir = posixpath.join(entry["uri"], "model")
+    _check_layout(store, model_dir, features, name)
+    return ModelSpec(model, entry["version"], model_dir, features, validate.table,
+                     validate.max_label_delay)
+
+
+def _params(store: ArtifactStore, entry: dict[str, Any], stage: str, name: str) -> dict:
+    upstream = entry.get("lineage", {}).get(stage)
+    if upstream is None:
+        raise ValueError(f"{name} has no {stage} output in its lineage, so its features cannot "
+                         "be recomputed as it was trained")
+    path = posixpath.join(upstream["uri"], MANIFEST)
+    if not store.fs.exists(path):
+        raise ValueError(f"{name} was trained on {stage} output {upstream['uri']}, whose "
+                         f"{MANIFEST} is gone: its feature spec cannot be read")
+    return store.read_json(path)["params"]
+
+
+def _check_layout(store: ArtifactStore, model_dir: str, features: FeaturizeParams,
+                  name: str) -> None:
+    """The model's saved input layout must be the one its featurize output describes."""
+    saved = store.read_json(posixpath.join(model_dir, MODEL_JSON))
+    expected = {"feature_columns": features.feature_columns,
+                "categorical_columns": list(features.categorical)}
+    for key, columns in expected.items():
+        if saved.get(key) != columns:
+            raise ValueError(f"{name}: {model_dir}/{MODEL_JSON} lists {key} {saved.get(key)}, "
+                             f"but its featurize output computes {columns}")

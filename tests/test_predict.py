@@ -1,0 +1,181 @@
+"""`pipeline predict` through the CLI on the shared smoke run.
+
+No train/serve skew: the test period's rows, scored as an input file with history from the source,
+get featurize's stored feature values bit for bit and evaluate's predictions, even when today's
+config has other features (the model's own spec is used). New events after dataset.end get a finite
+prediction each, with history from the configured source, and `--as-of` keeps later history out.
+Bad input is quarantined or refused in one `error:` line, and no file predict did not write is
+ever overwritten, nor left half-written.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.artifacts import ArtifactStore
+from pipeline.config import load_config
+from pipeline.datasets import write_partitioned
+from pipeline.datasets.rideshare import generate_rideshare
+from pipeline.predict.output import OutputFile
+from pipeline.quality.rules import RULES
+from pipeline.registry import move_alias, resolve
+from tests.conftest import SMOKE, run_cli
+
+MODEL = "trip-duration"
+CONFIG = load_config(SMOKE)
+ROW_KEY, EVENT_TIME = CONFIG.dataset.row_key, CONFIG.dataset.event_time
+NEW_DAY = CONFIG.dataset.end
+
+
+def predict(overrides: list[str], *args: str) -> tuple[int, str]:
+    code, output, _ = run_cli("predict", "-c", str(SMOKE), *overrides, *args)
+    return code, output
+
+
+def bits(column: pa.ChunkedArray) -> tuple[bytes, bytes]:
+    """A column's null mask and the exact bytes of its values."""
+    values = pc.fill_null(column, pa.scalar(0, column.type)).to_numpy(zero_copy_only=False)
+    return column.is_null().to_numpy(zero_copy_only=False).tobytes(), values.tobytes()
+
+
+def new_day_events(tmp_path, rows: int, seed: int) -> tuple[pa.Table, str]:
+    """A day after dataset.end from the smoke data's generator, hive-partitioned like the source."""
+    events = generate_rideshare(rows, NEW_DAY, NEW_DAY + timedelta(days=1), seed=seed)
+    folder = str(tmp_path / "new-day")
+    write_partitioned(events, folder)
+    return events, folder
+
+
+def test_the_test_period_scored_from_a_file_reproduces_featurize_and_evaluate(smoke_copy,
+                                                                               tmp_path):
+    root, overrides = smoke_copy
+    store = ArtifactStore(str(root))
+    move_alias(store, MODEL, "champion", "v1", reason="test: the smoke run's model")
+    entry = resolve(store, MODEL, "champion")
+    lineage = entry["lineage"]
+    train = store.read_json(f"{lineage['train']['uri']}/manifest.json")["details"]
+    test_start = datetime.fromisoformat(train["test_period_start"])
+    rows = pads.dataset(f"{lineage['validate']['uri']}/clean", format="parquet",
+                        partitioning="hive").to_table(filter=pc.field(EVENT_TIME) >= test_start)
+    pq.write_table(rows.drop_columns(["day"]), tmp_path / "test-period.parquet")
+    output = tmp_path / "scored.parquet"
+
+    code, printed = predict([*overrides, "--set", "features.windows=[]"],  # today's config
+                            "--model", f"{MODEL}@champion", "--input",
+                            str(tmp_path / "test-period.parquet"), "--output", str(output))
+
+    assert code == 0, printed
+    assert f"predicted {rows.num_rows:,} rows with {MODEL} v1" in printed
+    assert "0 quarantined" in printed
+    scored = pq.read_table(output).sort_by(ROW_KEY)
+    stored = pads.dataset(f"{lineage['featurize']['uri']}/data", format="parquet").to_table(
+        filter=pc.field(ROW_KEY).isin(rows[ROW_KEY])).sort_by(ROW_KEY)
+    featurize = store.read_json(f"{lineage['featurize']['uri']}/manifest.json")["details"]
+    features = [*featurize["feature_columns"], *featurize["categorical_columns"]]
+    assert len(features) == 1 + len(CONFIG.features.windows) + 2
+    assert scored[ROW_KEY].equals(stored[ROW_KEY])
+    for name in [EVENT_TIME, *features]:
+        assert bits(scored[name]) == bits(stored[name]), name
+    assert set(scored["model_version"].to_pylist()) == {"v1"}
+    evaluated = pq.read_table(
+        f"{root}/stages/evaluate/{entry['evaluate_cache_key']}/predictions.parquet"
+    ).sort_by(ROW_KEY)
+    assert scored[ROW_KEY].equals(evaluated[ROW_KEY])
+    np.testing.assert_allclose(scored["prediction"].to_numpy(), evaluated["prediction"].to_numpy(),
+                               rtol=1e-6, atol=1e-9)
+
+
+def test_new_events_get_finite_predictions_with_history_from_the_source(smoke_run,
+                                                                        smoke_source, tmp_path):
+    events, folder = new_day_events(tmp_path, rows=2000, seed=11)
+    output = tmp_path / "new-day.parquet"
+    overrides = [*smoke_run.overrides, "--set", f"predict.history_source={smoke_source}"]
+    args = ["--model", f"{MODEL}@v1", "--input", folder, "--output", str(output)]
+
+    code, printed = predict(overrides, *args)
+
+    assert code == 0, printed
+    scored = pq.read_table(output)
+    quarantined = pq.read_table(tmp_path / "new-day.quarantine.parquet")
+    assert scored.num_rows + quarantined.num_rows == events.num_rows
+    assert f"predicted {scored.num_rows:,} rows" in printed
+    assert f"{quarantined.num_rows:,} quarantined" in printed
+    assert np.isfinite(scored["prediction"].to_numpy()).all()
+    reasons = set(quarantined["_reason"].to_pylist())
+    assert {"null_required", "duplicate_row_key", "event_time_outside_range"} <= reasons <= set(RULES)
+    assert quarantined["_detail"].null_count == 0
+    zone_counts = scored["pickup_zone__rows__count__15m"]
+    assert pc.sum(zone_counts).as_py() > 0  # the input is history for its own later rows
+
+    # Known at midnight: only the source's history; the day's own rows feed no window.
+    code, printed = predict(overrides, *args, "--as-of", NEW_DAY.isoformat())
+
+    assert code == 0, printed
+    as_of_midnight = pq.read_table(output)
+    assert as_of_midnight.num_rows == scored.num_rows
+    assert np.isfinite(as_of_midnight["prediction"].to_numpy()).all()
+    later = as_of_midnight.filter(pc.field(EVENT_TIME) >= NEW_DAY + timedelta(minutes=15))
+    assert pc.max(later["pickup_zone__rows__count__15m"]).as_py() == 0
+    drivers_pace = as_of_midnight["driver_id__pace_min_per_km__mean__7d"]
+    assert drivers_pace.null_count < as_of_midnight.num_rows / 2  # the week before, from the source
+
+
+def test_bad_input_is_one_error_line_and_no_output_is_overwritten(smoke_run, tmp_path, capsys):
+    events, folder = new_day_events(tmp_path, rows=300, seed=5)
+    bad = tmp_path / "no-distance.parquet"
+    pq.write_table(events.drop_columns(["distance_km"]), bad)
+    output = tmp_path / "scored.parquet"
+    before = set(os.listdir(tmp_path))
+
+    code, _ = predict(smoke_run.overrides, "--model", f"{MODEL}@v1", "--input", str(bad),
+                      "--output", str(output))
+
+    assert code == 1
+    assert error_lines(capsys) == [f"error: {bad}: column(s) distance_km missing (model "
+                                   f"{MODEL} v1 reads them)"]
+    assert set(os.listdir(tmp_path)) == before  # no output, no quarantine, no temporary file
+
+    output.write_bytes(b"someone else's results")
+    code, _ = predict(smoke_run.overrides, "--model", f"{MODEL}@v1", "--input", folder,
+                      "--output", str(output))
+
+    assert code == 1
+    assert error_lines(capsys) == [f"error: {output} already exists and was not written by "
+                                   "`pipeline predict`: refusing to overwrite it (choose another "
+                                   "--output)"]
+    assert output.read_bytes() == b"someone else's results"
+    assert set(os.listdir(tmp_path)) == before | {output.name}
+
+    code, _ = predict(smoke_run.overrides, "--model", f"{MODEL}@v9", "--input", folder,
+                      "--output", str(tmp_path / "other.parquet"))
+
+    assert code == 1
+    assert error_lines(capsys)[0].startswith(f"error: model {MODEL} has no version v9")
+
+
+def test_a_write_that_fails_leaves_no_file_behind(tmp_path):
+    target = OutputFile(str(tmp_path / "scored.parquet"), {})
+    with pytest.raises(RuntimeError), target.writer({"model": MODEL}) as batches:
+        batches.write(pa.table({"x": [1, 2, 3]}))
+        raise RuntimeError("killed mid-write")
+    assert os.listdir(tmp_path) == []
+
+    with target.writer({"model": MODEL}) as batches:
+        batches.write(pa.table({"x": [1, 2, 3]}))
+    assert pq.read_table(tmp_path / "scored.parquet")["x"].to_pylist() == [1, 2, 3]
+    with target.writer({"model": MODEL}) as batches:  # its own file: replaced
+        batches.write(pa.table({"x": [4]}))
+    assert pq.read_table(tmp_path / "scored.parquet")["x"].to_pylist() == [4]
+    assert os.listdir(tmp_path) == ["scored.parquet"]
+
+
+def error_lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
