@@ -2,8 +2,10 @@
 
 Stops: schema drift, silent nulls, duplicated events, labels before their events and rows dated in the
 future. One Ray task per snapshot file applies the rules of `pipeline.quality.rules`; only duplicate
-detection needs a global view, and it needs just the row-key column (gathered first, in file order,
-so "the first occurrence wins" is deterministic).
+detection needs a global view. It is a distributed hash partition of the row-key column: each file's
+keys are split into buckets by hash, one task per bucket finds the later copies (first occurrence in
+file, then row order, wins, so the result is deterministic), and only the positions of duplicates
+come back to the driver: its memory does not grow with the table.
 
 Rows without a label (`dataset.unlabeled: history`) are clean rows kept as history: they feed
 featurize's windows and train gives them no split; `rows_unlabeled` counts them among rows_out.
@@ -80,16 +82,44 @@ class QuarantineThresholdExceeded(RuntimeError):
     """More rows were quarantined than the config allows; the data, not the code, is suspect."""
 
 
-def _row_keys(store, path: str, row_key: str) -> np.ndarray:
+def _key_buckets(store, path: str, index: int, row_key: str, buckets: int) -> list[pa.Table]:
+    """This file's (file, row, key) triples, split into `buckets` by a hash of the key."""
     with store.fs.open(path, "rb") as handle:
-        return pq.read_table(handle, columns=[row_key])[row_key].to_numpy(zero_copy_only=False)
+        keys = pq.read_table(handle, columns=[row_key])[row_key]
+    bucket = pd.util.hash_array(keys.to_numpy(zero_copy_only=False)) % buckets
+    triples = pa.table({"file": pa.array(np.full(len(keys), index, np.int32)),
+                        "row": pa.array(np.arange(len(keys), dtype=np.int64)), "key": keys})
+    return [triples.filter(pa.array(bucket == b)) for b in range(buckets)]
 
 
-def _validate_file(store, path: str, index: int, duplicate: np.ndarray, params: ValidateParams,
-                   output: ValidateFiles) -> dict:
+def _later_copies(*parts: pa.Table) -> pa.Table:
+    """(file, row) of every key's copies after its first, over one bucket of every file."""
+    rows = pa.concat_tables(parts).to_pandas().sort_values(["file", "row"], kind="stable")
+    later = rows[rows.duplicated(subset="key", keep="first")]
+    return pa.table({"file": later["file"].to_numpy(), "row": later["row"].to_numpy()})
+
+
+def duplicate_rows(ctx: StageContext, files: list[str], row_key: str) -> list[np.ndarray]:
+    """Per file, the row positions of keys seen earlier in the snapshot."""
+    buckets = max(1, min(len(files), int(ray.available_resources().get("CPU", 1))))
+    split = ray.remote(num_cpus=1, num_returns=buckets)(
+        ctx.traced(_key_buckets, "validate.key_buckets"))
+    parts = [split.remote(ctx.store, path, i, row_key, buckets) for i, path in enumerate(files)]
+    parts = [part if buckets > 1 else [part] for part in parts]
+    later = ray.remote(num_cpus=1)(ctx.traced(_later_copies, "validate.duplicates"))
+    found = pa.concat_tables(ray.get([later.remote(*(part[b] for part in parts))
+                                      for b in range(buckets)]))
+    files_column, rows = found["file"].to_numpy(), found["row"].to_numpy()
+    return [np.sort(rows[files_column == i]) for i in range(len(files))]
+
+
+def _validate_file(store, path: str, index: int, duplicate_positions: np.ndarray,
+                   params: ValidateParams, output: ValidateFiles) -> dict:
     table_schema = params.table
     with store.fs.open(path, "rb") as handle:
         raw = pq.read_table(handle)
+    duplicate = np.zeros(raw.num_rows, dtype=bool)
+    duplicate[duplicate_positions] = True
     table = conform(raw, table_schema, where=path)
     reasons, details = row_reasons(table, table_schema, params.max_label_delay, duplicate)
     bad = reasons.astype(bool)  # None (clean) is falsy, a reason code is not
@@ -126,16 +156,11 @@ def run(ctx: StageContext[ValidateParams, ValidateFiles]) -> StageResult[Validat
     params, store = ctx.params, ctx.store
     snapshot: IngestFiles = ctx.input(INGEST).files
     files = sorted(p for p in store.fs.find(snapshot.data) if p.endswith(".parquet"))
-    row_keys = ray.remote(num_cpus=1)(ctx.traced(_row_keys, "validate.row_keys"))
-    keys = ray.get([row_keys.remote(store, path, params.table.row_key) for path in files])
-    # first occurrence (in file, then row order) is kept; later copies are quarantined
-    duplicated = pd.Series(np.concatenate(keys)).duplicated(keep="first").to_numpy()
-    bounds = np.cumsum([0] + [len(k) for k in keys])
+    duplicates = duplicate_rows(ctx, files, params.table.row_key)
     store.fs.makedirs(ctx.output.quarantine, exist_ok=True)
     validate_file = ray.remote(num_cpus=1)(ctx.traced(_validate_file, "validate.file"))
     results = ray.get([
-        validate_file.remote(store, path, i, duplicated[bounds[i]:bounds[i + 1]], params,
-                             ctx.output)
+        validate_file.remote(store, path, i, duplicates[i], params, ctx.output)
         for i, path in enumerate(files)
     ])
     rows_in = sum(r["rows"] for r in results)
