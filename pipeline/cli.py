@@ -1,7 +1,9 @@
-"""`pipeline run | stage | trace | profile | predict`: the surface users touch.
+"""`pipeline run | stage | trace | profile | predict | models`: the surface users touch.
 
-Every failure is one line on stderr, `error: <message>` (exit 1), except an invalid config:
-`config error: ` and one line per bad key (exit 2). `--debug` adds the traceback.
+Exit codes: 0 done (a run's model, if it reached the gate, is the champion); 1 a failure, one line
+on stderr, `error: <message>`; 2 an invalid config, `config error: ` and one line per bad key;
+3 a run or stage that ran fine but whose model the gate rejected (registered, not promoted).
+`--debug` adds the traceback of a failure.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from pipeline.config import DEFAULT_CONFIG, ConfigError, PipelineConfig, load_config
 
 _SHOWN_LINES = 3  # of a multi-line failure message, before "(+N more lines)"
+EXIT_REJECTED = 3  # ran fine, the gate rejected the model: schedulers tell it from a failure (1)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,7 +56,38 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--as-of", metavar="TIME",
                          help="use only what was known before TIME (ISO 8601, UTC by default); "
                               "default: the latest event time of the input")
+    _add_models_parser(commands, common)
     return parser
+
+
+def _add_models_parser(commands, common: argparse.ArgumentParser) -> None:
+    models = commands.add_parser("models", help="the model registry: versions, decisions, aliases")
+    actions = models.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", parents=[common],
+                                 help="versions with metrics, gate decision and aliases")
+    listing.add_argument("model", nargs="?", help="default: every model")
+    show = actions.add_parser("show", parents=[common],
+                              help="one version: entry, decision, lineage, report")
+    show.add_argument("reference", metavar="MODEL@VERSION|ALIAS",
+                      help="e.g. trip-duration@champion or trip-duration@v2")
+    alias = actions.add_parser("alias", parents=[common],
+                               help="point an alias at a version (rollback: move champion back)")
+    alias.add_argument("model")
+    alias.add_argument("alias", help="e.g. champion")
+    alias.add_argument("version", help="e.g. v2")
+
+
+def _models(config: PipelineConfig, args: argparse.Namespace) -> None:
+    from pipeline.artifacts import ArtifactStore
+    from pipeline.registry_view import list_text, set_alias, show_text
+
+    store = ArtifactStore(config.artifact_root, config.storage_options)
+    if args.action == "list":
+        print(list_text(store, args.model))
+    elif args.action == "show":
+        print(show_text(store, args.reference))
+    else:
+        print(set_alias(store, args.model, args.alias, args.version))
 
 
 def _profile(config, run_id: str | None) -> str:
@@ -96,27 +130,18 @@ def _predict(config: PipelineConfig, args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        _dispatch(args)
+        return _dispatch(args)
     except ConfigError as exc:
         return _fail(args, f"config error: {exc}", 2)
     except Exception as exc:  # the one place where every other failure becomes one line
         return _fail(args, f"error: {_one_line(_describe(exc))}", 1)
-    return 0
 
 
-def _dispatch(args: argparse.Namespace) -> None:
+def _dispatch(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     if args.command in ("run", "stage"):
-        from pipeline.runner import Runner  # imports every stage: not paid by --help or profile
-
-        _check_artifact_root(config)
-        summary = Runner(config).run(only=args.name if args.command == "stage" else None)
-        model = summary.model
-        if model:
-            print(f"model {model['model']} {model['version']}: {model['reason']}")
-        if args.json:
-            print(json.dumps(summary.as_json()))
-    elif args.command == "trace":
+        return _run(config, args)
+    if args.command == "trace":
         from pipeline.trace import trace_row
 
         print(trace_row(config, args.row_key))
@@ -124,6 +149,28 @@ def _dispatch(args: argparse.Namespace) -> None:
         print(_profile(config, args.run_id))
     elif args.command == "predict":
         print(_predict(config, args))
+    elif args.command == "models":
+        _models(config, args)
+    return 0
+
+
+def _run(config: PipelineConfig, args: argparse.Namespace) -> int:
+    """`pipeline run` or `pipeline stage`: the stage lines, the gate's verdict, the exit code."""
+    from pipeline.runner import Runner  # imports every stage: not paid by --help or profile
+
+    _check_artifact_root(config)
+    summary = Runner(config).run(only=args.name if args.command == "stage" else None)
+    model, evaluation = summary.model, summary.evaluation
+    if model:
+        verdict = "promoted" if model["promoted"] else "not promoted: " + (
+            "the gate passed it, but the champion has moved since" if evaluation.decision.passed
+            else "the gate rejected it")
+        print(f"model {model['model']} {model['version']}: {verdict}; champion is "
+              f"{model['champion'] or 'unset'}")
+        print("\n".join(f"  {reason}" for reason in evaluation.decision.reasons))
+    if args.json:
+        print(json.dumps(summary.as_json()))
+    return EXIT_REJECTED if summary.rejected else 0
 
 
 def _check_artifact_root(config: PipelineConfig) -> None:

@@ -221,6 +221,11 @@ class EvaluateConfig(_Strict):
     min_improvement: float = Field(
         0.0, ge=0, description="relative improvement over the baseline needed to promote (0.05 = 5%)"
     )
+    min_improvement_over_champion: float = Field(
+        0.0, ge=-0.1, le=1, description="relative improvement over the current champion needed "
+        "to promote (0.01 = 1% better); slightly negative accepts a slightly worse model on "
+        "purpose (-0.02 = up to 2% worse), never below -0.1"
+    )
 
 
 class PredictConfig(_Strict):

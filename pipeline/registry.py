@@ -1,10 +1,12 @@
 """The model registry: numbered versions under the artifact root, each traceable to its data and code.
 
-    registry/<model>/v<N>/model/        weights, preprocessing, architecture (copied from train)
-    registry/<model>/v<N>/entry.json    metrics, promotion decision and reason, lineage; written last
+    registry/<model>/v<N>/model/         weights, preprocessing, architecture (copied from train)
+    registry/<model>/v<N>/decision.json  the gate's decision (`pipeline.gate`), before the entry
+    registry/<model>/v<N>/entry.json     metrics, the decision's verdict, lineage; written last
+    registry/<model>/v<N>/report.html    the evaluation's report, where one is written
     registry/<model>/aliases/<alias>/<move>.json   one file per move of an alias (e.g. champion)
 
-A version is complete iff entry.json exists. An alias is the latest of its move files: moving it
+A version is complete iff entry.json exists; an alias points only at complete versions. An alias is the latest of its move files: moving it
 creates the next numbered file exclusively (never overwrites), so moves are atomic on local disk
 and on S3, concurrent moves both land in order, and the files are the alias's history. Registering is idempotent: the evaluate cache key is in
 the entry, and registering the same key again returns the existing version instead of a new one.
@@ -21,9 +23,26 @@ from pipeline.artifacts import Artifact, ArtifactStore
 
 ENTRY = "entry.json"
 CLAIM = "claim.json"
+DECISION = "decision.json"
+REPORT = "report.html"
 ALIASES = "aliases"
+CHAMPION = "champion"
 _VERSION = re.compile(r"^v(\d+)$")
 _MOVE = re.compile(r"^(\d+)\.json$")
+_ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+
+class AliasMoved(RuntimeError):
+    """An alias moved between reading it and moving it (`move_alias(..., if_move=N)`)."""
+
+
+def models(store: ArtifactStore) -> list[str]:
+    """Every model with a registry folder, by name."""
+    root = store.registry_path()
+    if not store.fs.exists(root):
+        return []
+    return sorted(posixpath.basename(p.rstrip("/")) for p in store.fs.ls(root, detail=False)
+                  if store.fs.isdir(p))
 
 
 def versions(store: ArtifactStore, model: str) -> list[dict[str, Any]]:
@@ -59,6 +78,18 @@ def resolve(store: ArtifactStore, model: str, ref: str) -> dict[str, Any]:
     return version(store, model, moves[-1]["version"])
 
 
+def decision(store: ArtifactStore, model: str, number: str) -> dict[str, Any] | None:
+    """The gate's decision for a version (None for versions registered before decisions)."""
+    path = store.registry_path(model, number, DECISION)
+    return store.read_json(path) if store.fs.exists(path) else None
+
+
+def alias_head(store: ArtifactStore, model: str, alias: str) -> tuple[int, str | None]:
+    """(number of the alias's latest move, the version it points at); (0, None) if never set."""
+    moves = _moves(store, model, alias)
+    return (moves[-1][0], store.read_json(moves[-1][1])["version"]) if moves else (0, None)
+
+
 def alias_history(store: ArtifactStore, model: str, alias: str) -> list[dict[str, Any]]:
     """Every move of an alias, oldest first; the last one is where it points now."""
     return [store.read_json(path) for _, path in _moves(store, model, alias)]
@@ -79,18 +110,27 @@ def aliases(store: ArtifactStore, model: str) -> dict[str, str]:
 
 
 def move_alias(store: ArtifactStore, model: str, alias: str, target: str,
-               reason: str, run_id: str | None = None) -> dict[str, Any]:
-    """Point `alias` at version `target` by creating its next move file exclusively."""
+               reason: str, run_id: str | None = None, if_move: int | None = None) -> dict:
+    """Point `alias` at version `target` by creating its next move file exclusively.
+
+    With `if_move`, only if the alias's latest move is still that one (0: never set): a decision
+    made against the version it pointed at then must not land on top of a newer move
+    (raises AliasMoved).
+    """
+    if not _ALIAS.match(alias) or _VERSION.match(alias):
+        raise ValueError(f"alias {alias!r}: use lowercase letters, digits, - and _, starting "
+                         "with a letter, and not a version name like v3")
     entry = version(store, model, target)
     while True:
-        moves = _moves(store, model, alias)
-        number = moves[-1][0] + 1 if moves else 1
-        previous = store.read_json(moves[-1][1])["version"] if moves else None
+        number, previous = alias_head(store, model, alias)
+        if if_move is not None and number != if_move:
+            raise AliasMoved(f"{alias} of {model} moved to {previous} (move {number}) after "
+                             f"move {if_move} was read")
         move = {"alias": alias, "version": entry["version"], "previous": previous,
-                "reason": reason, "run_id": run_id, "move": number,
+                "reason": reason, "run_id": run_id, "move": number + 1,
                 "moved_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        if store.create_exclusive(store.registry_path(model, ALIASES, alias, f"{number:06d}.json"),
-                                  move):
+        path = store.registry_path(model, ALIASES, alias, f"{number + 1:06d}.json")
+        if store.create_exclusive(path, move):
             return move
 
 
@@ -103,8 +143,10 @@ def _moves(store: ArtifactStore, model: str, alias: str) -> list[tuple[int, str]
     return sorted(found)
 
 
-def register(store: ArtifactStore, model: str, model_dir: str, entry: dict[str, Any]) -> dict:
-    """Copy the model in as the next version and write its entry last; reuse a same-key version.
+def register(store: ArtifactStore, model: str, model_dir: str, entry: dict[str, Any],
+             gate_decision: dict[str, Any]) -> dict:
+    """Copy the model in as the next version, then its decision, then its entry (last); reuse a
+    same-key version.
 
     The version number is claimed with an exclusive create of `v<N>/claim.json`, so two runs
     registering at once get two numbers and never overwrite each other; an unfinished version
@@ -123,7 +165,10 @@ def register(store: ArtifactStore, model: str, model_dir: str, entry: dict[str, 
         number += 1
     target = store.registry_path(model, f"v{number}")
     store.fs.copy(model_dir.rstrip("/") + "/", posixpath.join(target, "model"), recursive=True)
-    entry = {**entry, "model": model, "version": f"v{number}", "uri": store.uri(target)}
+    identity = {"model": model, "version": f"v{number}"}
+    store.write_json(posixpath.join(target, DECISION), {**gate_decision, **identity})
+    entry = {**entry, **identity, "uri": store.uri(target),
+             "registered_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     store.write_json(posixpath.join(target, ENTRY), entry)
     return entry
 

@@ -19,6 +19,7 @@ from pipeline.dag import STAGES, check_order, stage_by_name
 from pipeline.datasets import ensure_dataset
 from pipeline.provenance import git_commit, versions
 from pipeline.ray_cluster import ensure_ray
+from pipeline.registry import CHAMPION, alias_head
 from pipeline.stage import Output, Params, Stage, StageContext, StageResult
 from pipeline.stages.evaluate import EvaluateFacts
 from pipeline.telemetry import REDACTED, Telemetry, TelemetrySpec, redact, redact_text
@@ -47,12 +48,30 @@ class RunSummary:
     trace_id: str
     stages: list[StageOutcome]
     run_record: str
+    champion: str | None = None
+    """Where the evaluated model's champion alias points once the run is done."""
+
+    @property
+    def evaluation(self) -> EvaluateFacts | None:
+        """What this run's evaluation found or made (None if it did not get there)."""
+        return next((s.facts for s in self.stages if isinstance(s.facts, EvaluateFacts)), None)
 
     @property
     def model(self) -> dict[str, Any]:
-        """The registration this run's evaluation made or found (empty if it did not get there)."""
-        facts = next((s.facts for s in self.stages if isinstance(s.facts, EvaluateFacts)), None)
-        return facts.registration.model_dump() if facts else {}
+        """The registration this run's evaluation made or found (empty if it did not get there),
+        with `promoted` and `champion` as they stand now: a cached evaluation's promotion may
+        since have been rolled back."""
+        if not self.evaluation:
+            return {}
+        made = self.evaluation.registration
+        serves = self.champion == made.version or (made.promoted and self.champion == made.champion)
+        return {**made.model_dump(), "promoted": serves, "champion": self.champion}
+
+    @property
+    def rejected(self) -> bool:
+        """The run reached the gate and the champion does not serve its model (`pipeline run`
+        exits 3: ran fine, not shipped)."""
+        return bool(self.model) and not self.model["promoted"]
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -61,6 +80,10 @@ class RunSummary:
             "stages": [{k: v for k, v in asdict(s).items() if k != "facts"} for s in self.stages],
             "model_version": self.model.get("version"),
             "promoted": self.model.get("promoted"),
+            "rejected": self.rejected,
+            "champion": self.model.get("champion"),
+            "gate": {"passed": self.evaluation.decision.passed,
+                     "reasons": self.evaluation.decision.reasons} if self.evaluation else None,
             "test_metrics": self.model.get("metrics", {}),
             "run_record": self.run_record,
         }
@@ -79,10 +102,12 @@ class StageKey:
     external: dict[str, str]
 
 
-def stage_key(stage: Stage, config: PipelineConfig, inputs: dict[str, Output]) -> StageKey:
-    """hash(stage name, code version, the parameters it reads, its inputs' fingerprints)."""
+def stage_key(stage: Stage, config: PipelineConfig, inputs: dict[str, Output],
+              store: ArtifactStore) -> StageKey:
+    """hash(stage name, code version, the parameters it reads, its inputs' fingerprints, its
+    external inputs)."""
     params = stage.params.from_config(config)
-    external = stage.external_inputs(params) if stage.external_inputs else {}
+    external = stage.external_inputs(params, inputs, store) if stage.external_inputs else {}
     payload = {
         "stage": stage.name,
         "code": stage.code_version,
@@ -132,7 +157,8 @@ class Runner:
             raise
         finally:
             telemetry.shutdown()
-            summary = RunSummary(self.run_id, trace_id, outcomes, self.store.uri(record_path))
+            summary = RunSummary(self.run_id, trace_id, outcomes, self.store.uri(record_path),
+                                 self._champion(outcomes))
             self._write_run_record(record_path, summary, run_dir, error)
         return summary
 
@@ -141,7 +167,7 @@ class Runner:
                    trace_id: str) -> tuple[StageOutcome, Output]:
         inputs = {up.name: upstream[up.name] for up in stage.inputs}
         try:  # the key reads external inputs too (the source listing), which can fail
-            key = stage_key(stage, self.config, inputs)
+            key = stage_key(stage, self.config, inputs, self.store)
         except Exception as exc:
             raise StageFailed(f"stage {stage.name} failed: {exc}") from exc
         if self.store.find(stage.name, key.key) is None:
@@ -204,7 +230,7 @@ class Runner:
         started_at = datetime.now(timezone.utc)
         started = time.perf_counter()
         context = StageContext(key.params, self.store, inputs, stage.files(staging), telemetry,
-                               self.run_id, key.key)
+                               self.run_id, key.key, key.external)
         try:
             result = stage.run(context)
             if not isinstance(result.facts, stage.facts):
@@ -263,6 +289,11 @@ class Runner:
         if generate and ensure_dataset(dataset.source, generate.kind, generate.rows, dataset.start,
                                        dataset.end, generate.seed, dataset.storage_options):
             self.echo(f"generated {generate.rows:,} {generate.kind} rows at {dataset.source}")
+
+    def _champion(self, outcomes: list[StageOutcome]) -> str | None:
+        """Where the champion of the model this run evaluated points now."""
+        facts = next((o.facts for o in outcomes if isinstance(o.facts, EvaluateFacts)), None)
+        return alias_head(self.store, facts.registration.model, CHAMPION)[1] if facts else None
 
     # -- run record --------------------------------------------------------------------------
     def _telemetry_spec(self, run_dir: Path) -> TelemetrySpec:
@@ -328,7 +359,8 @@ def published_outputs(config: PipelineConfig, store: ArtifactStore,
     for stage in stages:
         if stage.name == until:
             break
-        key = stage_key(stage, config, {up.name: published[up.name] for up in stage.inputs})
+        key = stage_key(stage, config, {up.name: published[up.name] for up in stage.inputs},
+                        store)
         artifact = store.find(stage.name, key.key)
         if artifact is None:
             break

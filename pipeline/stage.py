@@ -115,6 +115,9 @@ class StageContext(Generic[P, F]):
     telemetry: Telemetry
     run_id: str
     cache_key: str
+    external: Mapping[str, str] = field(default_factory=dict)
+    """The external inputs its cache key hashed (`Stage.external_inputs`): the stage works from
+    these, not from a second look that could see something newer."""
 
     def input(self, stage: Stage[Any, Any, Any]) -> Output:
         return self.inputs[stage.name]
@@ -153,8 +156,9 @@ class Stage(Generic[P, F, D]):
     run: Callable[[StageContext[P, F]], StageResult[D]]
     explain: Callable[[RowQuestion], list[str]]
     inputs: tuple[Stage[Any, Any, Any], ...] = ()
-    external_inputs: Callable[[P], dict[str, str]] | None = None
-    """Fingerprints of inputs from outside the artifact store (the source dataset)."""
+    external_inputs: Callable[[P, Mapping[str, Output], ArtifactStore], dict[str, str]] | None = None
+    """Fingerprints of what the stage reads besides its upstream outputs (the source dataset, the
+    registry's champion), given its params, its upstream outputs and the artifact store."""
     resources: Callable[[P], dict[str, float]] | None = None
     """Ray resources the stage needs at once (train's worker group), checked before it starts."""
 

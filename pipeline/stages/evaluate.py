@@ -1,32 +1,40 @@
-"""Stage 5, evaluate + register: the model on a later period, against a baseline, then the registry.
+"""Stage 5, evaluate + register: the candidate against the champion and a baseline, then the gate.
 
 Stops: shipping a worse model, and models nobody can trace. The test period is the one train
-published (strictly after validation plus the embargo); the baseline predicts the training split's
-mean label (or its positive rate), which train also published; the model must beat it by
-`evaluate.min_improvement` to be promoted, and every evaluated model is registered with its metrics,
-the decision and the reason, and its full lineage.
+published (strictly after validation plus the embargo). On its rows the stage scores the candidate,
+the current champion (with its own preprocessing; see `pipeline.champion` for which features it
+reads) and the baseline, the training split's mean label (or positive rate), which train also
+published. `pipeline.gate` decides; every evaluated model is registered with its metrics, the
+decision (its own artifact, written first) and its full lineage; a promotion then moves the
+registry's `champion` alias, only if nobody moved it since the champion was read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-import ray.data
 from pydantic import BaseModel
 
+from pipeline.artifacts import ArtifactStore
+from pipeline.champion import IDENTITY, ChampionPlan, feature_spec, opponent, plan
 from pipeline.config import PipelineConfig
-from pipeline.model.metrics import compute_metrics, primary_metric
-from pipeline.registry import lineage, register
+from pipeline.gate import ChampionScore, Decision, decide, improvement
+from pipeline.model.metrics import compute_metrics
+from pipeline.registry import CHAMPION, AliasMoved, alias_head, lineage, move_alias, register
+from pipeline.registry import version as registry_version
 from pipeline.schema import Roles
+from pipeline.scoring import Scan, score
 from pipeline.stage import (
     Facts,
     Files,
     Folder,
+    Output,
     Params,
     RowQuestion,
     Stage,
@@ -36,8 +44,11 @@ from pipeline.stage import (
 from pipeline.stages.featurize import STAGE as FEATURIZE
 from pipeline.stages.train import STAGE as TRAIN
 from pipeline.stages.train import TrainFacts
-from pipeline.telemetry import current_span
 from pipeline.trace_format import fmt
+
+PREDICTION = "prediction"
+CHAMPION_PREDICTION = "champion_prediction"
+NO_CHAMPION = "none"
 
 
 class EvaluateParams(Params):
@@ -45,17 +56,20 @@ class EvaluateParams(Params):
     task: str
     model_name: str
     min_improvement: float
+    min_improvement_over_champion: float
 
     @classmethod
     def from_config(cls, config: PipelineConfig) -> EvaluateParams:
+        evaluate = config.evaluate
         return cls(roles=Roles.of(config.dataset), task=config.train.task,
-                   model_name=config.evaluate.model_name,
-                   min_improvement=config.evaluate.min_improvement)
+                   model_name=evaluate.model_name, min_improvement=evaluate.min_improvement,
+                   min_improvement_over_champion=evaluate.min_improvement_over_champion)
 
 
 class EvaluateFiles(Files):
     predictions = Folder("predictions.parquet")
-    """Every test row: row key, event time, label, prediction, error."""
+    """Every test row: row key, event time, label, prediction, error, and the champion's
+    prediction when it was scored."""
 
 
 class Registration(BaseModel):
@@ -63,93 +77,161 @@ class Registration(BaseModel):
     version: str
     uri: str
     promoted: bool
+    """The champion serves this model after the evaluation (moved to it, or already on it)."""
     reason: str
     metrics: dict[str, float]
+    champion: str | None
+    """Where the champion pointed once the evaluation was done."""
 
 
 class EvaluateFacts(Facts):
     metrics: dict[str, float]
     baseline: dict[str, float]
     improvement: float
+    decision: Decision
     registration: Registration
 
 
-class _Predict:
-    """A Ray Data actor: loads the model once, predicts batch after batch."""
-
-    def __init__(self, store, model_dir: str):
-        from pipeline.model.predictor import load_predictor  # torch: only where a model runs
-
-        self.predictor = load_predictor(store.fs, model_dir)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        current_span().set_attributes({"rows": batch.num_rows})
-        prediction = self.predictor.predict(batch)
-        return batch.append_column("prediction", pa.array(prediction, pa.float64()))
-
-
-def _test_rows(batch: pa.Table, event_time: str, label: str, start: datetime) -> pa.Table:
-    """Train's test split: labeled rows from the test period on (unlabeled rows are history)."""
-    in_period = pc.greater_equal(batch[event_time], pa.scalar(start, batch[event_time].type))
-    return batch.filter(pc.and_(in_period, pc.is_valid(batch[label])))
+def judged_against(params: EvaluateParams, inputs: Mapping[str, Output],
+                   store: ArtifactStore) -> dict[str, str]:
+    """Evaluate's external input: the champion version it judges against (part of its key)."""
+    candidate = {stage: inputs[stage].artifact.fingerprint for stage in IDENTITY}
+    return {"champion": opponent(store, params.model_name, candidate) or NO_CHAMPION}
 
 
 def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[EvaluateFacts]:
     params, store, roles = ctx.params, ctx.store, ctx.params.roles
-    trained = ctx.input(TRAIN)
+    trained, featurized = ctx.input(TRAIN), ctx.input(FEATURIZE)
     train_facts: TrainFacts = trained.facts
-    test_start = datetime.fromisoformat(train_facts.test_period_start)
-    scored = (ray.data.read_parquet(ctx.input(FEATURIZE).files.data,
-                                    filesystem=store.arrow_filesystem())
-              .map_batches(_test_rows, fn_args=(roles.event_time, roles.label, test_start),
-                           batch_format="pyarrow")
-              .map_batches(ctx.traced(_Predict, "evaluate.predict_batch"),
-                           fn_constructor_args=(store, trained.files.model),
-                           batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1),
-                           batch_size=8192)
-              .select_columns([roles.row_key, roles.event_time, roles.label, "prediction"]))
-    test = pa.concat_tables(ray.get(scored.to_arrow_refs()) or [pa.table({})])
+    head, champion = _judged_champion(ctx)
+    champion_plan = plan(
+        store, params.model_name, champion, feature_spec(featurized.artifact.manifest["params"]),
+        featurized.files.data, roles.label, params.task) if champion else None
+    test = _score_test_rows(ctx, champion_plan)
     rows_in = test.num_rows
+    test_start = train_facts.test_period_start
     if not rows_in:
         raise ValueError("the test period has no rows: check split.validation_until and dataset.end")
     if rows_in != train_facts.splits["test"]:
-        raise ValueError(f"{rows_in} rows from {test_start.isoformat()} on, but train put "
+        raise ValueError(f"{rows_in} rows from {test_start} on, but train put "
                          f"{train_facts.splits['test']} rows in the test split")
 
     truth = test[roles.label].to_numpy().astype("float64")
-    predicted = test["prediction"].to_numpy()
+    predicted = test[PREDICTION].to_numpy()
     metrics = compute_metrics(params.task, truth, predicted)
     baseline_value = train_facts.train_label_mean
     baseline = compute_metrics(params.task, truth, np.full_like(truth, baseline_value))
-    name, lower_is_better = primary_metric(params.task)
-    improvement = (baseline[name] - metrics[name]) / abs(baseline[name]) if lower_is_better \
-        else (metrics[name] - baseline[name]) / abs(baseline[name])
-    promoted = improvement >= params.min_improvement
-    reason = (f"{name} {metrics[name]:.4f} vs baseline {baseline[name]:.4f}: "
-              f"{improvement:+.1%} (needs {params.min_improvement:+.1%})")
+    decision = decide(params.task, metrics, baseline,
+                      _champion_score(params.task, champion_plan, test, truth),
+                      params.min_improvement, params.min_improvement_over_champion)
 
     errors = test.append_column("error", pa.array(predicted - truth, pa.float64()))
     with store.fs.open(ctx.output.predictions, "wb") as handle:
         pq.write_table(errors, handle)
     entry = register(store, params.model_name, trained.files.model, {
         "evaluate_cache_key": ctx.cache_key,
-        "promoted": promoted,
-        "reason": ("promoted: " if promoted else "not promoted: ") + reason,
+        "gate": "passed" if decision.passed else "rejected",
+        "reason": "; ".join(decision.reasons),
         "metrics": metrics,
         "baseline": {"kind": "training-split mean label", "value": baseline_value, **baseline},
+        "judged_against": champion,
         "test_rows": rows_in,
-        "lineage": {**lineage(store, trained.artifact),
-                    **lineage(store, ctx.input(FEATURIZE).artifact)},
+        "features": feature_spec(featurized.artifact.manifest["params"]),
+        "lineage": {**lineage(store, trained.artifact), **lineage(store, featurized.artifact)},
         "run_id": ctx.run_id,
-    })
+    }, {**decision.model_dump(mode="json"), "evaluate_cache_key": ctx.cache_key,
+        "run_id": ctx.run_id})
+    promoted, now = _promote(store, params.model_name, entry, decision, head, ctx.run_id)
     return StageResult(
         rows_in=rows_in, rows_out=rows_in,
         schema={f.name: str(f.type) for f in errors.schema},
         statistics={"prediction_mean": float(np.mean(predicted)), "label_mean": float(truth.mean())},
-        facts=EvaluateFacts(metrics=metrics, baseline=baseline, improvement=improvement,
-                            registration=Registration(**{name: entry[name] for name
-                                                         in Registration.model_fields})),
+        facts=EvaluateFacts(
+            metrics=metrics, baseline=baseline,
+            improvement=improvement(params.task, metrics, baseline), decision=decision,
+            registration=Registration(
+                model=entry["model"], version=entry["version"], uri=entry["uri"],
+                promoted=promoted, metrics=metrics, champion=now,
+                reason=("promoted: " if promoted else "not promoted: ") + entry["reason"])),
     )
+
+
+def _judged_champion(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> tuple[int, str | None]:
+    """(the champion alias's latest move, the version to judge against), as the key says."""
+    model = ctx.params.model_name
+    head, _ = alias_head(ctx.store, model, CHAMPION)
+    keyed = ctx.external["champion"]
+    now = judged_against(ctx.params, ctx.inputs, ctx.store)["champion"]
+    if now != keyed:
+        raise ValueError(f"the {CHAMPION} of {model} changed while this run started (judged "
+                         f"against {keyed}, now {now}): rerun to judge against {now}")
+    return head, None if keyed == NO_CHAMPION else keyed
+
+
+def _score_test_rows(ctx: StageContext[EvaluateParams, EvaluateFiles],
+                     champion: ChampionPlan | None) -> pa.Table:
+    """The candidate's predictions on the test rows, and the champion's where it can score.
+
+    A champion on the current features is scored in the same pass; one on its own features in a
+    second pass over its featurize output, joined by row key.
+    """
+    roles, featurized = ctx.params.roles, ctx.input(FEATURIZE)
+    scan = Scan(ctx.store, roles.row_key, roles.event_time, roles.label,
+                datetime.fromisoformat(ctx.input(TRAIN).facts.test_period_start),
+                tuple(featurized.facts.categorical_columns),
+                {PREDICTION: ctx.input(TRAIN).files.model})
+    if champion is None or champion.features is None:
+        return score(ctx, featurized.files.data, scan)
+    if champion.features == featurized.files.data:
+        return score(ctx, featurized.files.data, replace(
+            scan, models={**scan.models, CHAMPION_PREDICTION: champion.model_dir}))
+    own = score(ctx, champion.features, replace(
+        scan, categorical=champion.categorical, models={CHAMPION_PREDICTION: champion.model_dir}))
+    test = score(ctx, featurized.files.data, scan)
+    return test.join(own.select([roles.row_key, CHAMPION_PREDICTION]), roles.row_key,
+                     join_type="left outer").sort_by(roles.row_key)
+
+
+def _champion_score(task: str, champion: ChampionPlan | None, test: pa.Table,
+                    truth: np.ndarray) -> ChampionScore:
+    if champion is None:
+        return ChampionScore(version=None)
+    if champion.not_scored:
+        return ChampionScore(version=champion.version, not_scored=champion.not_scored)
+    predicted = test[CHAMPION_PREDICTION]
+    if predicted.null_count:
+        return ChampionScore(version=champion.version, not_scored=(
+            f"{predicted.null_count} of the {len(predicted)} test rows are missing from "
+            f"{champion.scored_on}"))
+    return ChampionScore(version=champion.version, scored_on=champion.scored_on,
+                         metrics=compute_metrics(task, truth, predicted.to_numpy()))
+
+
+def _promote(store: ArtifactStore, model: str, entry: dict, decision: Decision, head: int,
+             run_id: str) -> tuple[bool, str | None]:
+    """Move the champion to the new version if the gate passed and nobody moved it since it was
+    read (move `head`); return (whether the champion serves this model, where it points)."""
+    _, champion = alias_head(store, model, CHAMPION)
+    if champion is not None and _same_model(registry_version(store, model, champion), entry):
+        return True, champion  # this model already is the champion (a rerun, or its twin)
+    if not decision.passed:
+        return False, champion
+    try:
+        move_alias(store, model, CHAMPION, entry["version"], f"gate passed ({run_id}): "
+                   f"{'; '.join(decision.reasons)}", run_id, if_move=head)
+    except AliasMoved:
+        _, now = alias_head(store, model, CHAMPION)
+        if now is not None and _same_model(registry_version(store, model, now), entry):
+            return True, now
+        raise ValueError(f"{CHAMPION} of {model} moved to {now} while {entry['version']} was "
+                         f"judged against {decision.champion.version}: not promoted; rerun to "
+                         f"judge it against {now}") from None
+    return True, entry["version"]
+
+
+def _same_model(a: dict, b: dict) -> bool:
+    return all(a["lineage"][stage]["fingerprint"] == b["lineage"][stage]["fingerprint"]
+               for stage in IDENTITY)
 
 
 def explain(question: RowQuestion) -> list[str]:
@@ -189,4 +271,5 @@ STAGE = Stage(
     run=run,
     explain=explain,
     inputs=(FEATURIZE, TRAIN),
+    external_inputs=judged_against,
 )

@@ -255,5 +255,5 @@ STAGE = Stage(
     facts=IngestFacts,
     run=run,
     explain=explain,
-    external_inputs=source_fingerprint,
+    external_inputs=lambda params, _inputs, _store: source_fingerprint(params),
 )
