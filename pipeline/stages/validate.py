@@ -82,14 +82,17 @@ class QuarantineThresholdExceeded(RuntimeError):
     """More rows were quarantined than the config allows; the data, not the code, is suspect."""
 
 
-def _key_buckets(store, path: str, index: int, row_key: str, buckets: int) -> list[pa.Table]:
-    """This file's (file, row, key) triples, split into `buckets` by a hash of the key."""
+def _key_buckets(store, path: str, index: int, row_key: str,
+                 buckets: int) -> pa.Table | list[pa.Table]:
+    """This file's (file, row, key) triples, split into `buckets` by a hash of the key (one
+    object per bucket: with one bucket, Ray stores the return value itself)."""
     with store.fs.open(path, "rb") as handle:
         keys = pq.read_table(handle, columns=[row_key])[row_key]
     bucket = pd.util.hash_array(keys.to_numpy(zero_copy_only=False)) % buckets
     triples = pa.table({"file": pa.array(np.full(len(keys), index, np.int32)),
                         "row": pa.array(np.arange(len(keys), dtype=np.int64)), "key": keys})
-    return [triples.filter(pa.array(bucket == b)) for b in range(buckets)]
+    split = [triples.filter(pa.array(bucket == b)) for b in range(buckets)]
+    return split if buckets > 1 else split[0]
 
 
 def _later_copies(*parts: pa.Table) -> pa.Table:
