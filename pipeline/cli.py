@@ -1,4 +1,4 @@
-"""`pipeline run | stage | trace | profile`: the surface users touch.
+"""`pipeline run | stage | trace | runs | profile`: the surface users touch.
 
 Every failure is one line on stderr, `error: <message>` (exit 1), except an invalid config:
 `config error: ` and one line per bad key (exit 2). `--debug` adds the traceback.
@@ -28,17 +28,22 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", parents=[common], help="run the whole DAG")
-    run.add_argument("--json", action="store_true", help="end with a JSON summary line")
-    stage = commands.add_parser("stage", parents=[common],
+    running = argparse.ArgumentParser(add_help=False)
+    running.add_argument("--json", action="store_true", help="end with a JSON summary line")
+    running.add_argument("--verbose", action="store_true",
+                         help="show Ray's own log lines (default: runs/<run_id>/ray.log)")
+    commands.add_parser("run", parents=[common, running], help="run the whole DAG")
+    stage = commands.add_parser("stage", parents=[common, running],
                                 help="run one stage from the artifacts of the stages before it")
     stage.add_argument("name", help="the stage to run, e.g. featurize (see `pipeline/dag.py`)")
-    stage.add_argument("--json", action="store_true", help="end with a JSON summary line")
     trace = commands.add_parser("trace", parents=[common], help="follow one row through every stage")
     trace.add_argument("row_key")
     profile = commands.add_parser("profile", parents=[common],
                                   help="per-stage time, rows/s and bytes of a run, and a timeline")
-    profile.add_argument("run_id", nargs="?", help="default: the latest run")
+    profile.add_argument("run_id", nargs="?",
+                         help="default: the latest run that computed a stage")
+    runs = commands.add_parser("runs", parents=[common], help="the runs under the artifact root")
+    runs.add_argument("--limit", type=int, default=20, help="newest N runs (default: 20)")
     return parser
 
 
@@ -47,14 +52,14 @@ def _profile(config, run_id: str | None) -> str:
     import tempfile
 
     from pipeline.artifacts import ArtifactStore
+    from pipeline.runs import latest_computing_run
     from pipeline.telemetry.profile import profile_run
 
     store = ArtifactStore(config.artifact_root, config.storage_options)
-    latest = store.latest_run_path()
     if run_id is None:
-        if not store.fs.exists(latest):
-            raise LookupError(f"no runs under {config.artifact_root} yet")
-        run_id = store.read_json(latest)["run_id"]
+        run_id = latest_computing_run(store)
+        if run_id is None:
+            raise LookupError(f"no run under {config.artifact_root} has computed a stage yet")
     remote = store.run_path(run_id)
     if not store.fs.exists(remote):
         raise LookupError(f"run {run_id} not found under {config.artifact_root}/runs")
@@ -81,21 +86,75 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.overrides)
     if args.command in ("run", "stage"):
-        from pipeline.runner import Runner  # imports every stage: not paid by --help or profile
-
         _check_artifact_root(config)
-        summary = Runner(config).run(only=args.name if args.command == "stage" else None)
-        model = summary.model
-        if model:
-            print(f"model {model['model']} {model['version']}: {model['reason']}")
-        if args.json:
-            print(json.dumps(summary.as_json()))
+        _run(config, args)
+    elif args.command == "runs":
+        from pipeline.artifacts import ArtifactStore
+        from pipeline.runs import list_runs, render_runs
+
+        print(render_runs(list_runs(ArtifactStore(config.artifact_root, config.storage_options),
+                                    args.limit)))
     elif args.command == "trace":
         from pipeline.trace import trace_row
 
         print(trace_row(config, args.row_key))
     elif args.command == "profile":
         print(_profile(config, args.run_id))
+
+
+def _run(config: PipelineConfig, args: argparse.Namespace) -> None:
+    """The DAG or one stage. Ray's own output goes to the run's `ray.log` (unless --verbose):
+    the terminal shows the stages, live at a terminal and as plain lines otherwise."""
+    from pipeline.ray_cluster import disconnect_ray
+    from pipeline.runner import Runner  # imports every stage: not paid by --help or profile
+    from pipeline.terminal.display import display_for
+    from pipeline.terminal.ray_output import RayOutputToFile
+
+    display = display_for(sys.stdout, args.json, args.verbose)
+    runner = Runner(config, display=display)
+    only = args.name if args.command == "stage" else None
+    ray_log = None
+    if args.verbose:
+        summary = runner.run(only=only)
+    else:
+        log = RayLog(runner.store, runner.run_id)
+        try:
+            with RayOutputToFile(log.local) as terminal:
+                try:
+                    with display.showing(terminal):
+                        summary = runner.run(only=only)
+                finally:
+                    disconnect_ray()  # Ray's goodbye lines go to the log too
+        finally:
+            ray_log = log.publish()
+    display.summary(summary, ray_log)
+    if args.json:
+        print(json.dumps(summary.as_json()))
+
+
+class RayLog:
+    """Where a run's `ray.log` is written (the run folder, or a local file for an object store)
+    and published (`runs/<run_id>/ray.log` under the artifact root)."""
+
+    def __init__(self, store, run_id: str) -> None:
+        import tempfile
+
+        self.store, self.target = store, store.run_path(run_id, "ray.log")
+        if store.is_local:
+            self.local = Path(self.target)
+        else:
+            handle, name = tempfile.mkstemp(prefix=f"raypipe-{run_id}-", suffix=".log")
+            os.close(handle)
+            self.local = Path(name)
+
+    def publish(self) -> str | None:
+        """The log's final location, or None when Ray printed nothing (an all-cached run)."""
+        written = self.local.exists() and self.local.stat().st_size > 0
+        if not self.store.is_local:
+            if written:
+                self.store.fs.put_file(str(self.local), self.target)
+            self.local.unlink(missing_ok=True)
+        return self.store.uri(self.target) if written else None
 
 
 def _check_artifact_root(config: PipelineConfig) -> None:

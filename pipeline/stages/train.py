@@ -51,6 +51,7 @@ from pipeline.stage import (
     Stage,
     StageContext,
     StageResult,
+    top_reasons,
 )
 from pipeline.stages.featurize import STAGE as FEATURIZE
 from pipeline.stages.featurize import FeaturizeFacts
@@ -97,6 +98,10 @@ class TrainFacts(Facts):
     fit_seconds: float
     weights_sha256: str
     train_run: str
+
+    def headline(self) -> str:
+        left_out = f"left out: {top_reasons(self.excluded)}; " if any(self.excluded.values()) else ""
+        return f"{left_out}best epoch {self.best_epoch} of {self.epochs_run}"
 
 
 def run(ctx: StageContext[TrainParams, TrainFiles]) -> StageResult[TrainFacts]:
