@@ -63,13 +63,15 @@ def _profile(config, run_id: str | None) -> str:
     remote = store.run_path(run_id)
     if not store.fs.exists(remote):
         raise LookupError(f"run {run_id} not found under {config.artifact_root}/runs")
+    pictures = f"\ntimeline: {store.uri(remote)}/timeline.png, timeline.json (ui.perfetto.dev)"
     if store.is_local:
-        return profile_run(remote, f"{remote}/timeline.png") + f"\ntimeline: {remote}/timeline.png"
+        return profile_run(remote, f"{remote}/timeline.png") + pictures
     with tempfile.TemporaryDirectory() as local:
         store.fs.get(remote + "/", local, recursive=True)
         table = profile_run(local, f"{local}/timeline.png")
-        store.fs.put_file(f"{local}/timeline.png", f"{remote}/timeline.png")
-    return table + f"\ntimeline: {store.uri(remote)}/timeline.png"
+        for name in ("timeline.png", "timeline.json"):
+            store.fs.put_file(f"{local}/{name}", f"{remote}/{name}")
+    return table + pictures
 
 
 def main(argv: list[str] | None = None) -> int:

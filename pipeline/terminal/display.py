@@ -75,7 +75,7 @@ class StageProgress:
     def text(self) -> str:
         parts = [f"{self.rows:,} rows"] if self.rows else []
         parts += [f"{count:,} {_plural(noun, count)}" for noun, count in self.units.items()]
-        if not parts and self.phase:
+        if not parts and not self.epoch and self.phase:
             parts.append(self.phase)
         if self.epoch:
             total = self.epoch.get("epochs")
@@ -223,7 +223,7 @@ class LiveDisplay(PlainDisplay):
 
         table = Table.grid(padding=(0, 1))
         for stage in list(self._running.values()):
-            line = Text(f"{stage.name:<10} {stage.text() or 'starting'}  ")
+            line = Text(f"{stage.name:<10} {stage.text() or 'running'}  ")
             line.append(f"{stage.seconds:.0f}s", style="dim")
             table.add_row(Spinner("dots", style="cyan"), line)
         return table
