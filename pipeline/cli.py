@@ -1,4 +1,4 @@
-"""`pipeline run | stage | trace | profile | predict | models`: the surface users touch.
+"""`pipeline run | stage | trace | runs | profile | predict | models`: the surface users touch.
 
 Exit codes: 0 done (a run's model, if it reached the gate, is the champion); 1 a failure, one line
 on stderr, `error: <message>`; 2 an invalid config, `config error: ` and one line per bad key;
@@ -31,17 +31,22 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", parents=[common], help="run the whole DAG")
-    run.add_argument("--json", action="store_true", help="end with a JSON summary line")
-    stage = commands.add_parser("stage", parents=[common],
+    running = argparse.ArgumentParser(add_help=False)
+    running.add_argument("--json", action="store_true", help="end with a JSON summary line")
+    running.add_argument("--verbose", action="store_true",
+                         help="show Ray's own log lines (default: runs/<run_id>/ray.log)")
+    commands.add_parser("run", parents=[common, running], help="run the whole DAG")
+    stage = commands.add_parser("stage", parents=[common, running],
                                 help="run one stage from the artifacts of the stages before it")
     stage.add_argument("name", help="the stage to run, e.g. featurize (see `pipeline/dag.py`)")
-    stage.add_argument("--json", action="store_true", help="end with a JSON summary line")
     trace = commands.add_parser("trace", parents=[common], help="follow one row through every stage")
     trace.add_argument("row_key")
     profile = commands.add_parser("profile", parents=[common],
                                   help="per-stage time, rows/s and bytes of a run, and a timeline")
-    profile.add_argument("run_id", nargs="?", help="default: the latest run")
+    profile.add_argument("run_id", nargs="?",
+                         help="default: the latest run that computed a stage")
+    runs = commands.add_parser("runs", parents=[common], help="the runs under the artifact root")
+    runs.add_argument("--limit", type=int, default=20, help="newest N runs (default: 20)")
     predict = commands.add_parser("predict", parents=[common],
                                   help="score an event table with a registered model, computing "
                                        "its features with the code and spec it was trained with")
@@ -95,24 +100,26 @@ def _profile(config, run_id: str | None) -> str:
     import tempfile
 
     from pipeline.artifacts import ArtifactStore
+    from pipeline.runs import latest_computing_run
     from pipeline.telemetry.profile import profile_run
 
     store = ArtifactStore(config.artifact_root, config.storage_options)
-    latest = store.latest_run_path()
     if run_id is None:
-        if not store.fs.exists(latest):
-            raise LookupError(f"no runs under {config.artifact_root} yet")
-        run_id = store.read_json(latest)["run_id"]
+        run_id = latest_computing_run(store)
+        if run_id is None:
+            raise LookupError(f"no run under {config.artifact_root} has computed a stage yet")
     remote = store.run_path(run_id)
     if not store.fs.exists(remote):
         raise LookupError(f"run {run_id} not found under {config.artifact_root}/runs")
+    pictures = f"\ntimeline: {store.uri(remote)}/timeline.png, timeline.json (ui.perfetto.dev)"
     if store.is_local:
-        return profile_run(remote, f"{remote}/timeline.png") + f"\ntimeline: {remote}/timeline.png"
+        return profile_run(remote, f"{remote}/timeline.png") + pictures
     with tempfile.TemporaryDirectory() as local:
         store.fs.get(remote + "/", local, recursive=True)
         table = profile_run(local, f"{local}/timeline.png")
-        store.fs.put_file(f"{local}/timeline.png", f"{remote}/timeline.png")
-    return table + f"\ntimeline: {store.uri(remote)}/timeline.png"
+        for name in ("timeline.png", "timeline.json"):
+            store.fs.put_file(f"{local}/{name}", f"{remote}/{name}")
+    return table + pictures
 
 
 def _predict(config: PipelineConfig, args: argparse.Namespace) -> str:
@@ -141,7 +148,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     if args.command in ("run", "stage"):
         return _run(config, args)
-    if args.command == "trace":
+    if args.command == "runs":
+        from pipeline.artifacts import ArtifactStore
+        from pipeline.runs import list_runs, render_runs
+
+        print(render_runs(list_runs(ArtifactStore(config.artifact_root, config.storage_options),
+                                    args.limit)))
+    elif args.command == "trace":
         from pipeline.trace import trace_row
 
         print(trace_row(config, args.row_key))
@@ -155,22 +168,61 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _run(config: PipelineConfig, args: argparse.Namespace) -> int:
-    """`pipeline run` or `pipeline stage`: the stage lines, the gate's verdict, the exit code."""
+    """The DAG or one stage. Ray's own output goes to the run's `ray.log` (unless --verbose):
+    the terminal shows the stages, live at a terminal and as plain lines otherwise, then the
+    gate's verdict. Returns the exit code (3: ran fine, the model is not the champion)."""
+    from pipeline.ray_cluster import disconnect_ray
     from pipeline.runner import Runner  # imports every stage: not paid by --help or profile
+    from pipeline.terminal.display import display_for
+    from pipeline.terminal.ray_output import RayOutputToFile
 
     _check_artifact_root(config)
-    summary = Runner(config).run(only=args.name if args.command == "stage" else None)
-    model, evaluation = summary.model, summary.evaluation
-    if model:
-        verdict = "promoted" if model["promoted"] else "not promoted: " + (
-            "the gate passed it, but the champion has moved since" if evaluation.decision.passed
-            else "the gate rejected it")
-        print(f"model {model['model']} {model['version']}: {verdict}; champion is "
-              f"{model['champion'] or 'unset'}")
-        print("\n".join(f"  {reason}" for reason in evaluation.decision.reasons))
+    display = display_for(sys.stdout, args.json, args.verbose)
+    runner = Runner(config, display=display)
+    only = args.name if args.command == "stage" else None
+    ray_log = None
+    if args.verbose:
+        summary = runner.run(only=only)
+    else:
+        log = RayLog(runner.store, runner.run_id)
+        try:
+            with RayOutputToFile(log.local) as terminal:
+                try:
+                    with display.showing(terminal):
+                        summary = runner.run(only=only)
+                finally:
+                    disconnect_ray()  # Ray's goodbye lines go to the log too
+        finally:
+            ray_log = log.publish()
+    display.summary(summary, ray_log)
     if args.json:
         print(json.dumps(summary.as_json()))
     return EXIT_REJECTED if summary.rejected else 0
+
+
+class RayLog:
+    """Where a run's `ray.log` is written (the run folder, or a local file for an object store)
+    and published (`runs/<run_id>/ray.log` under the artifact root)."""
+
+    def __init__(self, store, run_id: str) -> None:
+        import tempfile
+
+        self.store, self.target = store, store.run_path(run_id, "ray.log")
+        if store.is_local:
+            self.local = Path(self.target)
+        else:
+            handle, name = tempfile.mkstemp(prefix=f"raypipe-{run_id}-", suffix=".log")
+            os.close(handle)
+            self.local = Path(name)
+
+    def publish(self) -> str | None:
+        """The log's final location, or None when Ray printed nothing (an all-cached run)."""
+        written = self.local.exists() and self.local.stat().st_size > 0
+        if not self.store.is_local:
+            if written:
+                self.store.fs.put_file(str(self.local), self.target)
+            self.local.unlink(missing_ok=True)
+        return self.store.uri(self.target) if written else None
 
 
 def _check_artifact_root(config: PipelineConfig) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pipeline.config import ClusterConfig
 
 ARROW_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system"}
+_CONNECTED = []  # non-empty once ensure_ray has connected this process (disconnect_ray undoes it)
 
 
 def ensure_ray(cluster: ClusterConfig) -> None:
@@ -24,3 +25,14 @@ def ensure_ray(cluster: ClusterConfig) -> None:
         include_dashboard=False,
         log_to_driver=True,
     )
+    _CONNECTED.append(True)
+
+
+def disconnect_ray() -> None:
+    """End the connection `ensure_ray` made (stopping a local Ray it started); a Ray the caller
+    started itself is left alone."""
+    import ray
+
+    if _CONNECTED and ray.is_initialized():
+        ray.shutdown()
+    _CONNECTED.clear()

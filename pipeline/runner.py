@@ -23,6 +23,8 @@ from pipeline.registry import CHAMPION, alias_head
 from pipeline.stage import Output, Params, Stage, StageContext, StageResult
 from pipeline.stages.evaluate import EvaluateFacts
 from pipeline.telemetry import REDACTED, Telemetry, TelemetrySpec, redact, redact_text
+from pipeline.terminal.display import PlainDisplay
+from pipeline.terminal.progress import progress_inbox
 
 
 class StageFailed(RuntimeError):
@@ -121,12 +123,12 @@ def stage_key(stage: Stage, config: PipelineConfig, inputs: dict[str, Output],
 
 class Runner:
     def __init__(self, config: PipelineConfig, echo: Callable[[str], None] = print,
-                 stages: tuple[Stage, ...] = STAGES):
+                 stages: tuple[Stage, ...] = STAGES, display: PlainDisplay | None = None):
         check_order(stages)
         self.config = config
         self.stages = stages
         self.store = ArtifactStore(config.artifact_root, config.storage_options)
-        self.echo = echo
+        self.display = display or PlainDisplay(echo)
         self.run_id = new_run_id()
 
     def run(self, only: str | None = None) -> RunSummary:
@@ -136,10 +138,11 @@ class Runner:
             self._prepare_source()
         run_dir = self._run_dir()
         telemetry = Telemetry.start(self._telemetry_spec(run_dir))
+        telemetry.span_started = self.display.phase
         self.telemetry = telemetry  # after the run, telemetry.spans() holds the run's spans
         outcomes: list[StageOutcome] = []
         record_path = self.store.run_path(self.run_id, "run.json")
-        trace_id, error = "", None
+        trace_id, error, started_at = "", None, datetime.now(timezone.utc)
         try:
             with telemetry.span("run", {"run.id": self.run_id, "config.name": self.config.name,
                                         "config.digest": self.config.digest()}) as root:
@@ -151,15 +154,15 @@ class Runner:
                     outcome, output = self._run_stage(stage, published, telemetry, trace_id)
                     published[stage.name] = output
                     outcomes.append(outcome)
-                    self.echo(_stage_line(outcome))
-        except Exception as exc:
+                    self.display.stage_done(outcome)
+        except BaseException as exc:  # an interrupted run is recorded as failed too
             error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
             telemetry.shutdown()
             summary = RunSummary(self.run_id, trace_id, outcomes, self.store.uri(record_path),
                                  self._champion(outcomes))
-            self._write_run_record(record_path, summary, run_dir, error)
+            self._write_run_record(record_path, summary, run_dir, error, started_at)
         return summary
 
     # -- one stage ---------------------------------------------------------------------------
@@ -205,7 +208,7 @@ class Runner:
                       telemetry: Telemetry, trace_id: str) -> Artifact:
         """Compute under the key's lock; a concurrent run that held it may have published it."""
         def waiting(why: str) -> None:
-            self.echo(f"{stage.name:<10} waiting  ({why})")
+            self.display.note(f"{stage.name:<10} waiting  ({why})")
 
         with self.store.compute_lock(stage.name, key.key, waiting):
             return self.store.find(stage.name, key.key) or self._compute(
@@ -226,11 +229,12 @@ class Runner:
         if stage.resources:
             _check_resources(stage, stage.resources(key.params), local=not self.config.cluster.address)
         staging = self.store.begin(stage.name, key.key, self.run_id)
-        self.echo(f"{stage.name:<10} running  (cache key {key.key})")
+        progress = progress_inbox() if self.display.wants_progress else None
+        self.display.stage_running(stage.name, key.key, progress)
         started_at = datetime.now(timezone.utc)
         started = time.perf_counter()
         context = StageContext(key.params, self.store, inputs, stage.files(staging), telemetry,
-                               self.run_id, key.key, key.external)
+                               self.run_id, key.key, key.external, progress)
         try:
             result = stage.run(context)
             if not isinstance(result.facts, stage.facts):
@@ -288,7 +292,8 @@ class Runner:
         dataset, generate = self.config.dataset, self.config.dataset.generate
         if generate and ensure_dataset(dataset.source, generate.kind, generate.rows, dataset.start,
                                        dataset.end, generate.seed, dataset.storage_options):
-            self.echo(f"generated {generate.rows:,} {generate.kind} rows at {dataset.source}")
+            self.display.note(f"generated {generate.rows:,} {generate.kind} rows at "
+                              f"{dataset.source}")
 
     def _champion(self, outcomes: list[StageOutcome]) -> str | None:
         """Where the champion of the model this run evaluated points now."""
@@ -323,16 +328,20 @@ class Runner:
         return path
 
     def _write_run_record(self, record_path: str, summary: RunSummary, run_dir: Path,
-                          error: str | None) -> None:
+                          error: str | None, started_at: datetime) -> None:
         if not self.store.is_local:
             self.store.fs.put(str(run_dir) + "/", self.store.run_path(self.run_id),
                               recursive=True)
             shutil.rmtree(run_dir, ignore_errors=True)
+        finished_at = datetime.now(timezone.utc)
         self.store.write_json(record_path, {
             **summary.as_json(),
             "config": self._recorded_config(),
             "config_digest": self.config.digest(),
-            "finished_at": datetime.now(timezone.utc).isoformat(),
+            "started_at": started_at.isoformat(),
+            "finished_at": finished_at.isoformat(),
+            "seconds": round((finished_at - started_at).total_seconds(), 3),
+            "status": "failed" if error else "ok",
             "complete": error is None,
             "error": redact_text(error) if error else None,
             "versions": versions(),
@@ -390,8 +399,3 @@ def _check_accounting(stage: str, result: StageResult) -> None:
             f"{result.rows_quarantined} quarantined"
         )
 
-
-def _stage_line(outcome: StageOutcome) -> str:
-    quarantined = f", {outcome.rows_quarantined:,} quarantined" if outcome.rows_quarantined else ""
-    return (f"{outcome.name:<10} {outcome.status:<7} {outcome.rows_out:>11,} rows{quarantined}"
-            f"  {outcome.seconds:8.2f}s  {outcome.artifact}")

@@ -59,6 +59,17 @@ class Facts(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    def headline(self) -> str:
+        """A few words for the stage's result line (the top quarantine reasons, ...); '' for none."""
+        return ""
+
+
+def top_reasons(counts: Mapping[str, int], shown: int = 3) -> str:
+    """`reason count, ...` for the most frequent reasons, then how many others there are."""
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    words = ", ".join(f"{reason} {count:,}" for reason, count in ranked[:shown])
+    return words + (f", +{len(ranked) - shown} more" if len(ranked) > shown else "")
+
 
 class Folder:
     """A path below a stage's output directory, spelled once for its writer and its readers."""
@@ -118,6 +129,8 @@ class StageContext(Generic[P, F]):
     external: Mapping[str, str] = field(default_factory=dict)
     """The external inputs its cache key hashed (`Stage.external_inputs`): the stage works from
     these, not from a second look that could see something newer."""
+    progress: Any = None
+    """The driver's progress inbox (a Ray actor handle), or None: where worker spans report."""
 
     def input(self, stage: Stage[Any, Any, Any]) -> Output:
         return self.inputs[stage.name]
@@ -125,7 +138,10 @@ class StageContext(Generic[P, F]):
     def traced(self, work: Callable, span: str | None) -> Callable:
         """`work` run in Ray (a task, a Ray Data function or class, a Train loop) inside a span
         of this stage (see `pipeline.telemetry.traced`)."""
-        return traced(work, span, self.telemetry.carrier())
+        carrier = self.telemetry.carrier()
+        if self.progress is not None:
+            carrier["progress"] = self.progress
+        return traced(work, span, carrier)
 
 
 @dataclass(frozen=True)

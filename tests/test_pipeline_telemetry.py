@@ -106,7 +106,19 @@ def test_profile_reports_every_stage_and_draws_the_timeline(smoke_run):
     code, output, _ = run_cli("profile", "-c", str(SMOKE), *smoke_run.overrides,
                               smoke_run.summary["run_id"])
     assert code == 0, output
+    assert output.startswith(f"run {smoke_run.summary['run_id']} ")
     for name in STAGES:
         assert name in output
     png = smoke_run.root / "runs" / smoke_run.summary["run_id"] / "timeline.png"
     assert png.stat().st_size > 10_000
+    assert png.with_suffix(".json").stat().st_size > 1_000
+
+
+def test_an_otlp_run_keeps_a_local_copy_of_its_spans_to_profile(window_change_over_otlp,
+                                                                 smoke_run):
+    summary, _ = window_change_over_otlp
+    code, output, _ = run_cli("profile", "-c", str(SMOKE), *smoke_run.overrides,
+                              summary["run_id"])
+    assert code == 0, output
+    assert output.startswith(f"run {summary['run_id']} ")
+    assert "featurize.chunk" in output and "train.epoch" in output

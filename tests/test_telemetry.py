@@ -25,8 +25,8 @@ from pipeline.telemetry.profile import (
     load_run_spans,
     profile_run,
     render_table,
-    render_timeline_png,
 )
+from pipeline.telemetry.timeline import render_timeline_png
 
 try:
     from tests.otlp_receiver import otlp_receiver

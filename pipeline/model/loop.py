@@ -146,7 +146,8 @@ def train_loop_per_worker(train_loop_config: dict[str, Any]) -> dict[str, Any]:
             break
         number = epoch + 1
         with worker_span(None, "train.epoch",
-                         {"rank": rank, "epoch": number, "world_size": world}) as span:
+                         {"rank": rank, "epoch": number, "epochs": config.epochs,
+                          "world_size": world}) as span:
             _seed(config.seed, number, rank)
             train_loss, rows, seconds, first_batch_at = _train_epoch(
                 model, optimizer, loss_fn, train_shard, config, number, rank, batch_seconds)

@@ -59,6 +59,7 @@ from pipeline.stage import (
     Stage,
     StageContext,
     StageResult,
+    top_reasons,
 )
 from pipeline.stages.featurize import STAGE as FEATURIZE
 from pipeline.stages.featurize import FeaturizeFacts
@@ -106,6 +107,10 @@ class TrainFacts(Facts):
     weights_sha256: str
     train_run: str | None
     """Ray Train's run folder (checkpoints); None in local mode, which keeps none."""
+
+    def headline(self) -> str:
+        left_out = f"left out: {top_reasons(self.excluded)}; " if any(self.excluded.values()) else ""
+        return f"{left_out}best epoch {self.best_epoch} of {self.epochs_run}"
 
 
 def run(ctx: StageContext[TrainParams, TrainFiles]) -> StageResult[TrainFacts]:

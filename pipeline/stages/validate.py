@@ -45,6 +45,7 @@ from pipeline.stage import (
     Stage,
     StageContext,
     StageResult,
+    top_reasons,
 )
 from pipeline.stages.ingest import STAGE as INGEST
 from pipeline.stages.ingest import IngestFiles
@@ -76,6 +77,9 @@ class ValidateFacts(Facts):
     """Clean rows without a label, kept as history (counted in rows_out)."""
     quarantined_share: float
     files: int
+
+    def headline(self) -> str:
+        return top_reasons(self.quarantine_reasons)
 
 
 class QuarantineThresholdExceeded(RuntimeError):

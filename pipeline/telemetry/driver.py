@@ -12,7 +12,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 from opentelemetry import metrics, trace
@@ -45,6 +45,8 @@ class Telemetry:
             self._meter = self._providers.meter_provider.get_meter(TRACER_NAME)
         self._final_spans: list[dict] | None = None
         self._final_metrics: list[dict] | None = None
+        self.span_started: Callable[[str], None] | None = None
+        """Told each span's name as it opens (the run's display shows a stage's current step)."""
 
     @classmethod
     def start(cls, spec: TelemetrySpec) -> Telemetry:
@@ -66,6 +68,8 @@ class Telemetry:
     @contextmanager
     def span(self, name: str, attributes: Mapping | None = None) -> Iterator[trace.Span]:
         """A span nested under the current one; an exception is recorded (ERROR) and re-raised."""
+        if self.span_started is not None:
+            self.span_started(name)
         with self._tracer.start_as_current_span(
             name,
             attributes=span_attributes(attributes) if self._providers else None,

@@ -4,7 +4,8 @@ One dict shape is used everywhere (the driver's jsonl files, the worker files, `
 the profile report), so a run can be analysed from its files alone, without a collector:
 
     {name, trace_id, span_id, parent_span_id, start_ns, end_ns, attributes, status,
-     status_description, events, kind, pid, host, resource}
+     status_description, events, kind, pid, host, node (the Ray node id; None for the driver
+     before Ray starts), resource}
 
 Each process appends to its own file (`spans/driver.jsonl`, `spans/worker-<host>-<pid>.jsonl`), so
 processes never interleave lines; within a process a per-path lock keeps threads from doing so.
@@ -69,6 +70,7 @@ def span_to_dict(span: ReadableSpan) -> dict:
         "kind": span.kind.name,
         "pid": resource.get("process.pid"),
         "host": resource.get("host.name"),
+        "node": resource.get("ray.node.id"),
         "resource": resource,
     }
 

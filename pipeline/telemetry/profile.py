@@ -6,7 +6,8 @@ spans are named `stage.<name>` and carry `stage.name`, `stage.status` ("ran"|"ca
 Everything else (Ray task spans, chunks, train epochs) is ranked by wall time.
 
 CLI use (`pipeline profile [RUN_ID]`):
-    print(profile_run(run_dir, png_path=f"{run_dir}/timeline.png"))
+    print(profile_run(run_dir, png_path=f"{run_dir}/timeline.png"))  # + timeline.json
+The pictures themselves are `pipeline.telemetry.timeline`.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class Profile:
         return d
 
 
-def _wall(span: dict) -> float:
+def wall_seconds(span: dict) -> float:
     return max(0, (span["end_ns"] or span["start_ns"]) - span["start_ns"]) / 1e9
 
 
@@ -94,7 +95,7 @@ def stage_of(span: dict, by_id: dict[str, dict]) -> str | None:
     return None
 
 
-def _run_trace(spans: list[dict]) -> tuple[dict | None, list[dict]]:
+def run_trace(spans: list[dict]) -> tuple[dict | None, list[dict]]:
     """The latest root `run` span and the spans of its trace (all spans if there is no root)."""
     roots = [s for s in spans if s["name"] == ROOT_NAME and not s.get("parent_span_id")]
     roots = roots or [s for s in spans if s["name"] == ROOT_NAME]
@@ -106,7 +107,7 @@ def _run_trace(spans: list[dict]) -> tuple[dict | None, list[dict]]:
 
 def _stage_profile(span: dict, run_wall: float) -> StageProfile:
     a = span["attributes"]
-    wall = _wall(span)
+    wall = wall_seconds(span)
     status = str(a.get("stage.status", "?"))
     rows_in, b_read, b_written = (
         _int(a.get("rows.in")),
@@ -134,9 +135,9 @@ def _stage_profile(span: dict, run_wall: float) -> StageProfile:
 
 
 def build_profile(spans: list[dict], top: int = 10) -> Profile:
-    root, spans = _run_trace(spans)
+    root, spans = run_trace(spans)
     if root is not None:
-        run_wall = _wall(root)
+        run_wall = wall_seconds(root)
     elif spans:
         run_wall = (max(s["end_ns"] for s in spans) - min(s["start_ns"] for s in spans)) / 1e9
     else:
@@ -144,11 +145,11 @@ def build_profile(spans: list[dict], top: int = 10) -> Profile:
     by_id = {s["span_id"]: s for s in spans}
     stages = [_stage_profile(s, run_wall) for s in spans if s["name"].startswith(STAGE_PREFIX)]
     others = [s for s in spans if s is not root and not s["name"].startswith(STAGE_PREFIX)]
-    others.sort(key=_wall, reverse=True)
+    others.sort(key=wall_seconds, reverse=True)
     slowest = [
         SpanTiming(
             s["name"],
-            _wall(s),
+            wall_seconds(s),
             stage_of(s, by_id),
             s.get("pid"),
             s.get("host"),
@@ -184,8 +185,9 @@ def render_table(profile: Profile) -> str:
         f"{'stage':<12} {'status':<7} {'wall s':>8} {'share':>6} {'rows in':>8} {'rows out':>8} "
         f"{'quar.':>6} {'rows/s':>8} {'read':>8} {'written':>8} {'bytes/s':>9}"
     )
+    run_id = profile.run_attributes.get("run.id", "?")
     lines = [
-        f"run {profile.trace_id or '?'}  wall {profile.run_wall_s:.3f} s",
+        f"run {run_id}  wall {profile.run_wall_s:.3f} s  (trace {profile.trace_id or '?'})",
         head,
         "-" * len(head),
     ]
@@ -211,142 +213,21 @@ def render_table(profile: Profile) -> str:
     return "\n".join(lines)
 
 
-@dataclass
-class _Bar:
-    span: dict
-    stage: str | None
-    x: float  # seconds since the run started
-    width: float  # at least the minimum visible width
-    label: str | None
-    label_inside: bool
-    reach: float  # right edge of bar or its outside label: what the row packing must avoid
-
-
-def _bars(spans: list[dict], by_id: dict, t0: int, total: float) -> list[_Bar]:
-    """Position every span; short labelled bars get their label to the right of the bar."""
-    min_w = total * 0.006
-    char_w = total / 150  # ~ one 8pt character on a 12-inch-wide axis
-    bars = []
-    for s in spans:
-        stage = stage_of(s, by_id)
-        x, width = (s["start_ns"] - t0) / 1e9, max(_wall(s), min_w)
-        label = None
-        if s["name"] == ROOT_NAME:
-            label = ROOT_NAME
-        elif s["name"].startswith(STAGE_PREFIX):
-            cached = s["attributes"].get("stage.status") == "cached"
-            label = (stage or s["name"]) + (" (cached)" if cached else "")
-        inside = label is not None and width > char_w * (len(label) + 2)
-        reach = x + width + (0 if inside or label is None else char_w * (len(label) + 2))
-        bars.append(_Bar(s, stage, x, width, label, inside, reach))
-    return bars
-
-
-def _lanes(bars: list[_Bar]) -> dict[tuple, list[list[_Bar]]]:
-    """Per process (host, pid): rows of bars that do not overlap as drawn (parents first)."""
-    lanes: dict[tuple, list[list[_Bar]]] = {}
-    for bar in sorted(bars, key=lambda b: (b.x, -b.width)):
-        rows = lanes.setdefault((bar.span.get("host") or "?", bar.span.get("pid") or 0), [])
-        for row in rows:
-            if row[-1].reach <= bar.x:
-                row.append(bar)
-                break
-        else:
-            rows.append([bar])
-    return lanes
-
-
-def render_timeline_png(spans: list[dict], path: str) -> str:
-    """One lane per process, bars coloured by stage (hatched when cached, red edge on error).
-
-    Bars are at least 0.6% of the run wide and bars that would overlap as drawn go to separate
-    rows of their lane, so a cached stage that took 2 ms is still a visible, labelled bar.
-    """
-    # The object API with Figure (no pyplot): renders with Agg, touches no global backend state.
-    import matplotlib
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
-    _, spans = _run_trace(spans)
-    if not spans:
-        raise ValueError("no spans to draw")
-    by_id = {s["span_id"]: s for s in spans}
-    t0 = min(s["start_ns"] for s in spans)
-    total = max((max(s["end_ns"] for s in spans) - t0) / 1e9, 1e-6)
-    bars = _bars(spans, by_id, t0, total)
-    stage_names = list(dict.fromkeys(b.stage for b in bars if b.stage))
-    colours = {name: matplotlib.colormaps["tab10"](i % 10) for i, name in enumerate(stage_names)}
-    roles = {
-        (s.get("host") or "?", s.get("pid") or 0): s.get("resource", {}).get("raypipe.process.role")
-        for s in spans
-    }
-
-    lanes = _lanes(bars)
-    n_rows = sum(len(rows) for rows in lanes.values())
-    fig = Figure(figsize=(13, max(2.5, 0.4 * n_rows + 1.5)))
-    ax = fig.subplots()
-    y, ticks, labels = 0, [], []
-    for lane_key, rows in sorted(
-        lanes.items(), key=lambda kv: (roles.get(kv[0]) != "driver", kv[0])
-    ):
-        ticks.append(y + (len(rows) - 1) / 2)
-        labels.append(f"{roles.get(lane_key) or 'process'} {lane_key[1]}\n{lane_key[0]}")
-        for row in rows:
-            for b in row:
-                cached = b.label is not None and b.label.endswith("(cached)")
-                ax.barh(
-                    y,
-                    b.width,
-                    left=b.x,
-                    height=0.8,
-                    color=colours.get(b.stage, (0.8, 0.8, 0.8, 1.0)),
-                    hatch="//" if cached else None,
-                    edgecolor="red" if b.span.get("status") == "ERROR" else "black",
-                    linewidth=0.5,
-                )
-                if b.label and b.label_inside:
-                    ax.text(b.x + b.width / 2, y, b.label, ha="center", va="center", fontsize=8)
-                elif b.label:
-                    ax.text(
-                        b.x + b.width + total * 0.003,
-                        y,
-                        b.label,
-                        ha="left",
-                        va="center",
-                        fontsize=8,
-                    )
-            y += 1
-        ax.axhline(y - 0.5, color="0.85", linewidth=0.5)
-    ax.set_yticks(ticks, labels, fontsize=7)
-    ax.set_ylim(y - 0.5, -0.5)
-    ax.set_xlabel("seconds since run start")
-    ax.set_xlim(0, max(b.reach for b in bars) * 1.01)
-    ax.set_title(f"raypipe run timeline ({total:.2f} s)")
-    ax.legend(
-        handles=[Patch(color=c, label=n) for n, c in colours.items()],
-        loc="upper left",
-        bbox_to_anchor=(1.005, 1.0),
-        fontsize=7,
-        title="stage",
-        title_fontsize=7,
-    )
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
-
-
 def profile_run(run_dir: str, png_path: str | None = None, top: int = 10) -> str:
-    """The table `pipeline profile` prints; also writes the timeline PNG when `png_path` is given.
+    """The table `pipeline profile` prints. With `png_path`, also the timeline: the PNG, and
+    beside it the same timeline as Chrome trace / Perfetto JSON (`.json` for `.png`).
 
-    Raises LookupError when the run has no span files (its telemetry.exporter was not "jsonl").
+    Raises LookupError when the run has no span files (its telemetry.exporter was none/console).
     """
+    from .timeline import render_timeline_png, write_chrome_trace
+
     spans = load_run_spans(run_dir)
     if not spans:
         raise LookupError(
             f"no spans under {os.path.join(run_dir, 'spans')}: profiling needs a run made with "
-            "telemetry.exporter=jsonl"
+            "telemetry.exporter jsonl or otlp"
         )
     if png_path:
         render_timeline_png(spans, png_path)
+        write_chrome_trace(spans, os.path.splitext(png_path)[0] + ".json")
     return render_table(build_profile(spans, top=top))

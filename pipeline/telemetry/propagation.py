@@ -22,6 +22,7 @@ from contextlib import contextmanager
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .redact import span_attributes
@@ -30,6 +31,7 @@ from .spec import TelemetrySpec
 
 TRACER_NAME = "raypipe"
 _PROPAGATOR = TraceContextTextMapPropagator()
+_UNEXPORTED = TracerProvider()  # no processor: spans that record attributes and go nowhere
 _WORKER_PROVIDERS: dict[tuple[int, TelemetrySpec], Providers | None] = {}
 _WORKER_LOCK = threading.Lock()
 # worker_spans open in this context: the outermost one flushes (even when nested in a driver span)
@@ -86,12 +88,15 @@ def worker_span(
     carrier = carrier if carrier is not None else _ACTIVE.get()
     spec = (carrier or {}).get("spec")
     providers = worker_providers(spec) if spec is not None else None
-    if providers is None:
+    progress = (carrier or {}).get("progress")
+    if providers is None and progress is None:
         yield trace.INVALID_SPAN
         return
-    tracer = providers.tracer_provider.get_tracer(TRACER_NAME)
+    # without an exporter, a span that only records: its attributes are the progress event
+    tracer = (providers.tracer_provider if providers else _UNEXPORTED).get_tracer(TRACER_NAME)
     token = _DEPTH.set(_DEPTH.get() + 1)
     active = _ACTIVE.set(carrier)
+    span = trace.INVALID_SPAN
     try:
         with tracer.start_as_current_span(
             name, context=_parent(carrier), attributes=span_attributes(attributes)
@@ -100,8 +105,16 @@ def worker_span(
     finally:
         _ACTIVE.reset(active)
         _DEPTH.reset(token)
-        if _DEPTH.get() == 0:  # the outermost worker span: export before the task returns
+        if _DEPTH.get() == 0 and providers is not None:  # outermost: export before returning
             providers.flush()
+        if progress is not None:
+            _report_progress(progress, name, span)
+
+
+def _report_progress(inbox, name: str, span: trace.Span) -> None:
+    """Tell the driver's progress display that this span's work is done (fire and forget)."""
+    attributes = dict(getattr(span, "attributes", None) or {})
+    inbox.push.remote({"name": name, "attributes": attributes})
 
 
 def worker_meter(carrier: Mapping | None = None) -> metrics.Meter:

@@ -70,7 +70,20 @@ def make_resource(spec: TelemetrySpec, role: str) -> Resource:
             "raypipe.process.role": role,
         }
     )
+    node = _ray_node_id()
+    if node:  # hosts can share a name (containers); Ray's node id tells nodes apart
+        attrs["ray.node.id"] = node
     return Resource.create(redact(attrs))
+
+
+def _ray_node_id() -> str | None:
+    """The Ray node this process runs on (None outside Ray, e.g. a driver before `ray.init`)."""
+    import sys
+
+    ray = sys.modules.get("ray")  # never import Ray just to ask
+    if ray is None or not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().get_node_id()
 
 
 def _otlp_url(spec: TelemetrySpec, signal: str) -> str | None:
@@ -139,13 +152,36 @@ class Providers:
         self.meter_provider.shutdown()
 
 
+class TeeSpanExporter(SpanExporter):
+    """Exports to several exporters: OTLP for the collector, plus the run folder's jsonl copy
+    that `pipeline profile` reads."""
+
+    def __init__(self, *exporters: SpanExporter) -> None:
+        self.exporters = exporters
+
+    def export(self, spans) -> SpanExportResult:
+        results = [exporter.export(spans) for exporter in self.exporters]
+        ok = all(result == SpanExportResult.SUCCESS for result in results)
+        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        for exporter in self.exporters:
+            exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return all(exporter.force_flush(timeout_millis) for exporter in self.exporters)
+
+
 def _span_exporter(
     spec: TelemetrySpec, role: str
 ) -> tuple[SpanExporter, MemorySpanExporter | None]:
     if spec.exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        return OTLPSpanExporter(endpoint=_otlp_url(spec, "traces")), None
+        otlp = OTLPSpanExporter(endpoint=_otlp_url(spec, "traces"))
+        if spec.run_dir:
+            return TeeSpanExporter(otlp, JsonlSpanExporter(span_file(spec, role))), None
+        return otlp, None
     if spec.exporter == "console":
         return ConsoleSpanExporter(service_name=spec.service_name), None
     if spec.exporter == "memory" and role == "driver":
