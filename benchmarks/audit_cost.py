@@ -31,8 +31,9 @@ def run_stage(checkout: Path, args: argparse.Namespace) -> dict:
         command = [sys.executable, str(checkout / "benchmarks" / "featurize.py"),
                    "--engine", "stage", "--rows", str(args.rows), "--data", str(args.data),
                    "--work", work]
+        # Ray puts the driver's working directory first on its workers' path: the checkout's
         done = subprocess.run(command, capture_output=True, text=True, check=False,
-                              env={**os.environ, "PYTHONPATH": str(checkout)})
+                              cwd=checkout, env={**os.environ, "PYTHONPATH": str(checkout)})
     if done.returncode:
         raise RuntimeError(f"{checkout} failed:\n{done.stderr[-4000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])

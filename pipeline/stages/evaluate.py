@@ -19,8 +19,9 @@ import pyarrow.parquet as pq
 import ray.data
 from pydantic import BaseModel
 
-from pipeline.config import PipelineConfig
+from pipeline.config import DriftConfig, PipelineConfig
 from pipeline.model.metrics import compute_metrics, primary_metric
+from pipeline.monitoring.drift import DriftReport, measure_drift
 from pipeline.registry import lineage, register
 from pipeline.schema import Roles
 from pipeline.stage import (
@@ -45,12 +46,13 @@ class EvaluateParams(Params):
     task: str
     model_name: str
     min_improvement: float
+    drift: DriftConfig
 
     @classmethod
     def from_config(cls, config: PipelineConfig) -> EvaluateParams:
         return cls(roles=Roles.of(config.dataset), task=config.train.task,
                    model_name=config.evaluate.model_name,
-                   min_improvement=config.evaluate.min_improvement)
+                   min_improvement=config.evaluate.min_improvement, drift=config.evaluate.drift)
 
 
 class EvaluateFiles(Files):
@@ -72,6 +74,7 @@ class EvaluateFacts(Facts):
     baseline: dict[str, float]
     improvement: float
     registration: Registration
+    drift: DriftReport
 
 
 class _Predict:
@@ -127,6 +130,8 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
     promoted = improvement >= params.min_improvement
     reason = (f"{name} {metrics[name]:.4f} vs baseline {baseline[name]:.4f}: "
               f"{improvement:+.1%} (needs {params.min_improvement:+.1%})")
+    drift = measure_drift(ctx, ctx.input(FEATURIZE), trained, roles, params.model_name, params.drift)
+    promoted, reason = promoted and not drift.blocks_promotion, f"{reason}; {drift.summary}"
 
     errors = test.append_column("error", pa.array(predicted - truth, pa.float64()))
     with store.fs.open(ctx.output.predictions, "wb") as handle:
@@ -138,6 +143,7 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
         "metrics": metrics,
         "baseline": {"kind": "training-split mean label", "value": baseline_value, **baseline},
         "test_rows": rows_in,
+        "drift": drift.model_dump(),
         "lineage": {**lineage(store, trained.artifact),
                     **lineage(store, ctx.input(FEATURIZE).artifact)},
         "run_id": ctx.run_id,
@@ -146,7 +152,7 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
         rows_in=rows_in, rows_out=rows_in,
         schema={f.name: str(f.type) for f in errors.schema},
         statistics={"prediction_mean": float(np.mean(predicted)), "label_mean": float(truth.mean())},
-        facts=EvaluateFacts(metrics=metrics, baseline=baseline, improvement=improvement,
+        facts=EvaluateFacts(metrics=metrics, baseline=baseline, improvement=improvement, drift=drift,
                             registration=Registration(**{name: entry[name] for name
                                                          in Registration.model_fields})),
     )
