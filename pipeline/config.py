@@ -29,6 +29,7 @@ from pydantic import (
     PlainSerializer,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from pipeline.durations import format_duration, parse_duration
@@ -216,6 +217,21 @@ class TrainConfig(_Strict):
     max_failures: int = Field(1, ge=0)
 
 
+class DriftConfig(_Strict):
+    """Population stability index (PSI) per feature and label, test period vs the champion's
+    training split (see pipeline.monitoring.drift)."""
+
+    warn: float = Field(0.1, gt=0, description="PSI from which a feature is reported as drifted")
+    fail: float | None = Field(0.25, gt=0, description="PSI from which drift blocks promotion; "
+                               "null: never")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DriftConfig:
+        if self.fail is not None and self.fail < self.warn:
+            raise ValueError(f"fail ({self.fail}) must be at least warn ({self.warn})")
+        return self
+
+
 class EvaluateConfig(_Strict):
     model_name: SafeName = "model"
     min_improvement: float = Field(
@@ -226,6 +242,7 @@ class EvaluateConfig(_Strict):
         "to promote (0.01 = 1% better); slightly negative accepts a slightly worse model on "
         "purpose (-0.02 = up to 2% worse), never below -0.1"
     )
+    drift: DriftConfig = DriftConfig()
 
 
 class PredictConfig(_Strict):

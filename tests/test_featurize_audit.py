@@ -26,9 +26,9 @@ from pipeline.config import load_config, parse_config
 from pipeline.datasets import write_partitioned
 from pipeline.datasets.rideshare import generate_rideshare
 from pipeline.features.audit import (
-    PERTURBED_EVERY,
     AuditFailed,
     SampledFile,
+    _in_window,
     agree,
     audit_batch,
     plan_sample,
@@ -169,8 +169,7 @@ def test_audit_runs_on_the_configured_sample_and_passes(honest, config):
     assert audit["sampled"] == config.features.audit_sample
     assert audit["mismatches"] == 0
     assert audit["compared"] == audit["sampled"] * len(config.features.windows)
-    # one in PERTURBED_EVERY rows of each batch (rounded up) also gets the perturbation check
-    assert audit["compared"] / PERTURBED_EVERY <= audit["perturbed"] < audit["compared"]
+    assert audit["perturbed"] == audit["compared"]  # every sampled row gets both checks
 
 
 def test_sample_is_seeded_and_batched_by_time(honest, config):
@@ -190,6 +189,22 @@ def test_sample_is_seeded_and_batched_by_time(honest, config):
         times = read_sample(fs, batch, ["requested_at"])["requested_at"].to_pylist()
         assert max(times) - min(times) < timedelta(days=2)
     assert len(picks(5, timedelta(days=30))) == 1
+
+
+@pytest.mark.parametrize("spread", [10**6, 2**61], ids=["microsecond keys", "rank keys"])
+def test_audit_selects_each_samples_window_like_a_loop(spread):
+    """The audit's vectorised selection of what each sample could see equals a plain loop, also
+    when the times span too much for microsecond keys and it falls back to ranks."""
+    rng = np.random.default_rng(4)
+    source_code, query_code = rng.integers(-1, 5, 400), rng.integers(-1, 6, 50)
+    available = rng.integers(0, spread, 400)
+    start = rng.integers(0, spread, 50)
+    end = start + rng.integers(0, spread // 3, 50)
+    owner, source = _in_window(source_code, available, query_code, start, end)
+    want = {(q, s) for q in range(50) for s in range(400)
+            if query_code[q] >= 0 and source_code[s] == query_code[q]
+            and start[q] <= available[s] < end[q]}
+    assert sorted(zip(owner.tolist(), source.tolist())) == sorted(want) and want
 
 
 def test_audit_catches_a_leaky_feature_path(ray_session, config, clean, monkeypatch):
@@ -230,7 +245,7 @@ def test_audit_does_not_trust_the_declared_available_at(config, clean):
     audit = audit_batch(clean_dataset, "day", sample, leaky, Roles.of(dataset), label_time,
                         config.validate_.max_label_delay, compute_windows)
     assert audit.time_travel == 40 * len(leaky)
-    assert audit.perturbation == 40 // PERTURBED_EVERY * len(leaky)
+    assert audit.perturbation == 40 * len(leaky)
     assert {m.feature for m in audit.mismatches} >= {s.name for s in leaky
                                                       if s.column == "pace_min_per_km"
                                                       and s.entity == ("pickup_zone",)}

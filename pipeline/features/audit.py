@@ -1,19 +1,19 @@
 """The time-travel audit: recompute sampled rows' features from only what existed at their time.
 
-Two checks per sampled output row with event time t, each comparing with the stage's value:
+What a sampled output row with event time t could have seen is selected once per entity
+(`_available_before`): the clean rows of its entity value with an event time before t (later rows
+did not exist yet) and available within one of the windows, every label-time value blanked
+wherever that row's label was not yet available at t. Two checks then compare with the stage's
+value, on every sampled row:
 
-- time travel: the audit takes the clean rows of its entities with an event time before t (later
-  rows did not exist yet), blanks every label-time column wherever that row's label was not yet
-  available at t (`_History.known_at`), and recomputes each feature with the brute-force reference.
-  It shares nothing with the chunk/halo path and trusts no feature's declared available-at: a
-  feature that reads a label-time column as if it were known at the event, or a lookback that is too
-  short, shows up as a difference.
-- perturbation (on one in PERTURBED_EVERY sampled rows): the row's own label-time values are set to null, every source row not yet available
-  at t is dropped (event time at or after t: the row itself included) or blanked (label-time values
-  whose label came at or after t), and the features are recomputed with the stage's own kernel. A
-  feature must not change. This catches what no schema rule names and what a recomputation with the
-  same definition cannot: grouping by the row's own future label, a window that includes the row,
-  a label column mislabelled as known at the event.
+- time travel: each feature recomputed from that history with the brute-force reference. It shares
+  nothing with the chunk/halo path or the kernel and trusts no feature's declared available-at: a
+  feature that reads a label-time column as if it were known at the event, or a lookback that is
+  too short, shows up as a difference.
+- perturbation: the row's own label-time values set to null and the features recomputed from the
+  same history with the stage's own kernel. A feature must not change. This catches what no schema
+  rule names and what a recomputation with the same definition cannot: grouping by the row's own
+  future label, a window that includes the row, a label column mislabelled as known at the event.
 
 The label and label-available-time columns count as label-time columns whatever the schema says.
 Reads are bounded: a batch of samples close in time reads only its entities' rows within the
@@ -38,13 +38,12 @@ import pyarrow.parquet as pq
 
 from pipeline.epoch import to_us
 from pipeline.features.reference import as_rows, reference_value
-from pipeline.features.windows import WindowResult, WindowSpec, entity_codes, micros
+from pipeline.features.windows import WindowResult, WindowSpec, micros
 from pipeline.schema import Roles
 
 REL_TOL = 1e-9  # float features agree to this; counts and "no value" must match exactly
 ABS_TOL = 1e-9
 TIME_TRAVEL, PERTURBATION = "time travel", "perturbation"
-PERTURBED_EVERY = 4  # the perturbation check runs on this share (1 in N) of the audit's sample
 QUERY = "_audit_query"  # the perturbation check's extra entity column: each sample sees its own rows
 
 Kernel = Callable[..., WindowResult]
@@ -145,7 +144,7 @@ def read_sample(fs: pafs.FileSystem, files: Sequence[SampledFile],
 def audit_batch(clean: pads.Dataset, partition: str, sample: pa.Table,
                 specs: Sequence[WindowSpec], roles: Roles, label_time: set[str],
                 max_label_delay: timedelta, kernel: Kernel) -> BatchAudit:
-    """Both checks on the sampled rows: their differences and the values each compared.
+    """Both checks on every sampled row: their differences and the values each compared.
 
     `sample` holds the stage's output rows: row key, event time and one column per feature.
     `label_time` names the columns known only once the label is; `kernel` is the stage's.
@@ -154,59 +153,54 @@ def audit_batch(clean: pads.Dataset, partition: str, sample: pa.Table,
     rows = _clean_rows(clean, partition, sample, specs, roles.row_key, roles.event_time)
     stage = {row[roles.row_key]: row for row in sample.to_pylist()}
     past = _past_rows(clean, partition, rows, specs, roles, max_label_delay)
-    travelled, compared = _time_travel(past, rows, stage, specs, roles, label_time)
-    # every PERTURBED_EVERY-th sample: a planted dependence on the future changes nearly every
-    # row, and a full-sample perturbation cost ~11% of featurize throughput at 2M rows
-    perturbed, changed = _perturbation(past, rows.take(np.arange(0, rows.num_rows,
-                                                                 PERTURBED_EVERY)),
-                                       stage, specs, roles, label_time, kernel)
-    return BatchAudit(travelled + perturbed, compared, changed)
-
-
-def _time_travel(past: pa.Table, rows: pa.Table, stage: dict[Any, dict],
-                 specs: Sequence[WindowSpec], roles: Roles,
-                 label_time: set[str]) -> tuple[list[Mismatch], int]:
-    """Each feature recomputed by the reference loop from what existed at the row's time."""
-    mismatches, compared = [], 0
+    mismatches, travelled, perturbed = [], 0, 0
     for entity in dict.fromkeys(spec.entity for spec in specs):
         group = [spec for spec in specs if spec.entity == entity]
-        histories = _by_entity(past, entity, set(_keys(rows, entity)), roles, label_time)
-        for row, key in zip(rows.to_pylist(), _keys(rows, entity)):
-            history = histories.get(key)
-            query = {**row, roles.event_time: to_us(row[roles.event_time])}
-            for spec in group:
-                known = history.known_at(query[roles.event_time], spec) if history else []
-                audit_value = reference_value(known, query, spec, event_time=roles.event_time,
-                                              row_key=roles.row_key)
-                mismatches += _differences(spec, row, stage, audit_value, roles, TIME_TRAVEL)
-                compared += 1
-    return mismatches, compared
+        seen = _available_before(past, rows, group, roles, label_time)
+        found, compared = _time_travel(seen, rows, stage, group, roles)
+        mismatches += found
+        travelled += compared
+        found, compared = _perturbation(seen, rows, stage, group, roles, label_time, kernel)
+        mismatches += found
+        perturbed += compared
+    return BatchAudit(mismatches, travelled, perturbed)
 
 
-def _perturbation(past: pa.Table, rows: pa.Table, stage: dict[Any, dict],
-                  specs: Sequence[WindowSpec], roles: Roles, label_time: set[str],
+def _time_travel(seen: pa.Table, rows: pa.Table, stage: dict[Any, dict],
+                 group: Sequence[WindowSpec], roles: Roles) -> tuple[list[Mismatch], int]:
+    """Each feature recomputed by the reference loop from what existed at the row's time."""
+    history = as_rows(seen)
+    bounds = np.searchsorted(seen[QUERY].to_numpy(), np.arange(rows.num_rows + 1))
+    mismatches = []
+    for index, row in enumerate(rows.to_pylist()):
+        known = history[bounds[index]:bounds[index + 1]]
+        query = {**row, roles.event_time: to_us(row[roles.event_time])}
+        for spec in group:
+            audit_value = reference_value(known, query, spec, event_time=roles.event_time,
+                                          row_key=roles.row_key)
+            mismatches += _differences(spec, row, stage, audit_value, roles, TIME_TRAVEL)
+    return mismatches, rows.num_rows * len(group)
+
+
+def _perturbation(seen: pa.Table, rows: pa.Table, stage: dict[Any, dict],
+                  group: Sequence[WindowSpec], roles: Roles, label_time: set[str],
                   kernel: Kernel) -> tuple[list[Mismatch], int]:
-    """Each feature recomputed by the stage's kernel with the row's own label-time values nulled
-    and only the source rows available before its time; one kernel call per entity.
+    """Each feature recomputed by the stage's kernel with the row's own label-time values nulled,
+    from only the source rows available before its time; one kernel call for all samples.
 
-    Every sample gets its own copy of the rows it may see, told apart by the extra entity column
+    Every sample has its own copy of the rows it may see, told apart by the extra entity column
     QUERY, so that one call serves all samples although each sees a different past.
     """
     queries = _nulled(rows, label_time).append_column(
         QUERY, pa.array(np.arange(rows.num_rows), pa.int64()))
-    mismatches, compared = [], 0
-    for entity in dict.fromkeys(spec.entity for spec in specs):
-        group = [spec for spec in specs if spec.entity == entity]
-        sources = _available_before(past, rows, group, roles, label_time)
-        result = kernel(sources, queries,
-                        [dataclasses.replace(spec, entity=(*entity, QUERY)) for spec in group],
-                        event_time=roles.event_time, row_key=roles.row_key)
-        for spec in group:
-            values = result.columns[spec.name].to_pylist()
-            for row, value in zip(rows.to_pylist(), values):
-                mismatches += _differences(spec, row, stage, value, roles, PERTURBATION)
-            compared += len(values)
-    return mismatches, compared
+    result = kernel(seen, queries,
+                    [dataclasses.replace(spec, entity=(*spec.entity, QUERY)) for spec in group],
+                    event_time=roles.event_time, row_key=roles.row_key)
+    mismatches, samples = [], rows.to_pylist()
+    for spec in group:
+        for row, value in zip(samples, result.columns[spec.name].to_pylist()):
+            mismatches += _differences(spec, row, stage, value, roles, PERTURBATION)
+    return mismatches, rows.num_rows * len(group)
 
 
 def _differences(spec: WindowSpec, row: dict, stage: dict[Any, dict], audit_value: Any,
@@ -229,34 +223,90 @@ def _nulled(table: pa.Table, columns: set[str]) -> pa.Table:
 
 def _available_before(past: pa.Table, rows: pa.Table, group: Sequence[WindowSpec], roles: Roles,
                       label_time: set[str]) -> pa.Table:
-    """Per sampled row (tagged QUERY), its entity's past rows that could fall in one of the
-    group's windows, with an event time before the row's; label-time values not yet known blanked.
+    """What each sampled row could have seen: the past rows of its entity value with an event
+    time before its own and available within one of the group's windows, label-time values not
+    yet known at its time blanked. Tagged with the row's position (QUERY), grouped by it.
 
     The rows are those of the sampled row's own entity value: after nulling, a label-time entity
-    matches nothing, so a feature that groups by one changes.
+    matches nothing, so a feature that groups by one changes. A null entity value sees nothing.
     """
-    entity = group[0].entity
-    codes, query_codes, _ = entity_codes(past, rows, entity)
-    order = np.argsort(codes, kind="stable")
-    starts = np.searchsorted(codes[order], query_codes, "left")
-    ends = np.searchsorted(codes[order], query_codes, "right")
-    event = micros(past[roles.event_time])[order]
-    available = {spec.available_at: micros(past[spec.available_at])[order] for spec in group}
+    source_code, query_code = _entity_groups(past, rows, group[0].entity)
     t = micros(rows[roles.event_time])
-    picks, owners = [], []
-    for query in np.flatnonzero(query_codes >= 0):
-        lo, hi, at = starts[query], ends[query], t[query]
-        seen = np.zeros(hi - lo, bool)
-        for spec in group:
-            times = available[spec.available_at][lo:hi]
-            seen |= (times >= at - spec.window_us) & (times < at)
-        keep = lo + np.flatnonzero(seen & (event[lo:hi] < at))
-        picks.append(order[keep])
-        owners.append(np.full(len(keep), query, np.int64))
-    picked = np.concatenate(picks) if picks else np.zeros(0, np.int64)
-    owner = np.concatenate(owners) if owners else np.zeros(0, np.int64)
-    sources = past.take(pa.array(picked, pa.int64())).append_column(QUERY, pa.array(owner))
-    return blank_unknown(sources, t[owner], roles, label_time)
+    owners, picks = [], []
+    for available_at in dict.fromkeys(spec.available_at for spec in group):
+        reach = max(spec.window_us for spec in group if spec.available_at == available_at)
+        owner, source = _in_window(source_code, micros(past[available_at]), query_code,
+                                   t - reach, t)
+        owners.append(owner)
+        picks.append(source)
+    owner, source = np.concatenate(owners), np.concatenate(picks)
+    before = micros(past[roles.event_time])[source] < t[owner]
+    # a row in the windows of two available-at columns is seen once; sorted by owner
+    pairs = _distinct(owner[before] * max(past.num_rows, 1) + source[before])
+    owner, source = pairs // max(past.num_rows, 1), pairs % max(past.num_rows, 1)
+    seen = past.take(pa.array(source, pa.int64())).append_column(QUERY, pa.array(owner))
+    return blank_unknown(seen, t[owner], roles, label_time)
+
+
+def _entity_groups(past: pa.Table, rows: pa.Table,
+                   entity: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of the entity values of past rows and of sampled rows, equal where the values are
+    (-1: a null among them). Arrow's hash grouping: no code shared with the stage's kernel."""
+    both = pa.concat_tables([past.select(list(entity)), rows.select(list(entity))])
+    numbered = both.append_column("_row", pa.array(np.arange(both.num_rows), pa.int64()))
+    groups = numbered.group_by(list(entity)).aggregate([("_row", "list")])
+    members = groups["_row_list"].combine_chunks()
+    codes = np.empty(both.num_rows, np.int64)
+    codes[members.values.to_numpy()] = np.repeat(np.arange(groups.num_rows),
+                                                 np.diff(members.offsets.to_numpy()))
+    has_null = np.zeros(groups.num_rows, bool)
+    for name in entity:
+        has_null |= groups[name].is_null().to_numpy(zero_copy_only=False)
+    codes[has_null[codes]] = -1
+    return codes[:past.num_rows], codes[past.num_rows:]
+
+
+def _in_window(source_code: np.ndarray, available: np.ndarray, query_code: np.ndarray,
+               start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(query, source) pairs where the source has the query's code and start <= available < end.
+
+    The candidates (a queried code, a time within some query's bounds) are sorted by
+    (code, available), so one binary search on code * span + time finds each query's slice; time
+    counts microseconds from the earliest start or, where that would overflow, ranks among the
+    candidates' distinct times.
+    """
+    queried = np.zeros(max(source_code.max(initial=0), query_code.max(initial=0)) + 2, bool)
+    queried[query_code[query_code >= 0]] = True  # code -1 (a null) indexes the last: never set
+    first, last = start.min(initial=0), end.max(initial=0)
+    candidates = np.flatnonzero(queried[source_code] & (available >= first)
+                                & (available < last))
+    code, available = source_code[candidates], available[candidates]
+    span = int(last) - int(first) + 1
+    if len(queried) * span < 1 << 62:
+        def axis(times: np.ndarray) -> np.ndarray:
+            return times - first
+    else:
+        distinct = _distinct(available)
+        span = len(distinct) + 1
+
+        def axis(times: np.ndarray) -> np.ndarray:
+            return np.searchsorted(distinct, times)
+    key = code * span + axis(available)
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    lo = np.searchsorted(key, query_code * span + axis(start))
+    hi = np.searchsorted(key, query_code * span + axis(end))
+    hi[query_code < 0] = lo[query_code < 0]
+    lengths = hi - lo
+    owner = np.repeat(np.arange(len(query_code)), lengths)
+    offset = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return owner, candidates[order[np.repeat(lo, lengths) + offset]]
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """The distinct values, sorted (np.unique hashes int64 here: several times slower)."""
+    ordered = np.sort(values)
+    return ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])]
 
 
 def blank_unknown(rows: pa.Table, t: np.ndarray, roles: Roles, label_time: set[str]) -> pa.Table:
@@ -309,45 +359,3 @@ def _past_rows(clean: pads.Dataset, partition: str, rows: pa.Table, specs: Seque
                *(s.column for s in specs if s.column)]
     # one chunk: taking each entity's rows from a many-chunk table is several times slower
     return clean.to_table(columns=list(dict.fromkeys(columns)), filter=where).combine_chunks()
-
-
-def _keys(rows: pa.Table, entity: tuple[str, ...]) -> list[tuple]:
-    return list(zip(*(rows[name].to_pylist() for name in entity)))
-
-
-@dataclass
-class _History:
-    """The clean rows of one entity value, with their times in microseconds for quick masks."""
-
-    rows: pa.Table
-    roles: Roles
-    label_time: set[str]
-
-    def __post_init__(self) -> None:
-        roles = self.roles
-        self.micros = {name: micros(self.rows[name])
-                       for name in (roles.event_time, roles.label_available_at)}
-
-    def known_at(self, t: int, spec: WindowSpec) -> list[dict]:
-        """What existed at time t and may fall in the window, label-time values not yet known
-        blanked: rows whose event time is before t and that were available since t - W (the
-        narrowing only spares the reference loop rows it would skip anyway)."""
-        roles = self.roles
-        near = ((self.micros[roles.event_time] < t)
-                & (self.micros[spec.available_at] >= t - spec.window_us))
-        columns = dict.fromkeys([roles.row_key, *spec.entity, spec.available_at,
-                                 *([spec.column] if spec.column else []),
-                                 roles.label_available_at])
-        rows = self.rows.select(list(columns)).take(pa.array(np.flatnonzero(near), pa.int64()))
-        return as_rows(blank_unknown(rows, np.full(rows.num_rows, t, np.int64), roles,
-                                      self.label_time))
-
-
-def _by_entity(past: pa.Table, entity: tuple[str, ...], wanted: set[tuple], roles: Roles,
-               label_time: set[str]) -> dict[tuple, _History]:
-    """The past rows of each wanted entity value (a null value matches nothing: left out)."""
-    numbered = past.append_column("_row", pa.array(np.arange(past.num_rows), pa.int64()))
-    groups = numbered.group_by(list(entity)).aggregate([("_row", "list")])
-    return {key: _History(past.take(rows.values), roles, label_time)
-            for key, rows in zip(_keys(groups, entity), groups["_row_list"])
-            if key in wanted and None not in key}

@@ -23,9 +23,10 @@ from pydantic import BaseModel
 
 from pipeline.artifacts import ArtifactStore
 from pipeline.champion import IDENTITY, ChampionPlan, feature_spec, opponent, plan
-from pipeline.config import PipelineConfig
+from pipeline.config import DriftConfig, PipelineConfig
 from pipeline.gate import ChampionScore, Decision, decide, improvement
 from pipeline.model.metrics import compute_metrics
+from pipeline.monitoring.drift import DriftReport, measure_drift
 from pipeline.registry import CHAMPION, AliasMoved, alias_head, lineage, move_alias, register
 from pipeline.registry import version as registry_version
 from pipeline.schema import Roles
@@ -57,13 +58,15 @@ class EvaluateParams(Params):
     model_name: str
     min_improvement: float
     min_improvement_over_champion: float
+    drift: DriftConfig
 
     @classmethod
     def from_config(cls, config: PipelineConfig) -> EvaluateParams:
         evaluate = config.evaluate
         return cls(roles=Roles.of(config.dataset), task=config.train.task,
                    model_name=evaluate.model_name, min_improvement=evaluate.min_improvement,
-                   min_improvement_over_champion=evaluate.min_improvement_over_champion)
+                   min_improvement_over_champion=evaluate.min_improvement_over_champion,
+                   drift=evaluate.drift)
 
 
 class EvaluateFiles(Files):
@@ -90,6 +93,7 @@ class EvaluateFacts(Facts):
     improvement: float
     decision: Decision
     registration: Registration
+    drift: DriftReport
 
 
 def judged_against(params: EvaluateParams, inputs: Mapping[str, Output],
@@ -124,6 +128,12 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
     decision = decide(params.task, metrics, baseline,
                       _champion_score(params.task, champion_plan, test, truth),
                       params.min_improvement, params.min_improvement_over_champion)
+    drift = measure_drift(ctx, featurized, trained, roles, params.model_name, params.drift)
+    if drift.blocks_promotion:
+        decision = decision.model_copy(update={"passed": False,
+                                               "reasons": [*decision.reasons, drift.summary]})
+    else:
+        decision = decision.model_copy(update={"reasons": [*decision.reasons, drift.summary]})
 
     errors = test.append_column("error", pa.array(predicted - truth, pa.float64()))
     with store.fs.open(ctx.output.predictions, "wb") as handle:
@@ -136,6 +146,7 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
         "baseline": {"kind": "training-split mean label", "value": baseline_value, **baseline},
         "judged_against": champion,
         "test_rows": rows_in,
+        "drift": drift.model_dump(),
         "features": feature_spec(featurized.artifact.manifest["params"]),
         "lineage": {**lineage(store, trained.artifact), **lineage(store, featurized.artifact)},
         "run_id": ctx.run_id,
@@ -148,7 +159,7 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
         statistics={"prediction_mean": float(np.mean(predicted)), "label_mean": float(truth.mean())},
         facts=EvaluateFacts(
             metrics=metrics, baseline=baseline,
-            improvement=improvement(params.task, metrics, baseline), decision=decision,
+            improvement=improvement(params.task, metrics, baseline), decision=decision, drift=drift,
             registration=Registration(
                 model=entry["model"], version=entry["version"], uri=entry["uri"],
                 promoted=promoted, metrics=metrics, champion=now,

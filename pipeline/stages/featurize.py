@@ -146,6 +146,8 @@ class FeaturizeFacts(Facts):
     chunks_with_rows: int
     chunk: str
     halo: str
+    longest_window: str | None = None
+    """A row this long after the first event has complete windows (None: no window features)."""
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,8 @@ def run(ctx: StageContext[FeaturizeParams, FeaturizeFiles]) -> StageResult[Featu
             chunks_with_rows=sum(1 for s in summaries if s["rows"]),
             chunk=format_duration(params.chunk),
             halo=format_duration(timedelta(microseconds=halo)),
+            longest_window=format_duration(timedelta(microseconds=max(
+                spec.window_us for spec in params.windows))) if params.windows else None,
         ),
     )
 

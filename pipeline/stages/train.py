@@ -47,8 +47,10 @@ import ray.data
 
 from pipeline.artifacts import ArtifactStore
 from pipeline.config import PipelineConfig, SplitConfig, TrainConfig
+from pipeline.durations import parse_duration
 from pipeline.model.preprocessing import FitStatistics, Preprocessor
 from pipeline.model.splits import SPLITS, test_period_start, with_splits
+from pipeline.monitoring.drift import Columns, Histogram, training_histograms
 from pipeline.schema import Roles
 from pipeline.stage import (
     Facts,
@@ -107,6 +109,8 @@ class TrainFacts(Facts):
     weights_sha256: str
     train_run: str | None
     """Ray Train's run folder (checkpoints); None in local mode, which keeps none."""
+    feature_histograms: dict[str, Histogram] = {}
+    """Each feature and the label over the training split: drift's reference."""
 
     def headline(self) -> str:
         left_out = f"left out: {top_reasons(self.excluded)}; " if any(self.excluded.values()) else ""
@@ -134,6 +138,9 @@ def run(ctx: StageContext[TrainParams, TrainFiles]) -> StageResult[TrainFacts]:
                          f"{featurize.rows_out}")
     with ctx.telemetry.span("train.preprocessing"):
         preprocessor, label_mean = fit_preprocessing(rows, params, facts)
+    with ctx.telemetry.span("train.histograms"):
+        histograms = training_histograms(rows, Columns.of(facts, params.roles),
+                                         parse_duration(facts.longest_window or 0))
     with ctx.telemetry.span("train.encode"):
         train = encode_split(rows, "train", preprocessor, params.roles.label,
                              shuffle_seed=params.train.seed)
@@ -172,12 +179,13 @@ def run(ctx: StageContext[TrainParams, TrainFiles]) -> StageResult[TrainFacts]:
                     "vocabulary_sizes": dict(zip(preprocessor.categorical_columns,
                                                  preprocessor.cardinalities))},
         facts=_facts(state, counts, params, fit_started, fit_seconds, label_mean, checksum,
-                     result.path),
+                     result.path, histograms),
     )
 
 
 def _facts(state: dict, counts: Counter, params: TrainParams, fit_started: float,
-           fit_seconds: float, label_mean: float, checksum: str, train_run: str) -> TrainFacts:
+           fit_seconds: float, label_mean: float, checksum: str, train_run: str,
+           histograms: dict[str, Histogram]) -> TrainFacts:
     """The manifest's facts about the training run, from the final checkpoint's state."""
     history = state["history"]
     best = next(h for h in history if h["epoch"] == state["best_epoch"])
@@ -203,6 +211,7 @@ def _facts(state: dict, counts: Counter, params: TrainParams, fit_started: float
         fit_seconds=round(fit_seconds, 3),
         weights_sha256=checksum,
         train_run=train_run,
+        feature_histograms=histograms,
     )
 
 

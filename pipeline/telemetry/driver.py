@@ -85,6 +85,10 @@ class Telemetry:
     def counter(self, name: str, unit: str = "1", description: str = "") -> metrics.Counter:
         return self._meter.create_counter(name, unit=unit, description=description)
 
+    def gauge(self, name: str, unit: str = "1", description: str = "") -> metrics._Gauge:
+        """A value that is set, not added up (the latest one is exported)."""
+        return self._meter.create_gauge(name, unit=unit, description=description)
+
     def _collect_spans(self) -> list[dict]:
         if self.spec.exporter not in ("jsonl", "memory"):
             return []

@@ -1,0 +1,1 @@
+"""Watching what a model meets after training: drift of its inputs and label."""

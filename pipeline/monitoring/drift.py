@@ -1,0 +1,265 @@
+"""Drift: how far the newest data has moved from the data the production model learned from.
+
+Train stores a histogram of every feature and of the label over its training split (`Histogram`,
+in its manifest facts): values in bins cut at the deciles of a sample of those rows, and a bin for
+missing values (a window with no history). Only rows whose windows are complete count (see
+`training_histograms`). Categorical inputs are not compared: a category mix moves with demand
+from day to day (in the synthetic data too) and would need thresholds of its own. Evaluate bins the rows of the test period, the newest rows a run has and
+the ones its gate judges on, with the same bins and computes the population stability index
+
+    PSI = sum over bins of (current share - reference share) * ln(current share / reference share)
+
+per feature against the histograms of the champion's training split, found through the champion's
+registry entry (its lineage names its train artifact). Without a champion, or when its train
+manifest holds no histograms, the reference is this candidate's own training split, and the
+report says so. A feature at or above `evaluate.drift.warn` is reported as drifted; one at or above
+`evaluate.drift.fail` blocks promotion (the candidate is still registered, with the reason).
+Each PSI is also an OpenTelemetry gauge, `pipeline.drift.psi{feature, model}`, for alerting.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+import ray.data
+from pydantic import BaseModel
+
+from pipeline.artifacts import ArtifactStore
+from pipeline.config import DriftConfig
+from pipeline.packed import unpack
+from pipeline.registry import resolve
+from pipeline.schema import Roles
+from pipeline.stage import Output, StageContext
+
+BINS = 10  # deciles
+SAMPLE_PER_BLOCK = 2_000  # rows per block that set the bins: bounded, whatever the data size
+SMALLEST_SHARE = 1e-4  # an empty bin counts as this share, so PSI stays finite
+CHAMPION = "champion"
+
+
+class Histogram(BaseModel):
+    """Counts of one column's values in bins between `edges` (below the first, between each two,
+    from the last up); `missing` counts nulls and NaN."""
+
+    edges: list[float]
+    counts: list[int]
+    missing: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts) + self.missing
+
+    def shares(self) -> np.ndarray:
+        return np.array([*self.counts, self.missing], np.float64) / max(self.total, 1)
+
+
+class FeatureDrift(BaseModel):
+    psi: float
+    status: Literal["ok", "warn", "fail"]
+
+
+class DriftReport(BaseModel):
+    reference: str
+    """Whose training split the test period was compared with."""
+    rows: int
+    """Test-period rows binned."""
+    warn: float
+    fail: float | None
+    features: dict[str, FeatureDrift]
+    """Every feature and the label (under its column name), by PSI."""
+    not_compared: dict[str, str]
+    """Features without a reference histogram, and why."""
+    status: Literal["ok", "warn", "fail"]
+
+    @property
+    def blocks_promotion(self) -> bool:
+        return self.status == "fail"
+
+    @property
+    def summary(self) -> str:
+        drifted = {name: f.psi for name, f in self.features.items() if f.status != "ok"}
+        listed = ", ".join(f"{name} {psi:.2f}" for name, psi in
+                           sorted(drifted.items(), key=lambda item: -item[1]))
+        return f"drift {self.status} vs {self.reference}" + (f" (PSI {listed})" if listed else "")
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Where each compared column is: the packed tensor and its layout, the label, and the event
+    time."""
+
+    packed: str
+    features: Sequence[str]
+    label: str
+    event_time: str
+
+    @classmethod
+    def of(cls, featurize_facts, roles: Roles) -> Columns:
+        """The columns of featurize's output (its `FeaturizeFacts`) and the label."""
+        return cls(featurize_facts.packed_column, featurize_facts.feature_columns, roles.label,
+                   roles.event_time)
+
+
+# -- train: the reference histograms ---------------------------------------------------------
+def training_histograms(rows: ray.data.Dataset, columns: Columns,
+                        warm_up: timedelta) -> dict[str, Histogram]:
+    """Histograms of every feature and the label over the rows whose `split` is train and whose
+    windows are complete: at least `warm_up` (the longest window) after the first event, so that
+    the data's own beginning, where every window is short of history, does not read as drift
+    (all training rows where none is that late)."""
+    complete = rows.min(columns.event_time) + warm_up
+    training = rows.map_batches(_training_rows, batch_format="pyarrow",
+                                fn_args=(columns.event_time, complete))
+    if not training.count():
+        training = rows.map_batches(_training_rows, batch_format="pyarrow",
+                                    fn_args=(columns.event_time, None))
+    sample = _gather(training.map_batches(_sample, batch_format="pyarrow", batch_size=None))
+    bins = _bins(_values(sample, columns)) if sample.num_rows else {}
+    return count(training, columns, bins)
+
+
+def _training_rows(batch: pa.Table, event_time: str, start: datetime | None) -> pa.Table:
+    """Rows of the training split with event time from `start` on (any, for None)."""
+    train = pc.equal(batch["split"], "train")
+    if start is not None:
+        train = pc.and_(train, pc.greater_equal(batch[event_time],
+                                                pa.scalar(start, batch[event_time].type)))
+    return batch.filter(train)
+
+
+def _sample(batch: pa.Table) -> pa.Table:
+    """At most SAMPLE_PER_BLOCK rows, evenly spaced: deterministic for a given input."""
+    step = max(1, -(-batch.num_rows // SAMPLE_PER_BLOCK))
+    return batch.take(pa.array(np.arange(0, batch.num_rows, step)))
+
+
+def _bins(values: dict[str, np.ndarray]) -> dict[str, Histogram]:
+    """Empty histograms with the bins a sample calls for."""
+    bins = {}
+    for name, column in values.items():
+        finite = column[np.isfinite(column)]
+        cuts = np.quantile(finite, np.linspace(0, 1, BINS + 1)[1:-1]) if len(finite) else []
+        bins[name] = Histogram(edges=sorted(set(float(c) for c in cuts)), counts=[], missing=0)
+    return bins
+
+
+# -- both sides: counting --------------------------------------------------------------------
+def count(rows: ray.data.Dataset, columns: Columns,
+          bins: dict[str, Histogram]) -> dict[str, Histogram]:
+    """Every row of `rows` counted into `bins` (one pass; blocks counted in parallel)."""
+    parts = _gather(rows.map_batches(_count_block, batch_format="pyarrow", batch_size=None,
+                                     fn_kwargs={"columns": columns, "bins": bins}))
+    totals = {name: (np.zeros(len(h.edges) + 1, np.int64), 0) for name, h in bins.items()}
+    for part in parts["counts"].to_pylist():
+        for name, (counts, missing) in json.loads(part).items():
+            total, absent = totals[name]
+            totals[name] = (total + np.array(counts, np.int64), absent + missing)
+    return {name: bins[name].model_copy(update={"counts": total.tolist(), "missing": absent})
+            for name, (total, absent) in totals.items()}
+
+
+def _count_block(block: pa.Table, columns: Columns, bins: dict[str, Histogram]) -> pa.Table:
+    values = _values(block, columns)
+    counts = {}
+    for name, histogram in bins.items():
+        present = values[name][np.isfinite(values[name])]
+        slot = np.searchsorted(np.array(histogram.edges), present, side="right")
+        counts[name] = (np.bincount(slot, minlength=len(histogram.edges) + 1).tolist(),
+                        len(values[name]) - len(present))
+    return pa.table({"counts": [json.dumps(counts)]})
+
+
+def _values(table: pa.Table, columns: Columns) -> dict[str, np.ndarray]:
+    """The features (from the packed tensor) and the label as float64, NaN for missing."""
+    matrix = unpack(table, columns.packed)
+    values = {name: matrix[:, i] for i, name in enumerate(columns.features)}
+    label = pc.cast(table[columns.label], pa.float64())
+    values[columns.label] = pc.fill_null(label, np.nan).to_numpy(zero_copy_only=False)
+    return values
+
+
+def _gather(rows: ray.data.Dataset) -> pa.Table:
+    tables = [table for table in ray.get(rows.to_arrow_refs()) if table.num_rows]
+    return pa.concat_tables(tables) if tables else pa.table({"counts": pa.array([], pa.string())})
+
+
+# -- evaluate: the comparison ----------------------------------------------------------------
+def measure_drift(ctx: StageContext, featurized: Output, trained: Output, roles: Roles,
+                  model: str, settings: DriftConfig) -> DriftReport:
+    """PSI of every feature and the label: the test period's rows (labeled, event time from
+    train's test start on) vs the champion's training histograms, or the candidate's own
+    without a usable champion; each also set as the gauge `pipeline.drift.psi`."""
+    columns = Columns.of(featurized.facts, roles)
+    start = datetime.fromisoformat(trained.facts.test_period_start)
+    test_rows = ray.data.read_parquet(
+        featurized.files.data, filesystem=ctx.store.arrow_filesystem(),
+        columns=[roles.event_time, columns.packed, columns.label],
+    ).map_batches(_test_period, batch_format="pyarrow",
+                  fn_args=(roles.event_time, roles.label, start))
+    reference, histograms = champion_histograms(ctx.store, model)
+    if histograms is None:
+        reference = f"this candidate's training split ({reference})"
+        histograms = trained.facts.feature_histograms
+    compared = [*columns.features, columns.label]
+    bins = {name: histograms[name] for name in compared if name in histograms}
+    current = count(test_rows, columns, bins)
+    gauge = ctx.telemetry.gauge("pipeline.drift.psi", "1", "population stability index of a "
+                                "feature, test period vs the champion's training split")
+    features = {}
+    for name, histogram in current.items():
+        value = psi(bins[name], histogram)
+        features[name] = FeatureDrift(psi=round(value, 6), status=_status(value, settings))
+        gauge.set(value, {"feature": name, "model": model})
+    statuses = {f.status for f in features.values()}
+    return DriftReport(
+        reference=reference, rows=current[columns.label].total if columns.label in current else 0,
+        warn=settings.warn, fail=settings.fail, features=features,
+        not_compared={name: f"not in the histograms of {reference}"
+                      for name in compared if name not in histograms},
+        status="fail" if "fail" in statuses else "warn" if "warn" in statuses else "ok")
+
+
+def _test_period(batch: pa.Table, event_time: str, label: str, start: datetime) -> pa.Table:
+    """Train's test split: labeled rows from the test period's start on."""
+    after = pc.greater_equal(batch[event_time], pa.scalar(start, batch[event_time].type))
+    return batch.filter(pc.and_(after, pc.is_valid(batch[label])))
+
+
+def champion_histograms(store: ArtifactStore,
+                        model: str) -> tuple[str, dict[str, Histogram] | None]:
+    """(who, histograms) of the champion's training split; histograms None (and who says why)
+    when there is no champion or its train artifact holds none."""
+    try:
+        entry = resolve(store, model, CHAMPION)
+    except LookupError:
+        return "no champion yet", None
+    who = f"champion {entry['version']}"
+    train = entry.get("lineage", {}).get("train")
+    artifact = store.find("train", train["cache_key"]) if train else None
+    if artifact is None:
+        return f"{who}'s train artifact is not in this artifact root", None
+    stored = artifact.manifest.get("details", {}).get("feature_histograms")
+    if not stored:
+        return f"{who}'s train manifest has no histograms", None
+    return who, {name: Histogram.model_validate(h) for name, h in stored.items()}
+
+
+def psi(reference: Histogram, current: Histogram) -> float:
+    """Population stability index of two histograms with the same bins (missing values a bin)."""
+    expected = np.maximum(reference.shares(), SMALLEST_SHARE)
+    actual = np.maximum(current.shares(), SMALLEST_SHARE)
+    return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+def _status(value: float, settings: DriftConfig) -> Literal["ok", "warn", "fail"]:
+    if settings.fail is not None and value >= settings.fail:
+        return "fail"
+    return "warn" if value >= settings.warn else "ok"
