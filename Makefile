@@ -34,6 +34,8 @@ bench: install-dev
 	$(BIN)/python benchmarks/featurize.py
 	$(BIN)/python benchmarks/train_ingest.py
 	$(BIN)/python benchmarks/telemetry_overhead.py
+	$(BIN)/python benchmarks/smoke.py
+	$(BIN)/python benchmarks/ingest.py
 
 clean:
 	rm -rf .artifacts data
