@@ -31,7 +31,7 @@ def window_change_over_otlp(smoke_run):
             "run", "-c", str(SMOKE), *smoke_run.overrides,
             "--set", "features.windows.0.window=3d", "--set", "telemetry.exporter=otlp",
             "--set", f"telemetry.endpoint={receiver.endpoint}", "--json")
-    assert code == 0, output
+    assert code in (0, 3), output  # 3: ran fine, and the gate kept the champion
     return summary, receiver.spans
 
 
@@ -56,7 +56,7 @@ def test_ray_task_and_train_worker_spans_join_the_trace_from_other_processes(smo
     driver_pid = os.getpid()
     expected = {"ingest.copy_files": "stage.ingest", "validate.file": "stage.validate",
                 "featurize.chunk": "stage.featurize", "featurize.audit": "stage.featurize",
-                "evaluate.predict_batch": "stage.evaluate"}
+                "evaluate.score_file": "stage.evaluate"}
     names = Counter(s["name"] for s in spans)
     for name, stage in expected.items():
         assert names[name] >= 1, f"no {name} span"

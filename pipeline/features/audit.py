@@ -254,7 +254,9 @@ def _entity_groups(past: pa.Table, rows: pa.Table,
     (-1: a null among them). Arrow's hash grouping: no code shared with the stage's kernel."""
     both = pa.concat_tables([past.select(list(entity)), rows.select(list(entity))])
     numbered = both.append_column("_row", pa.array(np.arange(both.num_rows), pa.int64()))
-    groups = numbered.group_by(list(entity)).aggregate([("_row", "list")])
+    # single-threaded: in a Ray worker Arrow's threaded hash aggregation failed with
+    # "thread index 10 is out of range [0, 10)"
+    groups = numbered.group_by(list(entity), use_threads=False).aggregate([("_row", "list")])
     members = groups["_row_list"].combine_chunks()
     codes = np.empty(both.num_rows, np.int64)
     codes[members.values.to_numpy()] = np.repeat(np.arange(groups.num_rows),

@@ -34,13 +34,14 @@ class Unit:
 
 
 UNITS = {
-    "ingest.read_block": Unit("block", "rows"),
-    "validate.row_keys": Unit(None),
+    "ingest.copy_files": Unit("file group", "rows"),
+    "validate.key_buckets": Unit(None),
+    "validate.duplicates": Unit(None),
     "validate.file": Unit("file", "rows.in"),
     "featurize.chunk": Unit("chunk", "rows"),
     "featurize.audit": Unit("audit batch"),
     "train.checkpoint": Unit(None),
-    "evaluate.predict_batch": Unit("batch", "rows"),
+    "evaluate.score_file": Unit("file", "rows"),
 }
 """The stages' worker spans; another span counts under its own name."""
 

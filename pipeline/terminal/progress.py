@@ -1,7 +1,7 @@
 """Live progress from Ray workers to the driver: every finished worker span, by name and attributes.
 
 The stages already describe their Ray work as worker spans (`ingest.read_block`, `validate.file`,
-`featurize.chunk`, `train.epoch`, `evaluate.predict_batch`, ...), with the rows and losses as
+`featurize.chunk`, `train.epoch`, `evaluate.score_file`, ...), with the rows and losses as
 attributes. When a run shows progress, the runner puts a `ProgressInbox` actor handle in the
 stage's carrier; each worker span, as it closes, sends `{"name", "attributes"}` to it
 (`pipeline.telemetry.propagation`), whatever the telemetry exporter. The driver drains the inbox
