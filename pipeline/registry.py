@@ -68,6 +68,15 @@ def version(store: ArtifactStore, model: str, number: str) -> dict[str, Any]:
     return store.read_json(path)
 
 
+def parse_reference(reference: str) -> tuple[str, str]:
+    """`MODEL@REF` → (model, ref); ref is a version (`v3`, `3`) or an alias (`champion`)."""
+    model, at, ref = reference.partition("@")
+    if not (model and at and ref):
+        raise ValueError(f"{reference!r}: expected MODEL@VERSION or MODEL@ALIAS, "
+                         "e.g. trip-duration@v1 or trip-duration@champion")
+    return model, ref
+
+
 def resolve(store: ArtifactStore, model: str, ref: str) -> dict[str, Any]:
     """The entry that `ref` names: a version (`v3`, `3`) or an alias (`champion`)."""
     if _VERSION.match(ref) or ref.isdigit():

@@ -16,6 +16,7 @@ from pipeline.registry import (
     decision,
     models,
     move_alias,
+    parse_reference,
     resolve,
     versions,
 )
@@ -33,7 +34,7 @@ def list_text(store: ArtifactStore, model: str | None = None) -> str:
 
 def show_text(store: ArtifactStore, reference: str) -> str:
     """One version, named `MODEL@VERSION` or `MODEL@ALIAS`: entry, decision, lineage, report."""
-    model, ref = _split(reference)
+    model, ref = parse_reference(reference)
     entry = resolve(store, _known(store, model), ref)
     number = entry["version"]
     pointing = sorted(name for name, target in aliases(store, model).items() if target == number)
@@ -124,14 +125,6 @@ def _opponent(champion: dict[str, Any]) -> str:
 def _metrics(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{name} {value:.4g}" for name, value in metrics.items()
                      if isinstance(value, (int, float)) and name not in ("rows", "value"))
-
-
-def _split(reference: str) -> tuple[str, str]:
-    model, at, ref = reference.partition("@")
-    if not (model and at and ref):
-        raise ValueError(f"{reference!r}: expected MODEL@VERSION or MODEL@ALIAS, "
-                         "e.g. trip-duration@champion or trip-duration@v2")
-    return model, ref
 
 
 def _known(store: ArtifactStore, model: str) -> str:

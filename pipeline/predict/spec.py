@@ -15,7 +15,7 @@ from typing import Any
 
 from pipeline.artifacts import MANIFEST, ArtifactStore
 from pipeline.model.predictor import MODEL_JSON
-from pipeline.registry import resolve
+from pipeline.registry import parse_reference, resolve
 from pipeline.schema import TableSchema
 from pipeline.stages.featurize import FeaturizeParams
 from pipeline.stages.validate import ValidateParams
@@ -43,15 +43,6 @@ class ModelSpec:
         params = self.features
         return list(dict.fromkeys([*params.numeric, *params.categorical,
                                    *(spec.name for spec in params.windows)]))
-
-
-def parse_reference(reference: str) -> tuple[str, str]:
-    """`MODEL@REF` → (model, ref); ref is a version (`v3`, `3`) or an alias (`champion`)."""
-    model, at, ref = reference.partition("@")
-    if not (model and at and ref):
-        raise ValueError(f"--model {reference!r}: expected MODEL@VERSION or MODEL@ALIAS, "
-                         "e.g. trip-duration@v1 or trip-duration@champion")
-    return model, ref
 
 
 def load_model_spec(store: ArtifactStore, reference: str) -> ModelSpec:

@@ -201,7 +201,8 @@ def run(ctx: StageContext[IngestParams, IngestFiles]) -> StageResult[IngestFacts
         span.set_attribute("files", len(files))
     with ctx.telemetry.span("ingest.check_footers", {"files": len(files)}):
         rows_in, schema = _check_columns(fs, files, params.columns)
-        sizes = [int(fs.info(path).get("size") or 0) for path in files]
+        with ThreadPoolExecutor(max_workers=_FOOTER_READERS) as pool:  # a round trip each on S3
+            sizes = [int(size or 0) for size in pool.map(fs.size, files)]
     store.fs.makedirs(ctx.output.data, exist_ok=True)
     copy = ray.remote(num_cpus=1)(ctx.traced(_copy_files, "ingest.copy_files"))
     workers = max(1, int(ray.available_resources().get("CPU", 1)))
