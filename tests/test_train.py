@@ -179,9 +179,12 @@ def test_preprocessing_is_fit_on_the_training_split_only(one_worker, featurized,
                                  pc.if_else(test, 1e9, changed["duration_min"]))
     for i, part in enumerate(np.array_split(np.arange(n), 4)):
         pq.write_table(changed.take(pa.array(part)), tmp_path / f"part-{i}.parquet")
-    params = TrainParams.from_config(config)
-    refit, _ = fit_preprocessing(split_rows(store, str(tmp_path), params, featurize.facts), params,
+    telemetry = Telemetry.start(TelemetrySpec(exporter="memory"))
+    ctx = StageContext(params=TrainParams.from_config(config), store=store, inputs={},
+                       output=None, telemetry=telemetry, run_id="refit", cache_key="refit")
+    refit, _ = fit_preprocessing(ctx, split_rows(ctx, str(tmp_path), featurize.facts),
                                  featurize.facts)
+    telemetry.shutdown()
     refit = refit.to_json()  # equal up to the order of float sums (four files here, not two)
     sums = ("mean", "std", "label_mean", "label_std")
     assert {k: v for k, v in refit.items() if k not in sums} == \

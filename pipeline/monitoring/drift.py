@@ -19,7 +19,6 @@ Each PSI is also an OpenTelemetry gauge, `pipeline.drift.psi{feature, model}`, f
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,8 +27,8 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
-import ray.data
 from pydantic import BaseModel
 
 from pipeline.artifacts import ArtifactStore
@@ -109,21 +108,46 @@ class Columns:
 
 
 # -- train: the reference histograms ---------------------------------------------------------
-def training_histograms(rows: ray.data.Dataset, columns: Columns,
+def training_histograms(ctx: StageContext, parts: list[ray.ObjectRef], columns: Columns,
                         warm_up: timedelta) -> dict[str, Histogram]:
-    """Histograms of every feature and the label over the rows whose `split` is train and whose
-    windows are complete: at least `warm_up` (the longest window) after the first event, so that
-    the data's own beginning, where every window is short of history, does not read as drift
-    (all training rows where none is that late)."""
-    complete = rows.min(columns.event_time) + warm_up
-    training = rows.map_batches(_training_rows, batch_format="pyarrow",
-                                fn_args=(columns.event_time, complete))
-    if not training.count():
-        training = rows.map_batches(_training_rows, batch_format="pyarrow",
-                                    fn_args=(columns.event_time, None))
-    sample = _gather(training.map_batches(_sample, batch_format="pyarrow", batch_size=None))
+    """Histograms of every feature and the label over the rows of `parts` (tables with a `split`
+    column) whose split is train and whose windows are complete: at least `warm_up` (the longest
+    window) after the first event, so that the data's own beginning, where every window is short
+    of history, does not read as drift (all training rows where none is that late). Two rounds
+    of tasks over the parts: a sample that sets the bins, then the counts."""
+    sampled = ray.get([ctx.task(_first_event_and_sample, "drift.sample").remote(part, columns)
+                       for part in parts])
+    firsts = [first for first, _ in sampled if first is not None]
+    if not firsts:
+        return {}
+    sample = pa.concat_tables([table for _, table in sampled])
+    complete = min(firsts) + warm_up
+    late = _training_rows(sample, columns.event_time, complete)
+    start = complete if late.num_rows else None
+    sample = late if late.num_rows else sample
     bins = _bins(_values(sample, columns)) if sample.num_rows else {}
-    return count(training, columns, bins)
+    counter = ctx.task(_count_training_rows, "drift.count")
+    histograms = _sum(ray.get([counter.remote(part, columns, bins, start) for part in parts]),
+                      bins)
+    if start is not None and not any(h.total for h in histograms.values()):
+        histograms = _sum(ray.get([counter.remote(part, columns, bins, None) for part in parts]),
+                          bins)
+    return histograms
+
+
+def _first_event_and_sample(part: pa.Table, columns: Columns) -> tuple[datetime | None, pa.Table]:
+    """The part's first event time (of any split) and an evenly spaced sample of its training
+    rows, the columns the histograms read."""
+    first = pc.min(part[columns.event_time]).as_py()
+    training = _training_rows(part, columns.event_time, None)
+    step = max(1, -(-training.num_rows // SAMPLE_PER_BLOCK))
+    sample = training.take(pa.array(np.arange(0, training.num_rows, step), pa.int64()))
+    return first, sample.select([columns.event_time, columns.packed, columns.label, "split"])
+
+
+def _count_training_rows(part: pa.Table, columns: Columns, bins: dict[str, Histogram],
+                         start: datetime | None) -> dict:
+    return _count_block(_training_rows(part, columns.event_time, start), columns, bins)
 
 
 def _training_rows(batch: pa.Table, event_time: str, start: datetime | None) -> pa.Table:
@@ -133,12 +157,6 @@ def _training_rows(batch: pa.Table, event_time: str, start: datetime | None) -> 
         train = pc.and_(train, pc.greater_equal(batch[event_time],
                                                 pa.scalar(start, batch[event_time].type)))
     return batch.filter(train)
-
-
-def _sample(batch: pa.Table) -> pa.Table:
-    """At most SAMPLE_PER_BLOCK rows, evenly spaced: deterministic for a given input."""
-    step = max(1, -(-batch.num_rows // SAMPLE_PER_BLOCK))
-    return batch.take(pa.array(np.arange(0, batch.num_rows, step)))
 
 
 def _bins(values: dict[str, np.ndarray]) -> dict[str, Histogram]:
@@ -152,29 +170,27 @@ def _bins(values: dict[str, np.ndarray]) -> dict[str, Histogram]:
 
 
 # -- both sides: counting --------------------------------------------------------------------
-def count(rows: ray.data.Dataset, columns: Columns,
-          bins: dict[str, Histogram]) -> dict[str, Histogram]:
-    """Every row of `rows` counted into `bins` (one pass; blocks counted in parallel)."""
-    parts = _gather(rows.map_batches(_count_block, batch_format="pyarrow", batch_size=None,
-                                     fn_kwargs={"columns": columns, "bins": bins}))
-    totals = {name: (np.zeros(len(h.edges) + 1, np.int64), 0) for name, h in bins.items()}
-    for part in parts["counts"].to_pylist():
-        for name, (counts, missing) in json.loads(part).items():
-            total, absent = totals[name]
-            totals[name] = (total + np.array(counts, np.int64), absent + missing)
-    return {name: bins[name].model_copy(update={"counts": total.tolist(), "missing": absent})
-            for name, (total, absent) in totals.items()}
-
-
-def _count_block(block: pa.Table, columns: Columns, bins: dict[str, Histogram]) -> pa.Table:
+def _count_block(block: pa.Table, columns: Columns, bins: dict[str, Histogram]) -> dict:
+    """{column: (counts per bin, missing)} of one block's rows."""
     values = _values(block, columns)
     counts = {}
     for name, histogram in bins.items():
         present = values[name][np.isfinite(values[name])]
         slot = np.searchsorted(np.array(histogram.edges), present, side="right")
-        counts[name] = (np.bincount(slot, minlength=len(histogram.edges) + 1).tolist(),
+        counts[name] = (np.bincount(slot, minlength=len(histogram.edges) + 1),
                         len(values[name]) - len(present))
-    return pa.table({"counts": [json.dumps(counts)]})
+    return counts
+
+
+def _sum(parts: list[dict], bins: dict[str, Histogram]) -> dict[str, Histogram]:
+    """The blocks' counts added up, as filled copies of `bins`."""
+    totals = {name: (np.zeros(len(h.edges) + 1, np.int64), 0) for name, h in bins.items()}
+    for part in parts:
+        for name, (counts, missing) in part.items():
+            total, absent = totals[name]
+            totals[name] = (total + counts, absent + missing)
+    return {name: bins[name].model_copy(update={"counts": total.tolist(), "missing": int(absent)})
+            for name, (total, absent) in totals.items()}
 
 
 def _values(table: pa.Table, columns: Columns) -> dict[str, np.ndarray]:
@@ -186,11 +202,6 @@ def _values(table: pa.Table, columns: Columns) -> dict[str, np.ndarray]:
     return values
 
 
-def _gather(rows: ray.data.Dataset) -> pa.Table:
-    tables = [table for table in ray.get(rows.to_arrow_refs()) if table.num_rows]
-    return pa.concat_tables(tables) if tables else pa.table({"counts": pa.array([], pa.string())})
-
-
 # -- evaluate: the comparison ----------------------------------------------------------------
 def measure_drift(ctx: StageContext, featurized: Output, trained: Output, roles: Roles,
                   model: str, settings: DriftConfig) -> DriftReport:
@@ -199,18 +210,16 @@ def measure_drift(ctx: StageContext, featurized: Output, trained: Output, roles:
     without a usable champion; each also set as the gauge `pipeline.drift.psi`."""
     columns = Columns.of(featurized.facts, roles)
     start = datetime.fromisoformat(trained.facts.test_period_start)
-    test_rows = ray.data.read_parquet(
-        featurized.files.data, filesystem=ctx.store.arrow_filesystem(),
-        columns=[roles.event_time, columns.packed, columns.label],
-    ).map_batches(_test_period, batch_format="pyarrow",
-                  fn_args=(roles.event_time, roles.label, start))
     reference, histograms = champion_histograms(ctx.store, model)
     if histograms is None:
         reference = f"this candidate's training split ({reference})"
         histograms = trained.facts.feature_histograms
     compared = [*columns.features, columns.label]
     bins = {name: histograms[name] for name in compared if name in histograms}
-    current = count(test_rows, columns, bins)
+    files = sorted(p for p in ctx.store.fs.find(featurized.files.data) if p.endswith(".parquet"))
+    counter = ctx.task(_count_test_period, "drift.count")
+    current = _sum(ray.get([counter.remote(ctx.store, path, columns, bins, start)
+                            for path in files]), bins)
     gauge = ctx.telemetry.gauge("pipeline.drift.psi", "1", "population stability index of a "
                                 "feature, test period vs the champion's training split")
     features = {}
@@ -227,10 +236,15 @@ def measure_drift(ctx: StageContext, featurized: Output, trained: Output, roles:
         status="fail" if "fail" in statuses else "warn" if "warn" in statuses else "ok")
 
 
-def _test_period(batch: pa.Table, event_time: str, label: str, start: datetime) -> pa.Table:
-    """Train's test split: labeled rows from the test period's start on."""
-    after = pc.greater_equal(batch[event_time], pa.scalar(start, batch[event_time].type))
-    return batch.filter(pc.and_(after, pc.is_valid(batch[label])))
+def _count_test_period(store: ArtifactStore, path: str, columns: Columns,
+                       bins: dict[str, Histogram], start: datetime) -> dict:
+    """Counts of one featurize file's test-period rows: labeled, event time from `start` on."""
+    with store.fs.open(path, "rb") as handle:
+        table = pq.read_table(handle, columns=[columns.event_time, columns.packed, columns.label])
+    after = pc.greater_equal(table[columns.event_time],
+                             pa.scalar(start, table[columns.event_time].type))
+    return _count_block(table.filter(pc.and_(after, pc.is_valid(table[columns.label]))),
+                        columns, bins)
 
 
 def champion_histograms(store: ArtifactStore,

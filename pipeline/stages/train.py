@@ -13,10 +13,11 @@ training). It gives up what those actors give: no restart after a failure, no re
 (checkpoints live in a temporary folder), no GPU placement by Ray, one process only. Meant for
 laptops, tests and smoke runs; `num_workers >= 1` is the production path.
 
-Data path: Ray Data reads the featurize parquet; per split a map_batches keeps that split's rows and
-encodes them once (standardised `features`, categorical codes, label), the training rows in a seeded
-shuffled order, and materialises them; the trainer streams each worker its shard with
-`iter_torch_batches`, so the loop never touches a raw column.
+Data path: one Ray task per featurize part file reads it and decides each row's split; rounds of
+tasks over those tables write `splits/`, fit the preprocessing, count the drift histograms and
+encode each split once (standardised `features`, categorical codes, label), the training rows in a
+seeded shuffled order. Only the encoded splits become Ray Datasets: the trainer streams each worker
+its shard with `iter_torch_batches`, so the loop never touches a raw column.
 
 Output: `model/` (weights.pt, model.json, preprocessing.json, history.json; see predictor.py),
 `splits/` (row key, split, reason).
@@ -31,13 +32,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pickle
 import posixpath
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -130,23 +131,21 @@ def run(ctx: StageContext[TrainParams, TrainFiles]) -> StageResult[TrainFacts]:
     featurize = ctx.input(FEATURIZE)
     facts: FeaturizeFacts = featurize.facts
     with ctx.telemetry.span("train.splits") as span:
-        rows = split_rows(store, featurize.files.data, params, facts)
-        counts = write_splits(store, rows, ctx.output.splits, params.roles.row_key)
+        parts = split_rows(ctx, featurize.files.data, facts)
+        counts, key_type = write_splits(ctx, parts, ctx.output.splits)
         span.set_attributes({f"rows.{name}": n for name, n in counts.items()})
     if sum(counts.values()) != featurize.rows_out:
         raise ValueError(f"read {sum(counts.values())} rows, featurize published "
                          f"{featurize.rows_out}")
     with ctx.telemetry.span("train.preprocessing"):
-        preprocessor, label_mean = fit_preprocessing(rows, params, facts)
+        preprocessor, label_mean = fit_preprocessing(ctx, parts, facts)
     with ctx.telemetry.span("train.histograms"):
-        histograms = training_histograms(rows, Columns.of(facts, params.roles),
+        histograms = training_histograms(ctx, parts, Columns.of(facts, params.roles),
                                          parse_duration(facts.longest_window or 0))
     with ctx.telemetry.span("train.encode"):
-        train = encode_split(rows, "train", preprocessor, params.roles.label,
-                             shuffle_seed=params.train.seed)
-        validation = encode_split(rows, "validation", preprocessor, params.roles.label)
-    key_type = rows.schema().base_schema.field(params.roles.row_key).type
-    del rows  # the encoded splits are all that training reads from here on
+        train = encode_split(ctx, parts, "train", preprocessor, shuffle_seed=params.train.seed)
+        validation = encode_split(ctx, parts, "validation", preprocessor)
+    del parts  # the encoded splits are all that training reads from here on
     local_mode = params.train.num_workers == 0
     kept_checkpoints = (tempfile.TemporaryDirectory(prefix="raypipe-local-train-") if local_mode
                         else contextlib.nullcontext(None))
@@ -216,19 +215,18 @@ def _facts(state: dict, counts: Counter, params: TrainParams, fit_started: float
 
 
 # -- data ------------------------------------------------------------------------------------
-def split_rows(store: ArtifactStore, path: str, params: TrainParams,
-               facts: FeaturizeFacts) -> ray.data.Dataset:
-    """The featurize output, only the columns training reads, each row with its split decided
-    once (`split`, `reason` columns), in file then row order, materialised for every pass.
-
-    One plain Ray task per part file rather than `ray.data.read_parquet`: on the smoke run the
-    read's planning and start-up took 2-5 s for two small files, the tasks a fraction of it."""
-    roles = params.roles
+# Each pass over the rows is one round of plain Ray tasks over the part files' tables (see
+# `StageContext.task`); only the encoded splits become Ray Datasets, for Ray Train to shard.
+def split_rows(ctx: StageContext[TrainParams, TrainFiles], path: str,
+               facts: FeaturizeFacts) -> list[ray.ObjectRef]:
+    """The featurize output, one table per part file, in file then row order: only the columns
+    training reads, each row with its split decided once (`split`, `reason` columns)."""
+    roles = ctx.params.roles
     columns = list(dict.fromkeys([roles.row_key, roles.event_time, roles.label_available_at,
                                   roles.label, facts.packed_column, *facts.categorical_columns]))
-    files = sorted(p for p in store.fs.find(path) if p.endswith(".parquet"))
-    read = ray.remote(num_cpus=1)(_read_with_splits)
-    return ray.data.from_arrow_refs([read.remote(store, file, columns, params) for file in files])
+    files = sorted(p for p in ctx.store.fs.find(path) if p.endswith(".parquet"))
+    read = ctx.task(_read_with_splits, "train.read_file")
+    return [read.remote(ctx.store, file, columns, ctx.params) for file in files]
 
 
 def _read_with_splits(store: ArtifactStore, path: str, columns: list[str],
@@ -245,50 +243,67 @@ def _in_split(batch: pa.Table, name: str) -> pa.Table:
     return batch.filter(pc.equal(batch["split"], name))
 
 
-def write_splits(store: ArtifactStore, rows: ray.data.Dataset, directory: str,
-                 row_key: str) -> Counter:
-    """Write (row key, split, reason) for every row; return counts per split and per reason."""
-    store.fs.makedirs(directory, exist_ok=True)
+def write_splits(ctx: StageContext[TrainParams, TrainFiles], parts: list[ray.ObjectRef],
+                 directory: str) -> tuple[Counter, str]:
+    """Write (row key, split, reason) for every row, a numbered file per part (the same bytes on
+    a rerun); return the counts per split and per reason, and the row key's type."""
+    ctx.store.fs.makedirs(directory, exist_ok=True)
+    write = ctx.task(_write_split_part, None)
+    written = ray.get([write.remote(ctx.store, part, directory, index, ctx.params.roles.row_key)
+                       for index, part in enumerate(parts)])
     counts: Counter = Counter({name: 0 for name in SPLITS})
-    for index, ref in enumerate(rows.select_columns([row_key, "split", "reason"])
-                                .to_arrow_refs()):  # numbered parts: same bytes on a rerun
-        table = ray.get(ref)
-        if not table.num_rows:
-            continue
-        with store.fs.open(posixpath.join(directory, f"part-{index:05d}.parquet"), "wb") as handle:
-            pq.write_table(table, handle)
-        label = pc.coalesce(table["split"], table["reason"])
-        counts.update(dict(zip(*(x.to_pylist() for x in pc.value_counts(label).flatten()))))
-    return counts
+    for part_counts, _ in written:
+        counts.update(part_counts)
+    return counts, written[0][1] if written else "null"
 
 
-def _fit_batch(batch: pa.Table, label: str, categorical: list[str]) -> pa.Table:
-    train = _in_split(batch, "train")
-    if not train.num_rows:
-        return pa.table({"statistics": pa.array([], pa.binary())})
-    statistics = FitStatistics.of(train, categorical, label)
-    return pa.table({"statistics": pa.array([pickle.dumps(statistics)], pa.binary())})
+def _write_split_part(store: ArtifactStore, part: pa.Table, directory: str, index: int,
+                      row_key: str) -> tuple[dict[str, int], str]:
+    table = part.select([row_key, "split", "reason"])
+    if table.num_rows:
+        with store.fs.open(posixpath.join(directory, f"part-{index:05d}.parquet"), "wb") as sink:
+            pq.write_table(table, sink)
+    label = pc.coalesce(table["split"], table["reason"])
+    counts = dict(zip(*(x.to_pylist() for x in pc.value_counts(label).flatten())))
+    return counts, str(table.schema.field(row_key).type)
 
 
-def fit_preprocessing(rows: ray.data.Dataset, params: TrainParams,
+def fit_preprocessing(ctx: StageContext[TrainParams, TrainFiles], parts: list[ray.ObjectRef],
                       facts: FeaturizeFacts) -> tuple[Preprocessor, float]:
-    """Standardisation and vocabularies from the training split's rows only (a map and a merge),
-    and the training split's mean label."""
+    """Standardisation and vocabularies from the training split's rows only (statistics per
+    part, merged here), and the training split's mean label."""
+    params = ctx.params
     label, categorical = params.roles.label, facts.categorical_columns
-    partial = rows.map_batches(_fit_batch, batch_format="pyarrow", batch_size=None,
-                               fn_kwargs={"label": label, "categorical": categorical})
+    statistics = ctx.task(_fit_statistics, None)
     merged = None
-    for row in partial.take_all():
-        statistics = pickle.loads(row["statistics"])
-        merged = statistics if merged is None else merged.merge(statistics)
+    for part in ray.get([statistics.remote(part, label, categorical) for part in parts]):
+        if part is not None:
+            merged = part if merged is None else merged.merge(part)
     if merged is None:
         raise ValueError("the training split is empty: check split.train_until against the data")
     preprocessor = merged.finish(facts.feature_columns, categorical, label, params.train.task)
     return preprocessor, merged.label_mean
 
 
-def _encode_batch(batch: pa.Table, name: str, preprocessor: Preprocessor, label: str) -> pa.Table:
-    rows = _in_split(batch, name)
+def _fit_statistics(part: pa.Table, label: str, categorical: list[str]) -> FitStatistics | None:
+    train = _in_split(part, "train")
+    return FitStatistics.of(train, categorical, label) if train.num_rows else None
+
+
+def encode_split(ctx: StageContext[TrainParams, TrainFiles], parts: list[ray.ObjectRef],
+                 name: str, preprocessor: Preprocessor,
+                 shuffle_seed: int | None = None) -> ray.data.Dataset:
+    """One split's rows, encoded once for every epoch (and shuffled with a fixed seed)."""
+    encode = ctx.task(_encode_part, None)
+    encoded = [encode.remote(part, name, preprocessor, ctx.params.roles.label) for part in parts]
+    if shuffle_seed is not None:
+        encoded = shuffle(ctx, encoded, shuffle_seed)
+    ray.wait(encoded, num_returns=len(encoded), fetch_local=False)  # done before fit starts
+    return ray.data.from_arrow_refs(encoded)
+
+
+def _encode_part(part: pa.Table, name: str, preprocessor: Preprocessor, label: str) -> pa.Table:
+    rows = _in_split(part, name)
     missing = rows[label].null_count + int(
         pc.sum(pc.is_nan(rows[label].cast(pa.float64()))).as_py() or 0)
     if missing:
@@ -297,15 +312,31 @@ def _encode_batch(batch: pa.Table, name: str, preprocessor: Preprocessor, label:
     return preprocessor.encode(rows)
 
 
-def encode_split(rows: ray.data.Dataset, name: str, preprocessor: Preprocessor, label: str,
-                 shuffle_seed: int | None = None) -> ray.data.Dataset:
-    """One split's rows, encoded once for every epoch (and shuffled with a fixed seed)."""
-    encoded = rows.map_batches(_encode_batch, batch_format="pyarrow",
-                               fn_kwargs={"name": name, "preprocessor": preprocessor,
-                                          "label": label})
-    if shuffle_seed is not None:
-        encoded = encoded.random_shuffle(seed=shuffle_seed)
-    return encoded.materialize()
+def shuffle(ctx: StageContext, tables: list[ray.ObjectRef], seed: int) -> list[ray.ObjectRef]:
+    """A seeded global shuffle in two rounds of tasks (as Ray Data's `random_shuffle` does it,
+    without its planning): each table deals its rows at random among as many buckets as there
+    are tables; each bucket gathers its rows from every table and permutes them. The same seed
+    and tables give the same order."""
+    buckets = len(tables)
+    if buckets == 0:
+        return tables
+    deal = ctx.task(_deal, None).options(num_returns=buckets)
+    dealt = [deal.remote(table, buckets, (seed, index)) for index, table in enumerate(tables)]
+    dealt = [[refs] if buckets == 1 else refs for refs in dealt]
+    gather = ctx.task(_gather_bucket, None)
+    return [gather.remote((seed, buckets + bucket), *[refs[bucket] for refs in dealt])
+            for bucket in range(buckets)]
+
+
+def _deal(table: pa.Table, buckets: int, seed: tuple[int, int]):
+    bucket = np.random.default_rng(seed).integers(buckets, size=table.num_rows)
+    pieces = [table.filter(pa.array(bucket == index)) for index in range(buckets)]
+    return pieces[0] if buckets == 1 else pieces
+
+
+def _gather_bucket(seed: tuple[int, int], *pieces: pa.Table) -> pa.Table:
+    table = pa.concat_tables(pieces)
+    return table.take(pa.array(np.random.default_rng(seed).permutation(table.num_rows)))
 
 
 # -- Ray Train -------------------------------------------------------------------------------

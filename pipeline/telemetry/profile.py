@@ -42,6 +42,7 @@ class StageProfile:
     bytes_written: int | None
     rows_per_s: float | None  # rows.in / wall; None for cached stages (nothing was processed)
     bytes_per_s: float | None  # (bytes.read + bytes.written) / wall; None for cached stages
+    named: float  # share of the stage's wall covered by its named child spans, 0..1
 
     @property
     def cached(self) -> bool:
@@ -105,7 +106,37 @@ def run_trace(spans: list[dict]) -> tuple[dict | None, list[dict]]:
     return root, [s for s in spans if s["trace_id"] == root["trace_id"]]
 
 
-def _stage_profile(span: dict, run_wall: float) -> StageProfile:
+def covered_share(span: dict, descendants: list[dict]) -> float:
+    """The share of `span`'s wall time during which at least one of `descendants` was open
+    (their intervals clipped to the span and merged, so parallel tasks count once)."""
+    start, end = span["start_ns"], span["end_ns"] or span["start_ns"]
+    if end <= start:
+        return 1.0
+    intervals = sorted((max(start, d["start_ns"]), min(end, d["end_ns"] or d["start_ns"]))
+                       for d in descendants)
+    covered, reach = 0, start
+    for low, high in intervals:
+        low = max(low, reach)
+        if high > low:
+            covered += high - low
+            reach = high
+    return covered / (end - start)
+
+
+def descendants_of(span: dict, spans: list[dict]) -> list[dict]:
+    """Every span below `span` in the trace (children, their children, ...)."""
+    children: dict[str, list[dict]] = {}
+    for s in spans:
+        children.setdefault(s.get("parent_span_id"), []).append(s)
+    found, frontier = [], [span["span_id"]]
+    while frontier:
+        below = children.get(frontier.pop(), [])
+        found += below
+        frontier += [s["span_id"] for s in below]
+    return found
+
+
+def _stage_profile(span: dict, run_wall: float, spans: list[dict]) -> StageProfile:
     a = span["attributes"]
     wall = wall_seconds(span)
     status = str(a.get("stage.status", "?"))
@@ -131,6 +162,7 @@ def _stage_profile(span: dict, run_wall: float) -> StageProfile:
         bytes_per_s=moved / wall
         if active and (b_read is not None or b_written is not None)
         else None,
+        named=covered_share(span, descendants_of(span, spans)),
     )
 
 
@@ -143,7 +175,8 @@ def build_profile(spans: list[dict], top: int = 10) -> Profile:
     else:
         run_wall = 0.0
     by_id = {s["span_id"]: s for s in spans}
-    stages = [_stage_profile(s, run_wall) for s in spans if s["name"].startswith(STAGE_PREFIX)]
+    stages = [_stage_profile(s, run_wall, spans) for s in spans
+              if s["name"].startswith(STAGE_PREFIX)]
     others = [s for s in spans if s is not root and not s["name"].startswith(STAGE_PREFIX)]
     others.sort(key=wall_seconds, reverse=True)
     slowest = [
@@ -183,7 +216,7 @@ def render_table(profile: Profile) -> str:
     """Fixed-width text: one line per stage, then the slowest Ray/worker spans."""
     head = (
         f"{'stage':<12} {'status':<7} {'wall s':>8} {'share':>6} {'rows in':>8} {'rows out':>8} "
-        f"{'quar.':>6} {'rows/s':>8} {'read':>8} {'written':>8} {'bytes/s':>9}"
+        f"{'quar.':>6} {'rows/s':>8} {'read':>8} {'written':>8} {'bytes/s':>9} {'named':>6}"
     )
     run_id = profile.run_attributes.get("run.id", "?")
     lines = [
@@ -198,7 +231,7 @@ def render_table(profile: Profile) -> str:
             f"{_num(s.rows_in):>8} {_num(s.rows_out):>8} {_num(s.rows_quarantined):>6} "
             f"{_num(s.rows_per_s):>8} "
             f"{_num(s.bytes_read, 'B'):>8} {_num(s.bytes_written, 'B'):>8} "
-            f"{_num(s.bytes_per_s, 'B'):>9}"
+            f"{_num(s.bytes_per_s, 'B'):>9} {s.named:>6.0%}"
         )
     if profile.slowest:
         lines += [

@@ -40,7 +40,10 @@ UNITS = {
     "validate.file": Unit("file", "rows.in"),
     "featurize.chunk": Unit("chunk", "rows"),
     "featurize.audit": Unit("audit batch"),
+    "train.read_file": Unit("file"),
     "train.checkpoint": Unit(None),
+    "drift.sample": Unit(None),
+    "drift.count": Unit(None),
     "evaluate.score_file": Unit("file", "rows"),
 }
 """The stages' worker spans; another span counts under its own name."""
