@@ -244,10 +244,11 @@ class Runner:
             self.store.abandon(staging)
             raise StageFailed(f"stage {stage.name} failed: {exc}") from exc
         _check_accounting(stage.name, result)
-        fingerprint, size = self.store.fingerprint(staging)
-        manifest = self._manifest(stage, key, inputs, result, fingerprint, size, started_at,
-                                  time.perf_counter() - started, trace_id)
-        return self.store.publish(stage.name, key.key, staging, manifest)
+        with telemetry.span("artifact.publish"):  # fingerprint (reads every file), manifest
+            fingerprint, size = self.store.fingerprint(staging)
+            manifest = self._manifest(stage, key, inputs, result, fingerprint, size, started_at,
+                                      time.perf_counter() - started, trace_id)
+            return self.store.publish(stage.name, key.key, staging, manifest)
 
     def _manifest(self, stage: Stage, key: StageKey, inputs: dict[str, Output],
                   result: StageResult, fingerprint: str, size: int, started_at: datetime,

@@ -168,23 +168,28 @@ def run(ctx: StageContext[FeaturizeParams, FeaturizeFiles]) -> StageResult[Featu
     params, store = ctx.params, ctx.store
     clean_path = ctx.input(VALIDATE).files.clean
     filesystem = store.arrow_filesystem()
-    partition, days = _day_partitions(filesystem, clean_path)
-    clean = _clean_dataset(filesystem, clean_path, partition)
-    output = ctx.output.data
-    store.fs.makedirs(output, exist_ok=True)
-    job = Job(clean, partition, output, filesystem, params, compute_windows)
-    halo = halo_us(params.windows, params.roles.label_available_at, params.max_label_delay)
-    chunks = plan_chunks(days, to_us(params.chunk), halo)
+    with ctx.telemetry.span("featurize.plan") as span:
+        partition, days = _day_partitions(filesystem, clean_path)
+        clean = _clean_dataset(filesystem, clean_path, partition)
+        output = ctx.output.data
+        store.fs.makedirs(output, exist_ok=True)
+        job = Job(clean, partition, output, filesystem, params, compute_windows)
+        halo = halo_us(params.windows, params.roles.label_available_at, params.max_label_delay)
+        chunks = plan_chunks(days, to_us(params.chunk), halo)
+        rows_in = clean.count_rows()
+        span.set_attributes({"chunks": len(chunks), "rows": rows_in})
 
     # plain tasks, one per chunk: a Ray Data pipeline over the chunk list cost 2-3 s of
     # start-up per run for no gain (a chunk is already the unit of work)
-    task = ray.remote(num_cpus=1)(ctx.traced(featurize_chunk, "featurize.chunk"))
-    shared_job = ray.put(job)
-    summaries = [json.loads(row["summary"]) for row in
-                 ray.get([task.remote(asdict(chunk), shared_job) for chunk in chunks])]
-    audit = run_audit(job, ctx)
+    with ctx.telemetry.span("featurize.compute", {"chunks": len(chunks)}):
+        task = ctx.task(featurize_chunk, "featurize.chunk")
+        shared_job = ray.put(job)
+        summaries = [json.loads(row["summary"]) for row in
+                     ray.get([task.remote(asdict(chunk), shared_job) for chunk in chunks])]
+    with ctx.telemetry.span("featurize.audit_sample"):
+        audit = run_audit(job, ctx)
     return StageResult(
-        rows_in=clean.count_rows(),
+        rows_in=rows_in,
         rows_out=sum(s["rows"] for s in summaries),
         schema=_schema(filesystem, output),
         statistics=_statistics(summaries, params.feature_columns),
@@ -264,7 +269,7 @@ def run_audit(job: Job, ctx: StageContext) -> dict[str, Any]:
                           params.roles.event_time, AUDIT_BATCH_SPAN, AUDIT_BATCH_ROWS)
     if not params.windows:
         batches = []
-    task = ray.remote(num_cpus=1)(ctx.traced(_audit_task, "featurize.audit"))
+    task = ctx.task(_audit_task, "featurize.audit")
     results: list[BatchAudit] = ray.get([task.remote(job, batch) for batch in batches])
     mismatches = [m for result in results for m in result.mismatches]
     compared = {TIME_TRAVEL: sum(r.time_travel for r in results),

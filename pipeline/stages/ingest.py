@@ -205,10 +205,12 @@ def run(ctx: StageContext[IngestParams, IngestFiles]) -> StageResult[IngestFacts
         with ThreadPoolExecutor(max_workers=_FOOTER_READERS) as pool:  # a round trip each on S3
             sizes = [int(size or 0) for size in pool.map(fs.size, files)]
     store.fs.makedirs(ctx.output.data, exist_ok=True)
-    copy = ray.remote(num_cpus=1)(ctx.traced(_copy_files, "ingest.copy_files"))
     workers = max(1, int(ray.available_resources().get("CPU", 1)))
-    written = ray.get([copy.remote(fs, files[group], schema, store, ctx.output.data, index)
-                       for index, group in enumerate(file_groups(sizes, workers))])
+    groups = file_groups(sizes, workers)
+    with ctx.telemetry.span("ingest.copy", {"tasks": len(groups)}):  # waits for workers too
+        copy = ctx.task(_copy_files, "ingest.copy_files")
+        written = ray.get([copy.remote(fs, files[group], schema, store, ctx.output.data, index)
+                           for index, group in enumerate(groups)])
     return StageResult(
         rows_in=rows_in,
         rows_out=sum(written),

@@ -113,7 +113,7 @@ def duplicate_rows(ctx: StageContext, files: list[str], row_key: str) -> list[np
         ctx.traced(_key_buckets, "validate.key_buckets"))
     parts = [split.remote(ctx.store, path, i, row_key, buckets) for i, path in enumerate(files)]
     parts = [part if buckets > 1 else [part] for part in parts]
-    later = ray.remote(num_cpus=1)(ctx.traced(_later_copies, "validate.duplicates"))
+    later = ctx.task(_later_copies, "validate.duplicates")
     found = pa.concat_tables(ray.get([later.remote(*(part[b] for part in parts))
                                       for b in range(buckets)]))
     files_column, rows = found["file"].to_numpy(), found["row"].to_numpy()
@@ -163,13 +163,15 @@ def run(ctx: StageContext[ValidateParams, ValidateFiles]) -> StageResult[Validat
     params, store = ctx.params, ctx.store
     snapshot: IngestFiles = ctx.input(INGEST).files
     files = sorted(p for p in store.fs.find(snapshot.data) if p.endswith(".parquet"))
-    duplicates = duplicate_rows(ctx, files, params.table.row_key)
+    with ctx.telemetry.span("validate.find_duplicates", {"files": len(files)}):
+        duplicates = duplicate_rows(ctx, files, params.table.row_key)
     store.fs.makedirs(ctx.output.quarantine, exist_ok=True)
-    validate_file = ray.remote(num_cpus=1)(ctx.traced(_validate_file, "validate.file"))
-    results = ray.get([
-        validate_file.remote(store, path, i, duplicates[i], params, ctx.output)
-        for i, path in enumerate(files)
-    ])
+    with ctx.telemetry.span("validate.check_files", {"files": len(files)}):
+        validate_file = ctx.task(_validate_file, "validate.file")
+        results = ray.get([
+            validate_file.remote(store, path, i, duplicates[i], params, ctx.output)
+            for i, path in enumerate(files)
+        ])
     rows_in = sum(r["rows"] for r in results)
     quarantined = sum(r["quarantined"] for r in results)
     reasons: dict[str, int] = {}
