@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.gate import Decision
-from pipeline.monitoring.breakdown import Breakdown
+from pipeline.monitoring.breakdown import DAY, Breakdown
 from pipeline.monitoring.drift import DriftReport
 
 
@@ -41,6 +41,11 @@ class ReportContent:
     @property
     def candidate(self) -> str:
         return next(iter(self.series))
+
+    def slices(self) -> list[str]:
+        """The categorical columns the candidate's errors are broken down by."""
+        return sorted(dimension for dimension, values in self.errors.groups.items()
+                      if dimension != DAY and any(self.candidate in v for v in values.values()))
 
     def verdict(self) -> tuple[bool, str]:
         """(promoted, the decision in plain words)."""

@@ -10,7 +10,6 @@ import base64
 from html import escape
 from string import Template
 
-from pipeline.monitoring.breakdown import DAY
 from pipeline.report import plots
 from pipeline.report.content import ReportContent
 
@@ -104,7 +103,7 @@ def _figures(content: ReportContent) -> str:
          "The candidate's observed positive rate per bin of predicted probability; a "
          "calibrated model follows the diagonal."),
     ]
-    for column in sorted(d for d in content.errors.groups if d != DAY):
+    for column in content.slices():
         figures.append((f"Error by {column}", plots.error_by_slice_png(content, column),
                         f"{metric} per value of {column}, its {plots.TOP_VALUES} most frequent "
                         "values first; a slice where the candidate is worse than the champion "

@@ -63,7 +63,8 @@ def error_by_slice_png(content: ReportContent, column: str) -> bytes:
     for i, ((model, name), colour) in enumerate(zip(content.series.items(), _COLOURS)):
         values = [_metric(content, slices[value].get(model)) for value in names]
         ax.barh(y + i * height, values, height=height, color=colour, label=name)
-    rows = [slices[value][content.candidate].rows for value in names]
+    rows = [slices[value][content.candidate].rows if content.candidate in slices[value] else 0
+            for value in names]
     ax.set_yticks(y + height * (len(content.series) - 1) / 2,
                   [f"{value}  ({count:,} rows)" for value, count in zip(names, rows)], fontsize=8)
     ax.invert_yaxis()  # the most frequent value on top
