@@ -8,6 +8,7 @@ Layout under the root (spelled here and nowhere else):
     runs/latest.json                       the id of the latest run
     train_runs/<cache_key>/                Ray Train checkpoints of a train attempt (resume point)
     registry/<model>/v<N>/claim.json       the version number, claimed exclusively by one run
+    registry/<model>/v<N>/report.html      the evaluation's report (before the decision)
     registry/<model>/v<N>/entry.json       registered models (entry.json written last)
     registry/<model>/aliases/<alias>/<N>.json   the N-th move of an alias such as champion
 
@@ -204,7 +205,10 @@ class ArtifactStore:
         return hashlib.sha256("".join(sorted(file_digests)).encode()).hexdigest(), total
 
     def write_json(self, path: str, payload: Any) -> None:
-        data = json.dumps(payload, indent=2, sort_keys=True, default=str).encode()
+        self.write_bytes(path, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write a whole file at once: a reader sees the old file or the new one, never half."""
         if self.is_local:  # write-then-rename so a reader never sees half a file
             temporary = path + ".tmp"
             self.fs.makedirs(posixpath.dirname(path), exist_ok=True)

@@ -1,9 +1,9 @@
 """The model registry: numbered versions under the artifact root, each traceable to its data and code.
 
     registry/<model>/v<N>/model/         weights, preprocessing, architecture (copied from train)
+    registry/<model>/v<N>/report.html    the evaluation's report (`pipeline.report`), first
     registry/<model>/v<N>/decision.json  the gate's decision (`pipeline.gate`), before the entry
     registry/<model>/v<N>/entry.json     metrics, the decision's verdict, lineage; written last
-    registry/<model>/v<N>/report.html    the evaluation's report, where one is written
     registry/<model>/aliases/<alias>/<move>.json   one file per move of an alias (e.g. champion)
 
 A version is complete iff entry.json exists; an alias points only at complete versions. An alias is the latest of its move files: moving it
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -153,9 +154,10 @@ def _moves(store: ArtifactStore, model: str, alias: str) -> list[tuple[int, str]
 
 
 def register(store: ArtifactStore, model: str, model_dir: str, entry: dict[str, Any],
-             gate_decision: dict[str, Any]) -> dict:
-    """Copy the model in as the next version, then its decision, then its entry (last); reuse a
-    same-key version.
+             gate_decision: dict[str, Any],
+             report: Callable[[str], str] | None = None) -> dict:
+    """Copy the model in as the next version, then its report (`report(version)`, HTML), its
+    decision, then its entry (last); reuse a same-key version.
 
     The version number is claimed with an exclusive create of `v<N>/claim.json`, so two runs
     registering at once get two numbers and never overwrite each other; an unfinished version
@@ -175,6 +177,8 @@ def register(store: ArtifactStore, model: str, model_dir: str, entry: dict[str, 
     target = store.registry_path(model, f"v{number}")
     store.fs.copy(model_dir.rstrip("/") + "/", posixpath.join(target, "model"), recursive=True)
     identity = {"model": model, "version": f"v{number}"}
+    if report is not None:
+        store.write_bytes(posixpath.join(target, REPORT), report(f"v{number}").encode())
     store.write_json(posixpath.join(target, DECISION), {**gate_decision, **identity})
     entry = {**entry, **identity, "uri": store.uri(target),
              "registered_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}

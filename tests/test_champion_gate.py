@@ -81,7 +81,7 @@ def test_the_champion_moves_only_to_a_better_model_and_rolls_back_by_hand(smoke_
     assert "the gate passed it, but the champion has moved since" in output
 
 
-def test_models_list_and_show_print_decisions_aliases_lineage_and_the_report_path(smoke_copy):
+def test_models_list_and_show_print_decisions_aliases_lineage_and_the_report(smoke_copy):
     root, overrides = smoke_copy
     assert run_cli("run", "-c", str(SMOKE), *overrides, *WORSE)[0] == 3
     code, output, _ = run_cli("models", "list", "-c", str(SMOKE), *overrides)
@@ -97,7 +97,11 @@ def test_models_list_and_show_print_decisions_aliases_lineage_and_the_report_pat
     assert code == 0, output
     assert "gate:        rejected" in output and "vs champion v1" in output
     assert f"decision:    {_registry(root) / 'v2' / 'decision.json'}" in output
-    assert f"report:      {_registry(root) / 'v2' / 'report.html'} (not written)" in output
+    assert f"report:      {_registry(root) / 'v2' / 'report.html'}\n" in output
+    report = (_registry(root) / "v2" / "report.html").read_text()  # rejected: written all the same
+    assert "<h1>trip-duration@v2</h1>" in report
+    assert "Not promoted: the gate rejected it; champion v1 stays" in report
+    assert "<th>champion v1</th>" in report and "FAIL" in report
     assert all(f"    {stage} " in output for stage in ("ingest", "validate", "featurize", "train"))
 
 

@@ -4,8 +4,9 @@ Stops: shipping a worse model, and models nobody can trace. The test period is t
 published (strictly after validation plus the embargo). On its rows the stage scores the candidate,
 the current champion (with its own preprocessing; see `pipeline.champion` for which features it
 reads) and the baseline, the training split's mean label (or positive rate), which train also
-published. `pipeline.gate` decides; every evaluated model is registered with its metrics, the
-decision (its own artifact, written first) and its full lineage; a promotion then moves the
+published. `pipeline.gate` decides; every evaluated model is registered with its metrics, its
+report (`pipeline.report`: errors by day and slice, drift, lineage), the decision (its own
+artifact, written before the entry) and its full lineage; a promotion then moves the
 registry's `champion` alias, only if nobody moved it since the champion was read.
 """
 
@@ -26,9 +27,13 @@ from pipeline.champion import IDENTITY, ChampionPlan, feature_spec, opponent, pl
 from pipeline.config import DriftConfig, PipelineConfig
 from pipeline.gate import ChampionScore, Decision, decide, improvement
 from pipeline.model.metrics import compute_metrics
+from pipeline.monitoring.breakdown import BASELINE, Breakdown, merge
 from pipeline.monitoring.drift import DriftReport, measure_drift
+from pipeline.provenance import git_commit
 from pipeline.registry import CHAMPION, AliasMoved, alias_head, lineage, move_alias, register
 from pipeline.registry import version as registry_version
+from pipeline.report.content import ReportContent, Run
+from pipeline.report.page import render
 from pipeline.schema import Roles
 from pipeline.scoring import Scan, score
 from pipeline.stage import (
@@ -45,6 +50,7 @@ from pipeline.stage import (
 from pipeline.stages.featurize import STAGE as FEATURIZE
 from pipeline.stages.train import STAGE as TRAIN
 from pipeline.stages.train import TrainFacts
+from pipeline.telemetry import current_span
 from pipeline.trace_format import fmt
 
 PREDICTION = "prediction"
@@ -111,7 +117,7 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
     champion_plan = plan(
         store, params.model_name, champion, feature_spec(featurized.artifact.manifest["params"]),
         featurized.files.data, roles.label, params.task) if champion else None
-    test = _score_test_rows(ctx, champion_plan)
+    test, errors = _score_test_rows(ctx, champion_plan)
     rows_in = test.num_rows
     test_start = train_facts.test_period_start
     if not rows_in:
@@ -135,9 +141,18 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
     else:
         decision = decision.model_copy(update={"reasons": [*decision.reasons, drift.summary]})
 
-    errors = test.append_column("error", pa.array(predicted - truth, pa.float64()))
+    scored = test.append_column("error", pa.array(predicted - truth, pa.float64()))
     with store.fs.open(ctx.output.predictions, "wb") as handle:
-        pq.write_table(errors, handle)
+        pq.write_table(scored, handle)
+    found = {**lineage(store, trained.artifact), **lineage(store, featurized.artifact)}
+    upstream = {stage: found[stage] for stage in _dag_order(STAGE) if stage in found}
+    report = ReportContent(
+        model=params.model_name, task=params.task, label=roles.label,
+        test_period_start=test_start, test_rows=rows_in, decision=decision, errors=errors,
+        series=_series(decision), drift=drift, lineage=upstream,
+        run=Run(run_id=ctx.run_id, trace_id=_trace_id(), git_commit=git_commit(),
+                config_name=ctx.telemetry.spec.resource_attributes.get("config.name", "?"),
+                evaluate_cache_key=ctx.cache_key, evaluate_code_version=STAGE.code_version))
     entry = register(store, params.model_name, trained.files.model, {
         "evaluate_cache_key": ctx.cache_key,
         "gate": "passed" if decision.passed else "rejected",
@@ -148,14 +163,14 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
         "test_rows": rows_in,
         "drift": drift.model_dump(),
         "features": feature_spec(featurized.artifact.manifest["params"]),
-        "lineage": {**lineage(store, trained.artifact), **lineage(store, featurized.artifact)},
+        "lineage": upstream,
         "run_id": ctx.run_id,
     }, {**decision.model_dump(mode="json"), "evaluate_cache_key": ctx.cache_key,
-        "run_id": ctx.run_id})
+        "run_id": ctx.run_id}, lambda number: render(report, number))
     promoted, now = _promote(store, params.model_name, entry, decision, head, ctx.run_id)
     return StageResult(
         rows_in=rows_in, rows_out=rows_in,
-        schema={f.name: str(f.type) for f in errors.schema},
+        schema={f.name: str(f.type) for f in scored.schema},
         statistics={"prediction_mean": float(np.mean(predicted)), "label_mean": float(truth.mean())},
         facts=EvaluateFacts(
             metrics=metrics, baseline=baseline,
@@ -180,27 +195,51 @@ def _judged_champion(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> tuple[
 
 
 def _score_test_rows(ctx: StageContext[EvaluateParams, EvaluateFiles],
-                     champion: ChampionPlan | None) -> pa.Table:
-    """The candidate's predictions on the test rows, and the champion's where it can score.
+                     champion: ChampionPlan | None) -> tuple[pa.Table, Breakdown]:
+    """The candidate's predictions on the test rows, and the champion's where it can score, with
+    the breakdown of their errors and the baseline's.
 
     A champion on the current features is scored in the same pass; one on its own features in a
     second pass over its featurize output, joined by row key.
     """
-    roles, featurized = ctx.params.roles, ctx.input(FEATURIZE)
+    roles, featurized, trained = ctx.params.roles, ctx.input(FEATURIZE), ctx.input(TRAIN)
     scan = Scan(ctx.store, roles.row_key, roles.event_time, roles.label,
-                datetime.fromisoformat(ctx.input(TRAIN).facts.test_period_start),
+                datetime.fromisoformat(trained.facts.test_period_start),
                 tuple(featurized.facts.categorical_columns),
-                {PREDICTION: ctx.input(TRAIN).files.model})
+                {PREDICTION: trained.files.model}, ctx.params.task,
+                baseline=trained.facts.train_label_mean)
     if champion is None or champion.features is None:
         return score(ctx, featurized.files.data, scan)
     if champion.features == featurized.files.data:
         return score(ctx, featurized.files.data, replace(
             scan, models={**scan.models, CHAMPION_PREDICTION: champion.model_dir}))
-    own = score(ctx, champion.features, replace(
-        scan, categorical=champion.categorical, models={CHAMPION_PREDICTION: champion.model_dir}))
-    test = score(ctx, featurized.files.data, scan)
-    return test.join(own.select([roles.row_key, CHAMPION_PREDICTION]), roles.row_key,
-                     join_type="left outer").sort_by(roles.row_key)
+    own, own_errors = score(ctx, champion.features, replace(
+        scan, categorical=champion.categorical, models={CHAMPION_PREDICTION: champion.model_dir},
+        baseline=None))
+    test, errors = score(ctx, featurized.files.data, scan)
+    return (test.join(own.select([roles.row_key, CHAMPION_PREDICTION]), roles.row_key,
+                      join_type="left outer").sort_by(roles.row_key),
+            merge([errors, own_errors]))
+
+
+def _series(decision: Decision) -> dict[str, str]:
+    """The models the report compares, by their breakdown names: the champion only if scored."""
+    champion = decision.champion
+    return {PREDICTION: "candidate",
+            **({CHAMPION_PREDICTION: f"champion {champion.version}"} if champion.metrics else {}),
+            BASELINE: "baseline (training mean)"}
+
+
+def _dag_order(stage: Stage) -> list[str]:
+    """The stages upstream of `stage`, each after the stages it reads (ingest first)."""
+    order: list[str] = []
+    for upstream in stage.inputs:
+        order += [name for name in [*_dag_order(upstream), upstream.name] if name not in order]
+    return order
+
+
+def _trace_id() -> str:
+    return format(current_span().get_span_context().trace_id, "032x")
 
 
 def _champion_score(task: str, champion: ChampionPlan | None, test: pa.Table,
