@@ -114,6 +114,21 @@ def test_profile_reports_every_stage_and_draws_the_timeline(smoke_run):
     assert png.with_suffix(".json").stat().st_size > 1_000
 
 
+def test_profile_attributes_each_computed_stage_to_named_child_spans(smoke_run):
+    """Issue 11: a user sees where each stage's time went, so the named spans inside every
+    stage that ran (listing, reading, computing, waiting for workers, publishing) cover at
+    least 90% of it; the `named` column is that share."""
+    code, output, _ = run_cli("profile", "-c", str(SMOKE), *smoke_run.overrides,
+                              smoke_run.summary["run_id"])
+    assert code == 0, output
+    rows = {line.split()[0]: line.split() for line in output.splitlines()
+            if line.split() and line.split()[0] in STAGES}
+    assert set(rows) == set(STAGES)
+    for name, columns in rows.items():
+        assert columns[1] == "ran", columns
+        assert int(columns[-1].rstrip("%")) >= 90, f"{name}: {columns[-1]} named"
+
+
 def test_an_otlp_run_keeps_a_local_copy_of_its_spans_to_profile(window_change_over_otlp,
                                                                  smoke_run):
     summary, _ = window_change_over_otlp

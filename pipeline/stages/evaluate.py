@@ -114,10 +114,12 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
     trained, featurized = ctx.input(TRAIN), ctx.input(FEATURIZE)
     train_facts: TrainFacts = trained.facts
     head, champion = _judged_champion(ctx)
-    champion_plan = plan(
-        store, params.model_name, champion, feature_spec(featurized.artifact.manifest["params"]),
-        featurized.files.data, roles.label, params.task) if champion else None
-    test, errors = _score_test_rows(ctx, champion_plan)
+    with ctx.telemetry.span("evaluate.score", {"champion": champion or "none"}):
+        champion_plan = plan(
+            store, params.model_name, champion,
+            feature_spec(featurized.artifact.manifest["params"]), featurized.files.data,
+            roles.label, params.task) if champion else None
+        test, errors = _score_test_rows(ctx, champion_plan)
     rows_in = test.num_rows
     test_start = train_facts.test_period_start
     if not rows_in:
@@ -134,7 +136,8 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
     decision = decide(params.task, metrics, baseline,
                       _champion_score(params.task, champion_plan, test, truth),
                       params.min_improvement, params.min_improvement_over_champion)
-    drift = measure_drift(ctx, featurized, trained, roles, params.model_name, params.drift)
+    with ctx.telemetry.span("evaluate.drift"):
+        drift = measure_drift(ctx, featurized, trained, roles, params.model_name, params.drift)
     if drift.blocks_promotion:
         decision = decision.model_copy(update={"passed": False,
                                                "reasons": [*decision.reasons, drift.summary]})
@@ -153,21 +156,27 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
         run=Run(run_id=ctx.run_id, trace_id=_trace_id(), git_commit=git_commit(),
                 config_name=ctx.telemetry.spec.resource_attributes.get("config.name", "?"),
                 evaluate_cache_key=ctx.cache_key, evaluate_code_version=STAGE.code_version))
-    entry = register(store, params.model_name, trained.files.model, {
-        "evaluate_cache_key": ctx.cache_key,
-        "gate": "passed" if decision.passed else "rejected",
-        "reason": "; ".join(decision.reasons),
-        "metrics": metrics,
-        "baseline": {"kind": "training-split mean label", "value": baseline_value, **baseline},
-        "judged_against": champion,
-        "test_rows": rows_in,
-        "drift": drift.model_dump(),
-        "features": feature_spec(featurized.artifact.manifest["params"]),
-        "lineage": upstream,
-        "run_id": ctx.run_id,
-    }, {**decision.model_dump(mode="json"), "evaluate_cache_key": ctx.cache_key,
-        "run_id": ctx.run_id}, lambda number: render(report, number))
-    promoted, now = _promote(store, params.model_name, entry, decision, head, ctx.run_id)
+
+    def report_page(version: str) -> str:
+        with ctx.telemetry.span("evaluate.report"):  # matplotlib: about 0.5 s a figure
+            return render(report, version)
+
+    with ctx.telemetry.span("evaluate.register"):
+        entry = register(store, params.model_name, trained.files.model, {
+            "evaluate_cache_key": ctx.cache_key,
+            "gate": "passed" if decision.passed else "rejected",
+            "reason": "; ".join(decision.reasons),
+            "metrics": metrics,
+            "baseline": {"kind": "training-split mean label", "value": baseline_value, **baseline},
+            "judged_against": champion,
+            "test_rows": rows_in,
+            "drift": drift.model_dump(),
+            "features": feature_spec(featurized.artifact.manifest["params"]),
+            "lineage": upstream,
+            "run_id": ctx.run_id,
+        }, {**decision.model_dump(mode="json"), "evaluate_cache_key": ctx.cache_key,
+            "run_id": ctx.run_id}, report_page)
+        promoted, now = _promote(store, params.model_name, entry, decision, head, ctx.run_id)
     return StageResult(
         rows_in=rows_in, rows_out=rows_in,
         schema={f.name: str(f.type) for f in scored.schema},
