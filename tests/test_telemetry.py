@@ -267,6 +267,21 @@ def test_span_attributes_are_flattened_into_types_otel_keeps():
     }
 
 
+def test_span_ids_stay_unique_when_the_global_random_module_is_reseeded():
+    """The training loop seeds `random` for reproducible weights, in the driver in local mode;
+    span ids drawn after each reseed must not repeat (they did: parents were lost in a trace)."""
+    import random
+
+    tel = Telemetry.start(TelemetrySpec(exporter="memory"))
+    for _ in range(2):
+        random.seed(0)
+        with tel.span("train.epoch"):
+            pass
+    spans = tel.spans()
+    tel.shutdown()
+    assert len({s["span_id"] for s in spans}) == 2
+
+
 # -- profile -------------------------------------------------------------------------------------
 def _span(name, span_id, parent, start_s, end_s, pid=100, attributes=None, role="worker"):
     return {

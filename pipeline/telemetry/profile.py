@@ -43,6 +43,8 @@ class StageProfile:
     rows_per_s: float | None  # rows.in / wall; None for cached stages (nothing was processed)
     bytes_per_s: float | None  # (bytes.read + bytes.written) / wall; None for cached stages
     named: float  # share of the stage's wall covered by its named child spans, 0..1
+    phases: list[tuple[str, float]] = field(default_factory=list)
+    """The stage's direct child spans (its phases), (name, wall seconds), in start order."""
 
     @property
     def cached(self) -> bool:
@@ -163,6 +165,8 @@ def _stage_profile(span: dict, run_wall: float, spans: list[dict]) -> StageProfi
         if active and (b_read is not None or b_written is not None)
         else None,
         named=covered_share(span, descendants_of(span, spans)),
+        phases=[(child["name"], wall_seconds(child)) for child in spans
+                if child.get("parent_span_id") == span["span_id"]],
     )
 
 
@@ -177,7 +181,10 @@ def build_profile(spans: list[dict], top: int = 10) -> Profile:
     by_id = {s["span_id"]: s for s in spans}
     stages = [_stage_profile(s, run_wall, spans) for s in spans
               if s["name"].startswith(STAGE_PREFIX)]
-    others = [s for s in spans if s is not root and not s["name"].startswith(STAGE_PREFIX)]
+    parents = {s.get("parent_span_id") for s in spans}
+    # the units of work (spans with no children: tasks, epochs, chunks), not the phases above them
+    others = [s for s in spans if s is not root and not s["name"].startswith(STAGE_PREFIX)
+              and s["span_id"] not in parents]
     others.sort(key=wall_seconds, reverse=True)
     slowest = [
         SpanTiming(
@@ -233,10 +240,16 @@ def render_table(profile: Profile) -> str:
             f"{_num(s.bytes_read, 'B'):>8} {_num(s.bytes_written, 'B'):>8} "
             f"{_num(s.bytes_per_s, 'B'):>9} {s.named:>6.0%}"
         )
+    ran = [s for s in profile.stages if not s.cached and s.phases]
+    if ran:
+        lines += ["", "phases of each stage that ran (seconds):"]
+        for s in ran:
+            lines.append(f"  {s.name:<10} " + ", ".join(
+                f"{name.split('.', 1)[-1]} {seconds:.2f}" for name, seconds in s.phases))
     if profile.slowest:
         lines += [
             "",
-            f"slowest {len(profile.slowest)} spans inside stages:",
+            f"slowest {len(profile.slowest)} units of work (tasks, chunks, epochs):",
             f"{'wall s':>8}  {'stage':<12} {'pid':>7}  name",
         ]
         for t in profile.slowest:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import secrets
 import socket
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import Status
 
 from .jsonl import JsonlMetricExporter, JsonlSpanExporter, MemorySpanExporter
@@ -195,8 +197,11 @@ def _metric_reader(spec: TelemetrySpec, role: str) -> MetricReader:
     if spec.exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
+        # Workers export when each task's outermost span closes: a periodic thread there would
+        # outlive the run in a long-lived Ray worker and retry a collector that has gone.
+        interval = OTLP_METRIC_INTERVAL_MS if role == "driver" else math.inf
         return PeriodicExportingMetricReader(
-            OTLPMetricExporter(endpoint=_otlp_url(spec, "metrics")), OTLP_METRIC_INTERVAL_MS
+            OTLPMetricExporter(endpoint=_otlp_url(spec, "metrics")), interval
         )
     if spec.exporter == "memory" and role == "driver":
         return InMemoryMetricReader()
@@ -204,6 +209,19 @@ def _metric_reader(spec: TelemetrySpec, role: str) -> MetricReader:
         return PeriodicExportingMetricReader(ConsoleMetricExporter(), math.inf)
     # math.inf: no background thread; Providers.flush/shutdown collect explicitly
     return PeriodicExportingMetricReader(JsonlMetricExporter(metric_file(spec, role)), math.inf)
+
+
+class SystemIdGenerator(IdGenerator):
+    """Span and trace ids from the OS's randomness. The SDK's default draws from the global
+    `random` module, which the training loop seeds for reproducible weights (in the driver, in
+    local mode): every reseed would then repeat the ids that followed the last one, and spans of
+    one trace would share ids."""
+
+    def generate_span_id(self) -> int:
+        return secrets.randbits(64) or 1
+
+    def generate_trace_id(self) -> int:
+        return secrets.randbits(128) or 1
 
 
 def build_providers(spec: TelemetrySpec, role: str) -> Providers | None:
@@ -216,7 +234,7 @@ def build_providers(spec: TelemetrySpec, role: str) -> Providers | None:
     # Network export is batched; local files and memory are cheap enough to write synchronously.
     batched = spec.exporter == "otlp"
     processor = BatchSpanProcessor(exporter) if batched else SimpleSpanProcessor(exporter)
-    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider = TracerProvider(resource=resource, id_generator=SystemIdGenerator())
     tracer_provider.add_span_processor(processor)
     reader = _metric_reader(spec, role)
     meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
