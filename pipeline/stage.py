@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import importlib.util
 import posixpath
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -211,16 +211,22 @@ def code_version(module: str, upstream: frozenset[str] = frozenset()) -> str:
     """
     digest = hashlib.sha256()
     for name in sorted(package_modules(module, upstream)):
-        tree = _tree(name)
-        for node in ast.walk(tree):
-            body = getattr(node, "body", None)
-            if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
-                    and isinstance(body[0].value, ast.Constant)
-                    and isinstance(body[0].value.value, str)):
-                node.body = body[1:] or [ast.Pass()]
-        digest.update(name.encode())
-        digest.update(ast.dump(tree).encode())
+        digest.update(f"{name}:{_syntax_digest(name)}\n".encode())
     return digest.hexdigest()[:12]
+
+
+@cache
+def _syntax_digest(module: str) -> str:
+    """Hash of one module's syntax tree without docstrings (each module once per process: five
+    stages share most of their modules)."""
+    tree = _tree(module)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
 
 
 def package_modules(module: str, upstream: frozenset[str] = frozenset()) -> set[str]:
@@ -241,6 +247,7 @@ def package_modules(module: str, upstream: frozenset[str] = frozenset()) -> set[
     return found
 
 
+@cache
 def _imports(module: str) -> list[str]:
     """Modules named by the import statements of `module` (`from a import b` yields a and a.b)."""
     is_package = Path(_origin(module)).name == "__init__.py"
@@ -260,10 +267,19 @@ def _tree(module: str) -> ast.Module:
     return ast.parse(Path(_origin(module)).read_text())
 
 
+@cache
 def _origin(module: str) -> str | None:
-    """The source file of a module, or None when the name is not a module (an imported name)."""
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
+    """The source file of a module of an imported package, or None when the name is not a module
+    (an imported name). Found on disk, not with `importlib.util.find_spec`, which imports the
+    parent module of the name it is given: `pipeline.model.network.TabularNet` would import
+    torch, seconds of every run's start."""
+    top, *rest = module.split(".")
+    package = sys.modules.get(top)
+    locations = getattr(package, "__path__", None)
+    if not locations:
         return None
-    return spec.origin if spec and spec.origin and spec.origin.endswith(".py") else None
+    base = Path(next(iter(locations)), *rest)
+    for candidate in ((base.with_name(base.name + ".py"),) if rest else ()) + (base / "__init__.py",):
+        if candidate.is_file():
+            return str(candidate)
+    return None
