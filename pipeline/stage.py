@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.util
 import posixpath
 import sys
 from collections.abc import Callable, Mapping
@@ -215,11 +216,17 @@ def code_version(module: str, upstream: frozenset[str] = frozenset()) -> str:
     return digest.hexdigest()[:12]
 
 
-@cache
 def _syntax_digest(module: str) -> str:
-    """Hash of one module's syntax tree without docstrings (each module once per process: five
-    stages share most of their modules)."""
-    tree = _tree(module)
+    source = Path(_origin(module))
+    stat = source.stat()
+    return _file_syntax_digest(str(source), stat.st_mtime_ns, stat.st_size)
+
+
+@cache
+def _file_syntax_digest(path: str, _mtime_ns: int, _size: int) -> str:
+    """Hash of one file's syntax tree without docstrings, once per process and file version
+    (five stages share most of their modules)."""
+    tree = ast.parse(Path(path).read_text())
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
@@ -247,13 +254,14 @@ def package_modules(module: str, upstream: frozenset[str] = frozenset()) -> set[
     return found
 
 
-@cache
 def _imports(module: str) -> list[str]:
     """Modules named by the import statements of `module` (`from a import b` yields a and a.b)."""
     is_package = Path(_origin(module)).name == "__init__.py"
     base = module.split(".") if is_package else module.split(".")[:-1]
     names = []
-    for node in ast.walk(_tree(module)):
+    source = Path(_origin(module))
+    stat = source.stat()
+    for node in ast.walk(_file_tree(str(source), stat.st_mtime_ns, stat.st_size)):
         if isinstance(node, ast.Import):
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -263,11 +271,20 @@ def _imports(module: str) -> list[str]:
     return names
 
 
-def _tree(module: str) -> ast.Module:
-    return ast.parse(Path(_origin(module)).read_text())
-
-
 @cache
+def _file_tree(path: str, _mtime_ns: int, _size: int) -> ast.Module:
+    """A file's syntax tree, parsed once per file version; read only, never changed."""
+    return ast.parse(Path(path).read_text())
+
+
+def _search_locations(top: str) -> list[str] | None:
+    try:  # a top-level name: finding it imports nothing
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    return spec.submodule_search_locations if spec else None
+
+
 def _origin(module: str) -> str | None:
     """The source file of a module of an imported package, or None when the name is not a module
     (an imported name). Found on disk, not with `importlib.util.find_spec`, which imports the
@@ -275,7 +292,7 @@ def _origin(module: str) -> str | None:
     torch, seconds of every run's start."""
     top, *rest = module.split(".")
     package = sys.modules.get(top)
-    locations = getattr(package, "__path__", None)
+    locations = getattr(package, "__path__", None) if package else _search_locations(top)
     if not locations:
         return None
     base = Path(next(iter(locations)), *rest)
