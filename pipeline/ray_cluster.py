@@ -78,11 +78,12 @@ def _why(exc: BaseException) -> str:
         texts.append(f"{type(exc).__name__}: {exc}")
         exc = exc.__cause__ or exc.__context__
     text = "\n".join(texts)
-    if "AuthenticationError" in text:
-        return "token auth is on here, but this process has no token"
-    if "InvalidAuthToken" in text or "Unauthenticated" in text:
-        return "the cluster refused this process's token (missing or not the cluster's)"
-    return f"Ray gave up ({texts[0].splitlines()[0]})"
+    if not any(word in text for word in ("AuthenticationError", "InvalidAuthToken",
+                                         "Unauthenticated")):
+        return f"Ray gave up ({texts[0].splitlines()[0]})"
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return "it wants a token, and this process sends none (RAY_AUTH_MODE is not token)"
+    return "it refused this process's token (none found, or not the cluster's)"
 
 
 @contextmanager

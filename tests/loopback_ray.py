@@ -22,6 +22,7 @@ from pathlib import Path
 RAY = str(Path(sys.executable).with_name("ray"))
 STARTED = "Ray runtime started."
 _START_S = 120
+_STOP_S = 5  # a throwaway cluster: no need to wait for a graceful drain
 _OBJECT_STORE_BYTES = 256 * 2**20
 
 
@@ -64,10 +65,13 @@ class LoopbackRayCluster:
         try:
             gcs_port, dashboard_port = self.address.rsplit(":")[1], self.dashboard.rsplit(":")[2]
             self._start("head", "--head", "--port", gcs_port, "--node-ip-address", "127.0.0.1",
-                        "--temp-dir", str(self.temp_dir), "--include-dashboard", "true",
+                        "--temp-dir", str(self.temp_dir / "head"), "--include-dashboard", "true",
                         "--dashboard-host", "127.0.0.1", "--dashboard-port", dashboard_port,
                         "--ray-client-server-port", str(free_ports(1)[0]))
-            self._start("worker", "--address", self.address)
+            # its own temp dir, as on another machine: Ray keeps each job's working-dir copy
+            # and the address file there, and a shared one would be deleted or overwritten
+            self._start("worker", "--address", self.address,
+                        "--temp-dir", str(self.temp_dir / "worker"))
         except BaseException:
             self.__exit__()
             raise
@@ -98,11 +102,11 @@ class LoopbackRayCluster:
             _end_group(process, signal.SIGTERM)
         for process in reversed(self.processes):
             try:
-                process.wait(timeout=20)
+                process.wait(timeout=_STOP_S)
             except subprocess.TimeoutExpired:
-                _end_group(process, signal.SIGKILL)
-                process.wait()
-            _end_group(process, signal.SIGKILL)  # any straggler of that node's group
+                pass
+            _end_group(process, signal.SIGKILL)  # what is left of that node's processes
+            process.wait()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
