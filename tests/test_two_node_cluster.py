@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,8 +35,16 @@ _RUN_S = 240
 @pytest.fixture(scope="module")
 def cluster(s3):  # noqa: F811
     env = {**without_ray_or_aws(os.environ), **CREDENTIALS, "PYTHONPATH": str(REPO)}
-    with LoopbackRayCluster(env) as running:
-        yield running
+    try:
+        with LoopbackRayCluster(env) as running:
+            yield running
+    finally:
+        # a run on a remote root keeps its span files under ~/.cache; these runs' ids are the
+        # run folders they uploaded to this module's bucket
+        _, fs = s3
+        for folder in fs.glob(f"{PREFIX.removeprefix('s3://')}/*/runs/*"):
+            shutil.rmtree(Path.home() / ".cache" / "raypipe" / "runs" / posixpath.basename(folder),
+                          ignore_errors=True)
 
 
 def _driver_env(cluster: LoopbackRayCluster | None) -> dict[str, str]:
