@@ -260,6 +260,10 @@ class ClusterConfig(_Strict):
     address: str | None = Field(None, description="Ray address; None starts a local Ray")
     num_cpus: int | None = Field(None, ge=1)
     runtime_env: dict[str, Any] = {}
+    shared_filesystem: bool = Field(
+        False, description="local artifact_root and dataset.source paths are one filesystem that "
+        "every Ray node mounts (NFS, a shared volume); without it a multi-node cluster refuses them"
+    )
 
 
 class TelemetryConfig(_Strict):

@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from pipeline.config import ClusterConfig
 
 ARROW_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system"}
 _CONNECTED = []  # non-empty once ensure_ray has connected this process (disconnect_ray undoes it)
+
+# Ray tries a cluster's GCS 20 times a second apart, and each try at an address where nothing
+# listens waits about 35 s more: a mistyped address or a missing token cost a user 20 s to minutes.
+# A reachable head answers the first try; a few more cover a head that is still starting.
+_CONNECT_TRIES = "5"
+_PORT_CHECK_S = 3.0
+TOKEN_HELP = ("Ray 2.60 clusters use token auth: give this process RAY_AUTH_MODE=token and the "
+              "cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN (see cluster/README.md)")
+
+
+class ClusterUnreachable(ConnectionError):
+    """`cluster.address` names no Ray cluster this process can join; the message says why."""
 
 
 def ensure_ray(cluster: ClusterConfig) -> None:
@@ -18,14 +35,68 @@ def ensure_ray(cluster: ClusterConfig) -> None:
     # pyarrow's default allocator keeps freed memory per worker; the system one returns it
     # (measured: featurize's per-worker peak 807 -> 512 MB on 10M rows)
     runtime_env["env_vars"] = {**ARROW_ENV, **runtime_env.get("env_vars", {})}
-    ray.init(
-        address=cluster.address,
-        num_cpus=cluster.num_cpus if not cluster.address else None,
-        runtime_env=runtime_env,
-        include_dashboard=False,
-        log_to_driver=True,
-    )
+    options = {"runtime_env": runtime_env, "include_dashboard": False, "log_to_driver": True}
+    if cluster.address:
+        _join(cluster.address, options)
+    else:
+        ray.init(num_cpus=cluster.num_cpus, **options)
     _CONNECTED.append(True)
+
+
+def _join(address: str, options: dict) -> None:
+    """`ray.init(address)`, failing within seconds with one sentence instead of Ray's retries
+    and traceback."""
+    import ray
+
+    _check_listening(address)
+    with _environment("RAY_gcs_server_port_wait_time_s", _CONNECT_TRIES):
+        try:
+            ray.init(address=address, **options)
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
+            raise ClusterUnreachable(f"cannot join the Ray cluster at {address} (cluster.address): "
+                                     f"{_why(exc)}. {TOKEN_HELP}") from exc
+
+
+def _check_listening(address: str) -> None:
+    """Fail at once when nothing listens at a HOST:PORT address ("auto" and others: Ray's job)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=_PORT_CHECK_S).close()
+    except OSError as exc:
+        raise ClusterUnreachable(
+            f"cannot join the Ray cluster at {address} (cluster.address): nothing answers there "
+            f"({exc.strerror or type(exc).__name__}); is the head up (`ray start --head "
+            f"--port {port}`)? {TOKEN_HELP}") from None
+
+
+def _why(exc: BaseException) -> str:
+    """What went wrong, from Ray's exception chain (its messages are tracebacks)."""
+    texts = []
+    while exc is not None:
+        texts.append(f"{type(exc).__name__}: {exc}")
+        exc = exc.__cause__ or exc.__context__
+    text = "\n".join(texts)
+    if not any(word in text for word in ("AuthenticationError", "InvalidAuthToken",
+                                         "Unauthenticated")):
+        return f"Ray gave up ({texts[0].splitlines()[0]})"
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return "it wants a token, and this process sends none (RAY_AUTH_MODE is not token)"
+    return "it refused this process's token (none found, or not the cluster's)"
+
+
+@contextmanager
+def _environment(name: str, default: str) -> Iterator[None]:
+    """`name` set to `default` for the block unless the user set it (Ray reads it from os.environ)."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = default
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
 
 
 def disconnect_ray() -> None:

@@ -17,9 +17,11 @@ from pipeline.artifacts import Artifact, ArtifactStore
 from pipeline.config import PipelineConfig
 from pipeline.dag import STAGES, check_order, stage_by_name
 from pipeline.datasets import ensure_dataset
+from pipeline.node_credentials import find_missing_credentials
 from pipeline.provenance import git_commit, versions
 from pipeline.ray_cluster import ensure_ray
 from pipeline.registry import CHAMPION, alias_head
+from pipeline.shared_storage import check_storage_is_shared
 from pipeline.stage import Output, Params, Stage, StageContext, StageResult
 from pipeline.stages.evaluate import EvaluateFacts
 from pipeline.telemetry import REDACTED, Telemetry, TelemetrySpec, redact, redact_text
@@ -172,7 +174,7 @@ class Runner:
         try:  # the key reads external inputs too (the source listing), which can fail
             key = stage_key(stage, self.config, inputs, self.store)
         except Exception as exc:
-            raise StageFailed(f"stage {stage.name} failed: {exc}") from exc
+            raise StageFailed(f"stage {stage.name} failed: {_reason(exc)}") from exc
         if self.store.find(stage.name, key.key) is None:
             self._start_ray(telemetry)
         started = time.perf_counter()
@@ -216,13 +218,15 @@ class Runner:
 
     def _start_ray(self, telemetry: Telemetry) -> None:
         """Start or join Ray before the first stage that computes, in its own span, so that no
-        stage's time includes it; a fully cached run never starts Ray."""
+        stage's time includes it; a fully cached run never starts Ray. Joined to a cluster, a
+        local path that its nodes could not share is refused before any work."""
         import ray
 
         if not ray.is_initialized():
             with telemetry.span("ray.start", {"cluster.address": self.config.cluster.address
                                               or "local"}):
                 ensure_ray(self.config.cluster)
+                check_storage_is_shared(self.config)
 
     def _compute(self, stage: Stage, key: StageKey, inputs: dict[str, Output],
                  telemetry: Telemetry, trace_id: str) -> Artifact:
@@ -242,7 +246,7 @@ class Runner:
                                 f"{stage.facts.__name__}")
         except Exception as exc:
             self.store.abandon(staging)
-            raise StageFailed(f"stage {stage.name} failed: {exc}") from exc
+            raise StageFailed(f"stage {stage.name} failed: {_reason(exc)}") from exc
         _check_accounting(stage.name, result)
         with telemetry.span("artifact.publish"):  # fingerprint (reads every file), manifest
             fingerprint, size = self.store.fingerprint(staging)
@@ -400,3 +404,9 @@ def _check_accounting(stage: str, result: StageResult) -> None:
             f"{result.rows_quarantined} quarantined"
         )
 
+
+
+def _reason(exc: Exception) -> str:
+    """Why a stage failed: a worker without storage credentials in one sentence that names its
+    node (Ray's text for a remote failure is the worker's whole traceback)."""
+    return find_missing_credentials(exc) or str(exc)

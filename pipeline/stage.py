@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
+from pipeline.node_credentials import naming_node
 from pipeline.telemetry import traced
 
 if TYPE_CHECKING:
@@ -138,11 +139,12 @@ class StageContext(Generic[P, F]):
 
     def traced(self, work: Callable, span: str | None) -> Callable:
         """`work` run in Ray (a task, a Ray Data function or class, a Train loop) inside a span
-        of this stage (see `pipeline.telemetry.traced`)."""
+        of this stage (see `pipeline.telemetry.traced`); a node without object-storage
+        credentials is named (`pipeline.node_credentials`)."""
         carrier = self.telemetry.carrier()
         if self.progress is not None:
             carrier["progress"] = self.progress
-        return traced(work, span, carrier)
+        return traced(naming_node(work), span, carrier)
 
     def task(self, work: Callable, span: str | None) -> Any:
         """`work` as a one-CPU Ray task run inside a span of this stage. Stages use plain tasks

@@ -1,0 +1,83 @@
+"""A Ray worker that finds no object-storage credentials, named in one sentence.
+
+Credentials that only the driver's environment holds do not travel with the work: s3fs in a
+worker looks for its own (its node's environment, an instance role). Without them, botocore's
+`NoCredentialsError` surfaces as a remote traceback a hundred lines long. Work wrapped by
+`naming_node` turns it into `NodeLacksCredentials`, whose message names the Ray node and says how
+to give every node credentials; `find_missing_credentials` finds either in a failure's chain.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+HOW = ("give every node credentials: the nodes' own environment or instance role (IRSA on "
+       "Kubernetes), the job's runtime_env env_vars (`ray job submit --runtime-env-json`), or "
+       "storage_options")
+
+
+class NodeLacksCredentials(RuntimeError):
+    """Object storage refused a Ray worker for want of credentials; the message names its node."""
+
+    @classmethod
+    def here(cls) -> NodeLacksCredentials:
+        import ray
+
+        context = ray.get_runtime_context()
+        node = context.get_node_id()
+        ip = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node), "?")
+        return cls(f"Ray node {node} ({ip}) found no credentials for object storage; {HOW}")
+
+
+def naming_node(work: Callable) -> Callable:
+    """`work` (a function, or a class for Ray Data's actor pool) with a missing-credentials
+    failure raised as NodeLacksCredentials; picklable like `work`."""
+    if isinstance(work, type):
+        class Named(work):
+            def __call__(self, *args, **kwargs):
+                return _named(super().__call__, *args, **kwargs)
+
+        Named.__name__ = Named.__qualname__ = work.__name__
+        return Named
+
+    @functools.wraps(work)
+    def run(*args, **kwargs):
+        return _named(work, *args, **kwargs)
+
+    return run
+
+
+def _named(call: Callable, *args, **kwargs):
+    try:
+        return call(*args, **kwargs)
+    except Exception as exc:
+        if _is_missing_credentials(exc):
+            raise NodeLacksCredentials.here() from None
+        raise
+
+
+def find_missing_credentials(exc: BaseException) -> str | None:
+    """The sentence for a failure caused by missing credentials (in a worker or the driver), or
+    None. Ray wraps a worker's exception as the `cause` of a RayTaskError."""
+    where = "the driver"
+    for link in _chain(exc):
+        if type(link) is NodeLacksCredentials:  # not Ray's RayTaskError subclass of it
+            return str(link)
+        if getattr(link, "ip", None) and getattr(link, "pid", None):  # a RayTaskError
+            where = f"a Ray worker on {link.ip} (pid {link.pid})"
+        if type(link).__name__ == "NoCredentialsError":
+            return f"{where} found no credentials for object storage; {HOW}"
+    return None
+
+
+def _is_missing_credentials(exc: BaseException) -> bool:
+    return any(type(link).__name__ == "NoCredentialsError" for link in _chain(exc))
+
+
+def _chain(exc: BaseException | None):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
