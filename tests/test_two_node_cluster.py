@@ -24,6 +24,9 @@ from tests.loopback_ray import RAY, LoopbackRayCluster, free_ports, without_ray_
 from tests.test_object_storage import BUCKET, s3  # noqa: F401  (the moto server fixture)
 
 pytest.importorskip("aiohttp_cors", reason="the job server needs ray[default] (the cluster extra)")
+# Minutes of work (two Ray nodes, full pipeline runs as subprocesses): `make test-cluster` runs
+# this file, `make test` leaves it out, `.ci/run` runs both.
+pytestmark = pytest.mark.cluster
 
 PREFIX = f"s3://{BUCKET}/two-node"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
