@@ -331,4 +331,6 @@ def deterministic_torch(device) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
     # Some CUDA kernels have no deterministic variant: warn there rather than refuse to train.
-    torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+    # torch.use_deterministic_algorithms would also import torch._inductor.config (1-4 s here)
+    # only to set Inductor's flag; this loop never compiles, so set the kernels' switch alone.
+    torch._C._set_deterministic_algorithms(True, warn_only=device.type == "cuda")
