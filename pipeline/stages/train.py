@@ -119,13 +119,14 @@ class TrainFacts(Facts):
 
 
 def run(ctx: StageContext[TrainParams, TrainFiles]) -> StageResult[TrainFacts]:
-    # torch is imported here, not at the top: the Ray Data workers that run this module's batch
+    # torch is imported here, not at the top: the Ray workers that run this module's task
     # functions (split, fit, encode) never need it, and importing it costs seconds per process.
-    import torch
+    with ctx.telemetry.span("train.import_torch"):
+        import torch
 
-    from pipeline.model.loop import CHECKPOINT_FILE, train_loop_per_worker
-    from pipeline.model.network import weights_checksum
-    from pipeline.model.predictor import save_model
+        from pipeline.model.loop import CHECKPOINT_FILE, train_loop_per_worker
+        from pipeline.model.network import weights_checksum
+        from pipeline.model.predictor import save_model
 
     params, store = ctx.params, ctx.store
     featurize = ctx.input(FEATURIZE)
