@@ -134,20 +134,23 @@ def source_fingerprint(params: IngestParams) -> dict[str, str]:
 
 
 def _check_columns(fs: fsspec.AbstractFileSystem, files: list[str],
-                   declared: dict[str, str]) -> tuple[int, pa.Schema]:
+                   declared: dict[str, str]) -> tuple[int, pa.Schema, list[int]]:
     """Fail before anything is written, naming the file and column: a file that is not parquet,
     lacks a schema column (schema drift), types a column differently from another file (a time
     zone included), or holds a kind that cannot be read as the declared type. Return the row
-    count (0 is an error) and the snapshot's schema: the declared columns as the files type them.
-    Footers are read by a thread pool: on object storage each one is a round trip."""
+    count (0 is an error), the snapshot's schema (the declared columns as the files type them)
+    and each file's uncompressed size from its footer. Footers are read by a thread pool through
+    Arrow's filesystem (native reads locally; on object storage each one is a round trip)."""
     kinds = {"int": pa.types.is_integer, "float": lambda t: pa.types.is_floating(t)
              or pa.types.is_integer(t), "string": lambda t: pa.types.is_string(t)
              or pa.types.is_large_string(t), "bool": pa.types.is_boolean,
              "timestamp": lambda t: pa.types.is_timestamp(t) or pa.types.is_integer(t)}
 
+    source = arrow_filesystem(fs)
+
     def footer(path: str) -> pq.FileMetaData:
         try:
-            with fs.open(path, "rb") as handle:
+            with source.open_input_file(path) as handle:
                 return pq.ParquetFile(handle).metadata
         except (pa.ArrowInvalid, OSError) as exc:
             raise SourceError(f"{path}: not a readable parquet file ({exc})") from None
@@ -176,13 +179,16 @@ def _check_columns(fs: fsspec.AbstractFileSystem, files: list[str],
     if rows == 0:
         raise SourceError(f"source files in range hold 0 rows (all {len(files)} under "
                           f"{posixpath.commonpath(files)} are empty): nothing to snapshot")
-    return rows, pa.schema([(name, seen.get(name, (pa.null(),))[0]) for name in declared])
+    sizes = [sum(footer.row_group(i).total_byte_size for i in range(footer.num_row_groups))
+             for footer in footers]
+    return rows, pa.schema([(name, seen.get(name, (pa.null(),))[0]) for name in declared]), sizes
 
 
 def file_groups(sizes: list[int], workers: int) -> list[slice]:
     """Consecutive runs of the (sorted) file list, one Ray task each: at least one per worker
-    CPU while there are files, and none much over GROUP_BYTES, so a task's start-up is paid per
-    hundred megabytes rather than per file, and the snapshot's part files keep source order."""
+    CPU while there are files, and none much over GROUP_BYTES of uncompressed data, so a task's
+    start-up is paid per hundred megabytes rather than per file, and the snapshot's part files
+    keep source order."""
     total = sum(sizes)
     count = max(1, min(len(sizes), max(workers, -(-total // GROUP_BYTES))))
     share, groups, start, filled = total / count, [], 0, 0
@@ -201,9 +207,7 @@ def run(ctx: StageContext[IngestParams, IngestFiles]) -> StageResult[IngestFacts
         fs, _, files = source_files(params)
         span.set_attribute("files", len(files))
     with ctx.telemetry.span("ingest.check_footers", {"files": len(files)}):
-        rows_in, schema = _check_columns(fs, files, params.columns)
-        with ThreadPoolExecutor(max_workers=_FOOTER_READERS) as pool:  # a round trip each on S3
-            sizes = [int(size or 0) for size in pool.map(fs.size, files)]
+        rows_in, schema, sizes = _check_columns(fs, files, params.columns)
     store.fs.makedirs(ctx.output.data, exist_ok=True)
     workers = max(1, int(ray.available_resources().get("CPU", 1)))
     groups = file_groups(sizes, workers)
