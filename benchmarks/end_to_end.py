@@ -404,7 +404,9 @@ def main(argv: list[str] | None = None) -> None:
         script, pipeline = [], []
         for repeat in range(args.repeats):  # alternated, so drift in load hits both arms
             script.append(run_script(source, args.rows, args.torch_threads))
+            script[-1]["load_average_after"] = os.getloadavg()
             pipeline.append(run_pipeline(source, args.rows, work / f"artifacts-{repeat}"))
+            pipeline[-1]["load_average_after"] = os.getloadavg()
             shutil.rmtree(work / f"artifacts-{repeat}")
             print(f"{args.rows:,} rows, run {repeat + 1}: script {script[-1]['wall_s']:.1f}s "
                   f"(RMSE {script[-1]['test_metrics']['rmse']:.3f}), pipeline "
