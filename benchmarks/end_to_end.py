@@ -370,7 +370,8 @@ def chart(results: dict, path: Path) -> None:
         axis.set_xticks(range(len(PHASES)), PHASES, fontsize=8)
         axis.set_ylabel("seconds (median of repetitions)")
         axis.set_title(f"{size['rows']:,} rows: pipeline = {size['wall_ratio']:.2f}x the script "
-                       f"(load {size['load_average_before'][0]:.0f})", fontsize=9)
+                       f"(load {size['load_average_before'][0]:.0f} to "
+                     f"{size['load_average_after'][0]:.0f})", fontsize=9)
         axis.legend(fontsize=8)
     figure.suptitle("end to end: `pipeline run` (first run) vs a plain polars + torch script, "
                     "configs/local.yaml", fontsize=10)
