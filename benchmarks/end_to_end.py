@@ -1,0 +1,432 @@
+"""A whole retrain: `pipeline run` vs the plain script a team would write without it, in one run.
+
+    python benchmarks/end_to_end.py                          # 1M rows → benchmarks/results/end_to_end.{json,png}
+    python benchmarks/end_to_end.py --rows 10000000          # adds the 10M size to the same JSON
+    python benchmarks/end_to_end.py --rows 200000 --repeats 1 --results /tmp/e2e   # a quick check
+
+The source: configs/local.yaml's ride-share table (`ensure_dataset`, the generator `pipeline run`
+uses when the source is missing) at --rows rows over the config's 60 days, generated once before
+any timing, outside both arms, under --data (a fresh folder in /var/tmp unless given; a given one
+is reused, so a later benchmark on the same rows skips generation).
+
+Both arms run as child processes of this one, timed from spawn to exit, alternated per repetition:
+
+- pipeline: `python -m pipeline run -c configs/local.yaml --set dataset.source=... --set
+  dataset.generate.rows=N --set artifact_root=<fresh> --json`, a first run. Per phase: ray.start
+  from the run's spans (timed apart from every stage), each stage's seconds from the JSON summary,
+  and "other" (interpreter, imports, config, run record, exit) = wall - the rest. Its test metrics
+  are evaluate's, from the same summary.
+- script: this file with --script: polars + torch, no Ray, timed per phase in the child. Torch
+  gets --torch-threads threads (default 1, as the pipeline's one-CPU training worker gets: on this
+  shared 2-core machine, 2 threads trained the small MLP 30x slower than 1, 3.8k vs 123k rows/s,
+  in their spin-waits). read + clean: the source's day partitions in [dataset.start, dataset.end),
+  then validate's rules (pipeline/quality/rules.py): nulls in any declared column, non-finite
+  floats, later copies of a row key, out-of-range values, labels before their events or more than
+  validate.max_label_delay after, events outside the range. features: the seven windows of the
+  config with the polars peer of benchmarks/featurize.py (`_groups`, `_events`: `rolling_*_by`
+  over available-at, `closed="left"`). split: pipeline/model/splits.py's rules in polars (labels
+  available before each cutoff, the embargo). train: pipeline/model/preprocessing.py's transform
+  (training-split mean/std, NaN -> 0 after standardising, vocabulary codes with 0 = unknown,
+  standardised label) and loop.py's loop (the same TabularNet, AdamW with train.lr and
+  weight_decay, MSE, batch 1024, train.epochs with train.patience on validation loss, best weights
+  kept). score: RMSE and MAE on the test period in label units.
+
+The phases compared side by side: start-up (pipeline: ray.start + other; script: interpreter and
+imports), read + clean (ingest + validate), features (featurize, with its audit), split + train
+(train), score (evaluate, with its report and registry). The wall ratio is pipeline / script per
+repetition and of the medians. The machine is shared, so the JSON records the load average before
+and after each size; quote ratios, not seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+PROCESS_STARTED = time.perf_counter()
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.config import PipelineConfig, load_config  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+CONFIG = REPO / "configs" / "local.yaml"
+STAGES = ("ingest", "validate", "featurize", "train", "evaluate")
+PHASES = ("start-up", "read + clean", "features", "split + train", "score")
+PIPELINE_PHASES = {"start-up": ("ray.start", "other"), "read + clean": ("ingest", "validate"),
+                   "features": ("featurize",), "split + train": ("train",),
+                   "score": ("evaluate",)}
+
+
+# -- the source ------------------------------------------------------------------------------
+def source_config(rows: int, source: Path | None = None) -> PipelineConfig:
+    sets = [f"dataset.generate.rows={rows}"]
+    return load_config(CONFIG, sets + ([f"dataset.source={source}"] if source else []))
+
+
+def prepare_source(rows: int, data: Path) -> tuple[Path, float]:
+    """configs/local.yaml's generated table at `rows` rows (reused when already there)."""
+    from pipeline.datasets import ensure_dataset
+
+    source = data / f"rideshare-{rows}"
+    dataset = source_config(rows).dataset
+    started = time.perf_counter()
+    ensure_dataset(str(source), dataset.generate.kind, rows, dataset.start, dataset.end,
+                   dataset.generate.seed)
+    return source, time.perf_counter() - started
+
+
+def child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+
+
+# -- the pipeline arm ------------------------------------------------------------------------
+def run_pipeline(source: Path, rows: int, artifact_root: Path) -> dict:
+    """One first `pipeline run` as a child process: wall, per-phase seconds, test metrics."""
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", "-c", str(CONFIG),
+         "--set", f"dataset.source={source}", "--set", f"dataset.generate.rows={rows}",
+         "--set", f"artifact_root={artifact_root}", "--json"],
+        cwd=REPO, env=child_env(), capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    if done.returncode not in (0, 3):
+        raise RuntimeError(f"pipeline run failed:\n{done.stderr[-4000:]}")
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    if any(s["status"] != "ran" for s in summary["stages"]):
+        raise RuntimeError(f"not a first run: {summary['stages']}")
+    seconds = {s["name"]: s["seconds"] for s in summary["stages"]}
+    seconds["ray.start"] = ray_start_seconds(artifact_root / "runs" / summary["run_id"])
+    seconds["other"] = wall - sum(seconds.values())
+    rows_of = {s["name"]: s for s in summary["stages"]}
+    return {"wall_s": wall, "seconds": seconds,
+            "phases_s": {phase: sum(seconds[p] for p in parts)
+                         for phase, parts in PIPELINE_PHASES.items()},
+            "rows": {"clean": rows_of["validate"]["rows_out"],
+                     "train_stage_out": rows_of["train"]["rows_out"],
+                     "test": rows_of["evaluate"]["rows_out"]},
+            "test_metrics": summary["test_metrics"], "run_id": summary["run_id"]}
+
+
+def ray_start_seconds(run_dir: Path) -> float:
+    from pipeline.telemetry.profile import load_run_spans, wall_seconds
+
+    return sum(wall_seconds(s) for s in load_run_spans(str(run_dir)) if s["name"] == "ray.start")
+
+
+# -- the script arm (runs in a child: `--script`) ---------------------------------------------
+class Phases:
+    """Seconds per named phase of the script, each from the end of the one before."""
+
+    def __init__(self, started: float) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = started
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = now - self._last
+        self._last = now
+
+
+def plain_script(config: PipelineConfig, source: Path, torch_threads: int) -> dict:
+    """The retrain without the pipeline: polars for data and windows, a torch loop for the MLP."""
+    import numpy as np
+    import polars as pl
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from featurize import _events, _groups
+
+    from pipeline.features.windows import window_specs
+    from pipeline.model.network import NetworkSpec, TabularNet
+
+    torch.set_num_threads(torch_threads)
+    phases = Phases(PROCESS_STARTED)
+    phases.done("start-up")
+
+    clean = read_and_clean(pl, config, source)
+    phases.done("read + clean")
+
+    features = clean.lazy().select(config.dataset.row_key)
+    for (entity, available_at), specs in _groups(window_specs(config)).items():
+        group = _events(pl, clean.lazy(), entity, available_at, specs, config)
+        features = features.join(group, on=config.dataset.row_key, how="left")
+    table = clean.join(features.collect(), on=config.dataset.row_key, how="left")
+    phases.done("features")
+
+    table = with_split(pl, config, table)
+    numeric = [*config.features.numeric, *(spec.name for spec in window_specs(config))]
+    splits = {name: table.filter(pl.col("split") == name) for name in ("train", "validation",
+                                                                       "test")}
+    phases.done("split")
+
+    tensors, cardinalities, unscale = preprocess(np, torch, config, splits, numeric)
+    train = config.train
+    torch.manual_seed(train.seed)
+    network = TabularNet(NetworkSpec(num_features=len(numeric), cardinalities=cardinalities,
+                                     embedding_dim=train.embedding_dim, hidden=train.hidden))
+    phases.done("preprocess")
+    best_epoch, epochs = fit(torch, network, tensors, train)
+    phases.done("train")
+
+    with torch.no_grad():
+        network.eval()
+        predicted = unscale(network(*tensors["test"][:2]).numpy())
+    truth = splits["test"][config.dataset.label].to_numpy()
+    errors = predicted - truth
+    metrics = {"rmse": float(np.sqrt(np.mean(errors**2))), "mae": float(np.mean(np.abs(errors))),
+               "rows": len(truth)}
+    phases.done("score")
+    seconds = phases.seconds
+    return {"seconds": seconds,
+            "phases_s": {"start-up": seconds["start-up"],
+                         "read + clean": seconds["read + clean"],
+                         "features": seconds["features"],
+                         "split + train": seconds["split"] + seconds["preprocess"]
+                         + seconds["train"],
+                         "score": seconds["score"]},
+            "rows": {"clean": clean.height, "train": splits["train"].height,
+                     "validation": splits["validation"].height, "test": splits["test"].height},
+            "best_epoch": best_epoch, "epochs_run": epochs, "torch_threads": torch_threads,
+            "test_metrics": metrics}
+
+
+def read_and_clean(pl, config: PipelineConfig, source: Path):
+    """The days in range, then validate's rules; a row breaking any rule is dropped."""
+    dataset = config.dataset
+    first, last = dataset.start.date(), (dataset.end - timedelta(microseconds=1)).date()
+    files = sorted(str(path) for folder in source.glob(f"{dataset.partition}=*")
+                   if first.isoformat() <= folder.name.split("=", 1)[1] <= last.isoformat()
+                   for path in folder.glob("*.parquet"))
+    raw = pl.read_parquet(files, columns=list(dataset.columns), hive_partitioning=False)
+    t, label_at = pl.col(dataset.event_time), pl.col(dataset.label_available_at)
+    keep = [pl.col(dataset.row_key).is_first_distinct()]
+    for name, spec in dataset.columns.items():
+        column = pl.col(name)
+        if spec.required:
+            keep.append(column.is_not_null())
+        if spec.type in ("float32", "float64"):
+            keep.append(column.is_finite())
+        if spec.min is not None:
+            keep.append(column >= spec.min)
+        if spec.max is not None:
+            keep.append(column <= spec.max)
+    keep += [label_at >= t, label_at - t <= config.validate_.max_label_delay,
+             t >= dataset.start, t < dataset.end]
+    return raw.filter(pl.all_horizontal(keep))
+
+
+def with_split(pl, config: PipelineConfig, table):
+    """train / validation / test by event time and label-available time, with the embargo."""
+    split, dataset = config.split, config.dataset
+    t, label_at = pl.col(dataset.event_time), pl.col(dataset.label_available_at)
+    train_until, validation_until = split.train_until, split.validation_until
+    return table.with_columns(
+        pl.when((t < train_until) & (label_at < train_until)).then(pl.lit("train"))
+        .when((t >= train_until + split.embargo) & (t < validation_until)
+              & (label_at < validation_until)).then(pl.lit("validation"))
+        .when(t >= validation_until + split.embargo).then(pl.lit("test"))
+        .otherwise(None).alias("split"))
+
+
+def preprocess(np, torch, config: PipelineConfig, splits: dict, numeric: list[str]):
+    """Per split (features, codes, label) tensors, fit on the training split alone; the embedding
+    sizes (vocabulary + 1 for unknown); the map from network outputs back to label units."""
+    def matrix(frame):
+        return frame.select(numeric).cast({name: float for name in numeric}).to_numpy()
+
+    train = matrix(splits["train"])
+    mean, std = np.nanmean(train, axis=0), np.nanstd(train, axis=0)
+    mean = np.where(np.isfinite(mean), mean, 0.0)
+    std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+    vocabularies = {name: np.sort(splits["train"][name].drop_nulls().unique().to_numpy())
+                    for name in config.features.categorical}
+    label = config.dataset.label
+    label_mean = float(splits["train"][label].mean())
+    label_std = float(splits["train"][label].std(ddof=0)) or 1.0
+
+    def codes(frame):
+        columns = []
+        for name, vocabulary in vocabularies.items():
+            values = frame[name].fill_null(-1).to_numpy()
+            index = np.searchsorted(vocabulary, values).clip(0, len(vocabulary) - 1)
+            columns.append(np.where(vocabulary[index] == values, index + 1, 0))
+        return np.stack(columns, axis=1).astype(np.int64)
+
+    tensors = {}
+    for name, frame in splits.items():
+        scaled = (matrix(frame) - mean) / std
+        scaled = np.where(np.isfinite(scaled), scaled, 0.0).astype(np.float32)
+        target = ((frame[label].to_numpy() - label_mean) / label_std).astype(np.float32)
+        tensors[name] = (torch.from_numpy(scaled), torch.from_numpy(codes(frame)),
+                         torch.from_numpy(target))
+    cardinalities = [len(vocabulary) + 1 for vocabulary in vocabularies.values()]
+    return tensors, cardinalities, lambda output: output.astype(np.float64) * label_std + label_mean
+
+
+def fit(torch, network, tensors: dict, train) -> tuple[int, int]:
+    """AdamW on MSE, shuffled batches, early stopping on validation loss; keeps the best weights."""
+    features, codes, label = tensors["train"]
+    optimizer = torch.optim.AdamW(network.parameters(), lr=train.lr,
+                                  weight_decay=train.weight_decay)
+    loss_fn = torch.nn.MSELoss()
+    generator = torch.Generator().manual_seed(train.seed)
+    best_loss, best_epoch, best_weights, waited, epoch = float("inf"), 0, None, 0, 0
+    for epoch in range(1, train.epochs + 1):
+        network.train()
+        order = torch.randperm(len(label), generator=generator)
+        for start in range(0, len(label), train.batch_size):
+            batch = order[start:start + train.batch_size]
+            loss = loss_fn(network(features[batch], codes[batch]), label[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        network.eval()
+        with torch.no_grad():
+            validation = loss_fn(network(*tensors["validation"][:2]),
+                                 tensors["validation"][2]).item()
+        if validation < best_loss:
+            best_loss, best_epoch, waited = validation, epoch, 0
+            best_weights = {k: v.clone() for k, v in network.state_dict().items()}
+        else:
+            waited += 1
+            if waited >= train.patience:
+                break
+    network.load_state_dict(best_weights)
+    return best_epoch, epoch
+
+
+def run_script(source: Path, rows: int, torch_threads: int) -> dict:
+    """The plain script as a child process (this file with --script), timed from spawn to exit."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, __file__, "--script", "--source", str(source),
+                           "--rows", str(rows), "--torch-threads", str(torch_threads)],
+                          cwd=REPO, env=child_env(), capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    if done.returncode:
+        raise RuntimeError(f"plain script failed:\n{done.stderr[-4000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["wall_s"] = wall
+    result["phases_s"]["start-up"] += wall - sum(result["phases_s"].values())  # exit included
+    return result
+
+
+# -- report ----------------------------------------------------------------------------------
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarise(rows: int, generation_s: float, script: list[dict], pipeline: list[dict],
+              load_before: tuple, load_after: tuple) -> dict:
+    arms = {"script": script, "pipeline": pipeline}
+    medians = {arm: spread([r["wall_s"] for r in runs]) for arm, runs in arms.items()}
+    return {
+        "rows": rows,
+        "generation_s": generation_s,
+        "repeats": len(script),
+        "wall_s": medians,
+        "wall_ratio": medians["pipeline"]["median"] / medians["script"]["median"],
+        "wall_ratio_per_repeat": [p["wall_s"] / s["wall_s"] for s, p in zip(script, pipeline)],
+        "phases_s": {arm: {phase: spread([r["phases_s"][phase] for r in runs])["median"]
+                           for phase in PHASES} for arm, runs in arms.items()},
+        "test_rmse": {arm: spread([r["test_metrics"]["rmse"] for r in runs])["median"]
+                      for arm, runs in arms.items()},
+        "test_mae": {arm: spread([r["test_metrics"]["mae"] for r in runs])["median"]
+                     for arm, runs in arms.items()},
+        "target": "pipeline wall <= 2.0x script at 1M rows, <= 1.3x at 10M, RMSE no worse "
+                  "(issue 11)",
+        "torch_threads_script": script[0]["torch_threads"],
+        "runs": arms,
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+    }
+
+
+def chart(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(results["sizes"].values(), key=lambda size: size["rows"])
+    figure, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 4), squeeze=False)
+    for axis, size in zip(axes[0], sizes):
+        for offset, arm, color in ((-0.2, "script", "#999999"), (0.2, "pipeline", "#3b7dd8")):
+            values = [size["phases_s"][arm][phase] for phase in PHASES]
+            bars = axis.bar([i + offset for i in range(len(PHASES))], values, width=0.4,
+                            color=color,
+                            label=f"{arm}: {size['wall_s'][arm]['median']:.1f}s wall, "
+                                  f"RMSE {size['test_rmse'][arm]:.2f}")
+            axis.bar_label(bars, fmt="%.1f", fontsize=7)
+        axis.set_xticks(range(len(PHASES)), PHASES, fontsize=8)
+        axis.set_ylabel("seconds (median of repetitions)")
+        axis.set_title(f"{size['rows']:,} rows: pipeline = {size['wall_ratio']:.2f}x the script "
+                       f"(load {size['load_average_before'][0]:.0f} to "
+                     f"{size['load_average_after'][0]:.0f})", fontsize=9)
+        axis.legend(fontsize=8)
+    figure.suptitle("end to end: `pipeline run` (first run) vs a plain polars + torch script, "
+                    "configs/local.yaml", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--data", type=Path, help="where sources are generated (and reused); "
+                        "default: a temporary folder under /var/tmp, deleted afterwards")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--script", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--source", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.script:  # the child: the plain script, its result as the last line of stdout
+        config = source_config(args.rows, args.source)
+        print(json.dumps(plain_script(config, args.source, args.torch_threads)))
+        return
+
+    args.results.mkdir(parents=True, exist_ok=True)
+    data = args.data or Path(tempfile.mkdtemp(prefix="end-to-end-", dir="/var/tmp"))
+    work = Path(tempfile.mkdtemp(prefix="end-to-end-runs-", dir="/var/tmp"))
+    try:
+        source, generation_s = prepare_source(args.rows, data)
+        load_before = os.getloadavg()
+        script, pipeline = [], []
+        for repeat in range(args.repeats):  # alternated, so drift in load hits both arms
+            script.append(run_script(source, args.rows, args.torch_threads))
+            script[-1]["load_average_after"] = os.getloadavg()
+            pipeline.append(run_pipeline(source, args.rows, work / f"artifacts-{repeat}"))
+            pipeline[-1]["load_average_after"] = os.getloadavg()
+            shutil.rmtree(work / f"artifacts-{repeat}")
+            print(f"{args.rows:,} rows, run {repeat + 1}: script {script[-1]['wall_s']:.1f}s "
+                  f"(RMSE {script[-1]['test_metrics']['rmse']:.3f}), pipeline "
+                  f"{pipeline[-1]['wall_s']:.1f}s (RMSE {pipeline[-1]['test_metrics']['rmse']:.3f})"
+                  f", load {os.getloadavg()[0]:.1f}", flush=True)
+        size = summarise(args.rows, generation_s, script, pipeline, load_before, os.getloadavg())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if args.data is None:
+            shutil.rmtree(data, ignore_errors=True)
+
+    path = args.results / "end_to_end.json"
+    results = json.loads(path.read_text()) if path.exists() else {"sizes": {}}
+    results.update(config="configs/local.yaml", cpus=os.cpu_count())
+    results["sizes"][str(args.rows)] = size
+    path.write_text(json.dumps(results, indent=2))
+    chart(results, args.results / "end_to_end.png")
+    print(json.dumps({k: v for k, v in size.items() if k != "runs"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

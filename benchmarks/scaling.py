@@ -1,0 +1,268 @@
+"""Per-stage cost per million rows and peak memory of `pipeline run`, from 1M to 30M rows.
+
+    python benchmarks/scaling.py                             # 1M, 10M, 30M → benchmarks/results/scaling.{json,png}
+    python benchmarks/scaling.py --sizes 1M,10M
+    python benchmarks/scaling.py --sizes 200k --repeats 1 --results /tmp/scaling   # a quick check
+
+Each size is configs/local.yaml's ride-share table (`ensure_dataset`, the generator `pipeline
+run` uses) at that many rows over the config's 60 days, so more rows means denser days, more
+trips per driver and zone in every window. It is generated once per size before any timing, under
+--data (a fresh folder in /var/tmp unless given, deleted afterwards; a given one is reused, and the
+JSON records generation seconds and the source's bytes on disk).
+
+Each run is a first `python -m pipeline run -c configs/local.yaml --set dataset.source=... --set
+dataset.generate.rows=N --set artifact_root=<fresh> --json` as a child process. Sizes below 10M
+rows run --repeats times (default 3; min/median/max quoted), larger sizes once. Per run: each
+stage's seconds (the JSON summary), ray.start (the run's spans, apart from every stage), the wall,
+and per stage seconds per million source rows.
+
+Memory, sampled every --interval seconds by a thread of this process over the child's process
+tree (/proc; psutil is not a dependency): the driver's peak RSS (its VmHWM at the last sample,
+or the largest VmRSS seen); the peak over time of the summed RSS of all Ray processes it started
+(workers, raylet, GCS; shared object-store pages count once per process that maps them, so this
+overstates); the same sum over the workers only (`ray::` processes); and the largest VmHWM of one
+worker. Issue 11 asks for per-stage cost per million rows flat or falling from 10M to 30M and the
+driver's peak flat in rows. The machine is shared, so the JSON records load averages; compare
+ratios between sizes, not seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from end_to_end import CONFIG, REPO, STAGES, child_env, prepare_source, ray_start_seconds
+from featurize import _cmdline, descendants
+
+RESULTS = REPO / "benchmarks" / "results"
+PARTS = ("ray.start", *STAGES)
+REPEATED_BELOW = 10_000_000
+SUFFIXES = {"k": 1_000, "m": 1_000_000}
+
+
+def parse_rows(text: str) -> int:
+    """"1M" → 1000000, "200k" → 200000, "5000" → 5000."""
+    text = text.strip().lower()
+    if text[-1:] in SUFFIXES:
+        return round(float(text[:-1]) * SUFFIXES[text[-1]])
+    return int(text)
+
+
+# -- memory ----------------------------------------------------------------------------------
+def status_bytes(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of one process in bytes; zeros once it is gone."""
+    rss = hwm = 0
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1]) * 1024
+                elif line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return rss, hwm
+
+
+class TreeSampler:
+    """Peak memory of a driver process and the Ray processes below it, sampled in a thread."""
+
+    def __init__(self, driver: int, interval: float):
+        self.driver, self.interval = driver, interval
+        self.driver_peak = self.ray_sum_peak = self.workers_sum_peak = self.worker_hwm = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        mb = 2**20
+        return {"driver_peak_mb": self.driver_peak / mb, "ray_sum_rss_peak_mb": self.ray_sum_peak / mb,
+                "workers_sum_rss_peak_mb": self.workers_sum_peak / mb,
+                "largest_worker_hwm_mb": self.worker_hwm / mb, "samples": self.samples}
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def _sample(self) -> None:
+        ray_sum = workers_sum = 0
+        for pid in descendants(self.driver):
+            rss, hwm = status_bytes(pid)
+            if pid == self.driver:
+                self.driver_peak = max(self.driver_peak, rss, hwm)
+                continue
+            ray_sum += rss
+            if _cmdline(pid).startswith("ray::"):
+                workers_sum += rss
+                self.worker_hwm = max(self.worker_hwm, hwm)
+        self.ray_sum_peak = max(self.ray_sum_peak, ray_sum)
+        self.workers_sum_peak = max(self.workers_sum_peak, workers_sum)
+        self.samples += 1
+
+
+# -- one run ---------------------------------------------------------------------------------
+def run_once(source: Path, rows: int, artifact_root: Path, interval: float) -> dict:
+    """A first `pipeline run` as a child process, with its process tree's memory sampled."""
+    started = time.perf_counter()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", "-c", str(CONFIG),
+         "--set", f"dataset.source={source}", "--set", f"dataset.generate.rows={rows}",
+         "--set", f"artifact_root={artifact_root}", "--json"],
+        cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sampler = TreeSampler(child.pid, interval)
+    stdout, stderr = child.communicate()
+    wall = time.perf_counter() - started
+    memory = sampler.stop()
+    if child.returncode not in (0, 3):
+        raise RuntimeError(f"pipeline run failed:\n{stderr[-4000:]}")
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    if any(s["status"] != "ran" for s in summary["stages"]):
+        raise RuntimeError(f"not a first run: {summary['stages']}")
+    seconds = {s["name"]: s["seconds"] for s in summary["stages"]}
+    seconds["ray.start"] = ray_start_seconds(artifact_root / "runs" / summary["run_id"])
+    return {"wall_s": wall, "seconds": seconds,
+            "s_per_m_rows": {part: seconds[part] / (rows / 1e6) for part in PARTS},
+            "memory": memory,
+            "rows": {s["name"]: {"in": s["rows_in"], "out": s["rows_out"]}
+                     for s in summary["stages"]},
+            "test_rmse": summary["test_metrics"]["rmse"], "load_average": os.getloadavg()}
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarise(rows: int, runs: list[dict], generation_s: float, source_bytes: int) -> dict:
+    return {
+        "rows": rows, "runs_count": len(runs), "generation_s": generation_s,
+        "source_mb": source_bytes / 2**20,
+        "wall_s": spread([r["wall_s"] for r in runs]),
+        "s_per_m_rows": {part: spread([r["s_per_m_rows"][part] for r in runs]) for part in PARTS},
+        "memory_mb": {name: spread([r["memory"][name] for r in runs])
+                      for name in ("driver_peak_mb", "ray_sum_rss_peak_mb",
+                                   "workers_sum_rss_peak_mb", "largest_worker_hwm_mb")},
+        "runs": runs,
+    }
+
+
+def trend(sizes: list[dict]) -> dict:
+    """Largest size over the one before it: per-stage s/M rows and driver peak (1.0 = flat)."""
+    if len(sizes) < 2:
+        return {}
+    before, last = sizes[-2], sizes[-1]
+    return {"compared": [before["rows"], last["rows"]],
+            "s_per_m_rows_ratio": {part: last["s_per_m_rows"][part]["median"]
+                                   / before["s_per_m_rows"][part]["median"] for part in PARTS},
+            "driver_peak_ratio": last["memory_mb"]["driver_peak_mb"]["median"]
+            / before["memory_mb"]["driver_peak_mb"]["median"]}
+
+
+def chart(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = results["sizes"]
+    rows = [size["rows"] for size in sizes]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for part in PARTS:
+        values = [size["s_per_m_rows"][part] for size in sizes]
+        median = [v["median"] for v in values]
+        error = [[m - v["min"] for m, v in zip(median, values)],
+                 [v["max"] - m for m, v in zip(median, values)]]
+        left.errorbar(rows, median, yerr=error, marker="o", capsize=3, label=part)
+    left.set_xscale("log")
+    left.set_yscale("log")
+    left.set_xlabel("rows")
+    left.set_ylabel("seconds per million rows (median; bars: min-max)")
+    left.set_title("per-stage cost per row: flat or falling is linear or better", fontsize=9)
+    left.legend(fontsize=8)
+    for name, label in (("driver_peak_mb", "driver peak RSS"),
+                        ("ray_sum_rss_peak_mb", "all Ray processes, summed RSS peak"),
+                        ("workers_sum_rss_peak_mb", "Ray workers, summed RSS peak"),
+                        ("largest_worker_hwm_mb", "largest single worker peak")):
+        right.plot(rows, [size["memory_mb"][name]["median"] for size in sizes], marker="o",
+                   label=label)
+    right.set_xscale("log")
+    right.set_xlabel("rows")
+    right.set_ylabel("MB")
+    right.set_title("peak memory", fontsize=9)
+    right.legend(fontsize=8)
+    figure.suptitle(f"scaling: first `pipeline run -c configs/local.yaml` ({results['cpus']} CPUs,"
+                    f" load {results['load_average_before'][0]:.0f} at start)", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1M,10M,30M",
+                        help="comma-separated row counts (k and M suffixes)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help=f"runs per size below {REPEATED_BELOW:,} rows (larger: one)")
+    parser.add_argument("--interval", type=float, default=0.25, help="memory sampling seconds")
+    parser.add_argument("--data", type=Path, help="where sources are generated (and reused); "
+                        "default: a temporary folder under /var/tmp, deleted afterwards")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    args.results.mkdir(parents=True, exist_ok=True)
+    sizes_rows = sorted(parse_rows(text) for text in args.sizes.split(","))
+
+    data = args.data or Path(tempfile.mkdtemp(prefix="scaling-", dir="/var/tmp"))
+    work = Path(tempfile.mkdtemp(prefix="scaling-runs-", dir="/var/tmp"))
+    load_before, sizes = os.getloadavg(), []
+    try:
+        for rows in sizes_rows:
+            source, generation_s = prepare_source(rows, data)
+            runs = []
+            for repeat in range(args.repeats if rows < REPEATED_BELOW else 1):
+                root = work / f"artifacts-{rows}-{repeat}"
+                runs.append(run_once(source, rows, root, args.interval))
+                shutil.rmtree(root)
+                run = runs[-1]
+                print(f"{rows:,} rows, run {repeat + 1}: {run['wall_s']:.1f}s wall, "
+                      + ", ".join(f"{part} {run['s_per_m_rows'][part]:.1f}" for part in PARTS)
+                      + f" s/M rows; driver peak {run['memory']['driver_peak_mb']:,.0f} MB, "
+                      f"Ray sum peak {run['memory']['ray_sum_rss_peak_mb']:,.0f} MB; load "
+                      f"{run['load_average'][0]:.1f}", flush=True)
+            sizes.append(summarise(rows, runs, generation_s, folder_bytes(source)))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if args.data is None:
+            shutil.rmtree(data, ignore_errors=True)
+
+    results = {"config": "configs/local.yaml", "cpus": os.cpu_count(), "sizes": sizes,
+               "largest_vs_previous": trend(sizes),
+               "target": "per-stage s/M rows at 30M no higher than at 10M (within noise); "
+                         "driver peak memory flat in rows (issue 11)",
+               "memory_method": "thread sampling /proc/<pid>/status of the driver and every "
+                                "process below it; RSS counts shared object-store pages once "
+                                "per process that maps them",
+               "load_average_before": load_before, "load_average_after": os.getloadavg()}
+    (args.results / "scaling.json").write_text(json.dumps(results, indent=2))
+    chart(results, args.results / "scaling.png")
+    print(json.dumps({k: v for k, v in results.items() if k != "sizes"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
