@@ -163,11 +163,15 @@ def test_worker_without_credentials_is_named_in_one_line(cluster, two_node_run, 
     assert "found no credentials" in line and "runtime_env" in line, line
 
 
-def test_missing_token_is_one_line(cluster, smoke_source, tmp_path):
-    done = _pipeline(_driver_env(None), "stage", "ingest", "-c", str(SMOKE),
+def _ingest_without_token(address: str, smoke_source, tmp_path) -> subprocess.CompletedProcess:
+    return _pipeline(_driver_env(None), "stage", "ingest", "-c", str(SMOKE),
                      "--set", f"dataset.source={smoke_source}",
                      "--set", f"artifact_root={tmp_path / 'artifacts'}",
-                     "--set", f"cluster.address={cluster.address}")
+                     "--set", f"cluster.address={address}")
+
+
+def test_missing_token_is_one_line(cluster, smoke_source, tmp_path):
+    done = _ingest_without_token(cluster.address, smoke_source, tmp_path)
     assert done.returncode == 1
     line = _error_line(done)
     assert cluster.address in line and "sends none" in line and "RAY_AUTH_MODE=token" in line, line
@@ -175,10 +179,7 @@ def test_missing_token_is_one_line(cluster, smoke_source, tmp_path):
 
 def test_nothing_listening_is_one_quick_line(smoke_source, tmp_path):
     address = f"127.0.0.1:{free_ports(1)[0]}"
-    done = _pipeline(_driver_env(None), "stage", "ingest", "-c", str(SMOKE),
-                     "--set", f"dataset.source={smoke_source}",
-                     "--set", f"artifact_root={tmp_path / 'artifacts'}",
-                     "--set", f"cluster.address={address}")
+    done = _ingest_without_token(address, smoke_source, tmp_path)
     assert done.returncode == 1
     line = _error_line(done)
     assert address in line and "nothing answers" in line and "token auth" in line, line
