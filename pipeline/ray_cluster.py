@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Iterator
@@ -31,15 +32,21 @@ def ensure_ray(cluster: ClusterConfig) -> None:
 
     if ray.is_initialized():
         return
-    runtime_env = dict(cluster.runtime_env)
     # pyarrow's default allocator keeps freed memory per worker; the system one returns it
     # (measured: featurize's per-worker peak 807 -> 512 MB on 10M rows)
-    runtime_env["env_vars"] = {**ARROW_ENV, **runtime_env.get("env_vars", {})}
-    options = {"runtime_env": runtime_env, "include_dashboard": False, "log_to_driver": True}
+    options = {"include_dashboard": False, "log_to_driver": True}
+    if cluster.address or cluster.runtime_env:
+        runtime_env = dict(cluster.runtime_env)
+        runtime_env["env_vars"] = {**ARROW_ENV, **runtime_env.get("env_vars", {})}
+        options["runtime_env"] = runtime_env
     if cluster.address:
         _join(cluster.address, options)
     else:
-        ray.init(num_cpus=cluster.num_cpus, **options)
+        # A local Ray's workers inherit this process's environment. Without a job runtime_env,
+        # the workers the raylet prestarts (one per CPU) take the first tasks at once; with one,
+        # the first tasks wait for new workers to start (measured: 0.7 s against 2.2-3.2 s).
+        with _environment_all(ARROW_ENV):
+            ray.init(num_cpus=cluster.num_cpus, **options)
     _CONNECTED.append(True)
 
 
@@ -97,6 +104,15 @@ def _environment(name: str, default: str) -> Iterator[None]:
         yield
     finally:
         os.environ.pop(name, None)
+
+
+@contextmanager
+def _environment_all(defaults: dict[str, str]) -> Iterator[None]:
+    """Every variable of `defaults` set for the block unless the user set it."""
+    with contextlib.ExitStack() as stack:
+        for name, value in defaults.items():
+            stack.enter_context(_environment(name, value))
+        yield
 
 
 def disconnect_ray() -> None:
