@@ -44,7 +44,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,8 @@ from pathlib import Path
 PROCESS_STARTED = time.perf_counter()
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from measure import save, spread  # noqa: E402
 
 from pipeline.config import PipelineConfig, load_config  # noqa: E402
 
@@ -321,10 +322,6 @@ def run_script(source: Path, rows: int, torch_threads: int) -> dict:
 
 
 # -- report ----------------------------------------------------------------------------------
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def summarise(rows: int, generation_s: float, script: list[dict], pipeline: list[dict],
               load_before: tuple, load_after: tuple) -> dict:
     arms = {"script": script, "pipeline": pipeline}
@@ -423,8 +420,7 @@ def main(argv: list[str] | None = None) -> None:
     results = json.loads(path.read_text()) if path.exists() else {"sizes": {}}
     results.update(config="configs/local.yaml", cpus=os.cpu_count())
     results["sizes"][str(args.rows)] = size
-    path.write_text(json.dumps(results, indent=2))
-    chart(results, args.results / "end_to_end.png")
+    save(results, path, chart)
     print(json.dumps({k: v for k, v in size.items() if k != "runs"}, indent=2))
 
 

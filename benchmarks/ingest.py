@@ -43,6 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+from measure import save, spread
 
 from pipeline.config import PipelineConfig, load_config
 
@@ -120,10 +121,6 @@ def run_pyarrow(source: Path, columns: list[str], output: Path) -> dict:
 
 
 # -- reporting -------------------------------------------------------------------------------
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def summarise(name: str, stage: list[dict], peer: list[dict]) -> dict:
     stage_s = spread([r["stage_s"] for r in stage])
     pyarrow_s = spread([r["pyarrow_s"] for r in peer])
@@ -244,8 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         "noise": "measured on a machine shared with other engineers' work (see load averages); "
                  "arms alternate within each repetition; compare ratios, not seconds",
     }
-    (args.results / "ingest.json").write_text(json.dumps(results, indent=2))
-    chart(results, args.results / "ingest.png")
+    save(results, args.results / "ingest.json", chart)
     print(json.dumps({k: v for k, v in results.items() if k != "layouts"}, indent=2))
 
 

@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from end_to_end import CONFIG, REPO, STAGES, child_env, prepare_source, ray_start_seconds
 from featurize import _cmdline, descendants
+from measure import save, spread
 
 RESULTS = REPO / "benchmarks" / "results"
 PARTS = ("ray.start", *STAGES)
@@ -141,10 +141,6 @@ def run_once(source: Path, rows: int, artifact_root: Path, interval: float) -> d
             "rows": {s["name"]: {"in": s["rows_in"], "out": s["rows_out"]}
                      for s in summary["stages"]},
             "test_rmse": summary["test_metrics"]["rmse"], "load_average": os.getloadavg()}
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def summarise(rows: int, runs: list[dict], generation_s: float, source_bytes: int) -> dict:
@@ -259,8 +255,7 @@ def main(argv: list[str] | None = None) -> None:
                                 "process below it; RSS counts shared object-store pages once "
                                 "per process that maps them",
                "load_average_before": load_before, "load_average_after": os.getloadavg()}
-    (args.results / "scaling.json").write_text(json.dumps(results, indent=2))
-    chart(results, args.results / "scaling.png")
+    save(results, args.results / "scaling.json", chart)
     print(json.dumps({k: v for k, v in results.items() if k != "sizes"}, indent=2))
 
 

@@ -35,6 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from measure import save, spread
+
 from pipeline.config import load_config
 from pipeline.datasets import ensure_dataset
 
@@ -56,10 +58,6 @@ def timed(command: list[str]) -> tuple[float, str]:
     if done.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
     return seconds, done.stdout
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def prepare_source(workdir: Path) -> Path:
@@ -173,8 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         "noise": "measured on a machine shared with other engineers' work (see load averages); "
                  "every figure is a wall time of a child process; compare ratios, not seconds",
     }
-    (args.results / "smoke.json").write_text(json.dumps(results, indent=2))
-    chart(results, args.results / "smoke.png")
+    save(results, args.results / "smoke.json", chart)
     print(json.dumps({k: v for k, v in results.items() if k != "runs"}, indent=2))
 
 

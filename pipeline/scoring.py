@@ -50,7 +50,7 @@ def score(ctx: StageContext, features: str, scan: Scan) -> tuple[pa.Table, Break
     """(row key, event time, label, one column per model) for every test row under `features`,
     and the breakdown of every model's errors on them."""
     files = sorted(p for p in scan.store.fs.find(features) if p.endswith(".parquet"))
-    task = ray.remote(num_cpus=1)(ctx.traced(_score_file, "evaluate.score_file"))
+    task = ctx.task(_score_file, "evaluate.score_file")
     scored = ray.get([task.remote(scan, path) for path in files])
     tables = [table for table, _ in scored]
     return (pa.concat_tables(tables) if tables else pa.table({}),

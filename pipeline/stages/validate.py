@@ -109,8 +109,7 @@ def _later_copies(*parts: pa.Table) -> pa.Table:
 def duplicate_rows(ctx: StageContext, files: list[str], row_key: str) -> list[np.ndarray]:
     """Per file, the row positions of keys seen earlier in the snapshot."""
     buckets = max(1, min(len(files), int(ray.available_resources().get("CPU", 1))))
-    split = ray.remote(num_cpus=1, num_returns=buckets)(
-        ctx.traced(_key_buckets, "validate.key_buckets"))
+    split = ctx.task(_key_buckets, "validate.key_buckets").options(num_returns=buckets)
     parts = [split.remote(ctx.store, path, i, row_key, buckets) for i, path in enumerate(files)]
     parts = [part if buckets > 1 else [part] for part in parts]
     later = ctx.task(_later_copies, "validate.duplicates")

@@ -125,11 +125,16 @@ def covered_share(span: dict, descendants: list[dict]) -> float:
     return covered / (end - start)
 
 
-def descendants_of(span: dict, spans: list[dict]) -> list[dict]:
-    """Every span below `span` in the trace (children, their children, ...)."""
-    children: dict[str, list[dict]] = {}
+def children_by_parent(spans: list[dict]) -> dict[str | None, list[dict]]:
+    """Each span id → the spans whose parent it is, in start order."""
+    children: dict[str | None, list[dict]] = {}
     for s in spans:
         children.setdefault(s.get("parent_span_id"), []).append(s)
+    return children
+
+
+def descendants_of(span: dict, children: dict[str | None, list[dict]]) -> list[dict]:
+    """Every span below `span` in the trace (children, their children, ...)."""
     found, frontier = [], [span["span_id"]]
     while frontier:
         below = children.get(frontier.pop(), [])
@@ -138,7 +143,8 @@ def descendants_of(span: dict, spans: list[dict]) -> list[dict]:
     return found
 
 
-def _stage_profile(span: dict, run_wall: float, spans: list[dict]) -> StageProfile:
+def _stage_profile(span: dict, run_wall: float,
+                   children: dict[str | None, list[dict]]) -> StageProfile:
     a = span["attributes"]
     wall = wall_seconds(span)
     status = str(a.get("stage.status", "?"))
@@ -164,9 +170,8 @@ def _stage_profile(span: dict, run_wall: float, spans: list[dict]) -> StageProfi
         bytes_per_s=moved / wall
         if active and (b_read is not None or b_written is not None)
         else None,
-        named=covered_share(span, descendants_of(span, spans)),
-        phases=[(child["name"], wall_seconds(child)) for child in spans
-                if child.get("parent_span_id") == span["span_id"]],
+        named=covered_share(span, descendants_of(span, children)),
+        phases=[(child["name"], wall_seconds(child)) for child in children.get(span["span_id"], [])],
     )
 
 
@@ -179,12 +184,12 @@ def build_profile(spans: list[dict], top: int = 10) -> Profile:
     else:
         run_wall = 0.0
     by_id = {s["span_id"]: s for s in spans}
-    stages = [_stage_profile(s, run_wall, spans) for s in spans
+    children = children_by_parent(spans)
+    stages = [_stage_profile(s, run_wall, children) for s in spans
               if s["name"].startswith(STAGE_PREFIX)]
-    parents = {s.get("parent_span_id") for s in spans}
     # the units of work (spans with no children: tasks, epochs, chunks), not the phases above them
     others = [s for s in spans if s is not root and not s["name"].startswith(STAGE_PREFIX)
-              and s["span_id"] not in parents]
+              and s["span_id"] not in children]
     others.sort(key=wall_seconds, reverse=True)
     slowest = [
         SpanTiming(
