@@ -1,6 +1,6 @@
 """Train stage: time splits with a reason per row, preprocessing fit on the training split only,
-Ray Train on 1 and 2 workers, reproducible weights, a real worker death resumed from a checkpoint,
-and the saved model's predictor.
+Ray Train on 2 workers and in local mode, reproducible weights, a real worker death (and a real
+driver death in local mode) resumed from a checkpoint, and the saved model's predictor.
 
 The input is the featurize output the shared smoke run published, read back typed as the runner
 hands it to train; the stage's `run(ctx)` is called with a StageContext built here (other worker
@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -31,6 +35,7 @@ from pipeline.model.preprocessing import fit_preprocessor
 from pipeline.model.splits import assign_splits, with_splits
 from pipeline.stage import StageContext
 from pipeline.telemetry import Telemetry, TelemetrySpec
+from tests.conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -141,11 +146,12 @@ def run_train(root: Path, featurize, key: str, *overrides: str, telemetry=None):
 
 
 @pytest.fixture(scope="module")
-def one_worker(ray_session, featurized, tmp_path_factory):
+def two_workers(ray_session, featurized, tmp_path_factory):
+    """Ray Train with two worker actors (the cluster path), its spans kept."""
     telemetry = Telemetry.start(TelemetrySpec(exporter="memory"))
     with telemetry.span("stage.train"):
         result, output, store = run_train(tmp_path_factory.mktemp("train"), featurized[0],
-                                          "one-worker", "train.num_workers=1",
+                                          "two-workers", "train.num_workers=2",
                                           telemetry=telemetry)
     spans = telemetry.spans()
     telemetry.shutdown()
@@ -153,11 +159,11 @@ def one_worker(ray_session, featurized, tmp_path_factory):
 
 
 # -- preprocessing -----------------------------------------------------------------------------
-def test_preprocessing_is_fit_on_the_training_split_only(one_worker, featurized, tmp_path):
+def test_preprocessing_is_fit_on_the_training_split_only(two_workers, featurized, tmp_path):
     from pipeline.stages.train import TrainParams, fit_preprocessing, split_rows
 
     featurize, table = featurized
-    _, output, store, _ = one_worker
+    _, output, store, _ = two_workers
     config = _config()
     categorical = featurize.facts.categorical_columns
     feature_columns = featurize.facts.feature_columns
@@ -223,15 +229,14 @@ def test_vocabulary_codes_and_missing_values():
 
 
 # -- training through Ray Train ----------------------------------------------------------------
-def test_train_one_worker_writes_model_splits_and_spans(one_worker, featurized):
-    result, output, _, spans = one_worker
+def test_train_writes_model_splits_and_spans(two_workers, featurized):
+    result, output, _, spans = two_workers
     featurize, table = featurized
     details = result.facts
-    assert details.worker_count == 1 and details.device == "cpu"
+    assert details.worker_count == 2 and details.device == "cpu"
     assert details.epochs_run == 2 and details.restarts == 0
     assert 1 <= details.best_epoch <= 2
     assert details.splits["train"] > 0 and details.splits["validation"] > 0
-    assert details.train_rows_consumed == details.splits["train"]
     assert result.rows_in == table.num_rows
     assert set(details.excluded) <= {"label_after_cutoff", "embargo"}
     assert details.excluded["embargo"] > 0 and details.excluded["label_after_cutoff"] > 0
@@ -254,17 +259,17 @@ def test_train_one_worker_writes_model_splits_and_spans(one_worker, featurized):
     history = json.loads((model / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
 
-    names = [s["name"] for s in spans]
-    assert names.count("train.epoch") == 2 and names.count("train.checkpoint") == 2
-    epoch = next(s for s in spans if s["name"] == "train.epoch")
+    names = [s["name"] for s in spans]  # per epoch and rank
+    assert names.count("train.epoch") == 4 and names.count("train.checkpoint") == 4
+    epochs = [s for s in spans if s["name"] == "train.epoch"]
     fit_span = next(s for s in spans if s["name"] == "train.fit")
-    assert epoch["trace_id"] == fit_span["trace_id"]
-    assert epoch["parent_span_id"] == fit_span["span_id"]
-    assert epoch["pid"] != os.getpid(), "num_workers=1 trains in a Ray Train worker process"
+    assert {e["trace_id"] for e in epochs} == {fit_span["trace_id"]}
+    assert {e["parent_span_id"] for e in epochs} == {fit_span["span_id"]}
+    assert len({e["pid"] for e in epochs} - {os.getpid()}) == 2, "each rank is a worker process"
 
 
-def test_predictor_round_trip(one_worker, featurized):
-    result, output, store, _ = one_worker
+def test_predictor_round_trip(two_workers, featurized):
+    result, output, store, _ = two_workers
     _, table = featurized
     predictor = load_predictor(store.fs, str(output / "model"))
     config = _config()
@@ -283,12 +288,6 @@ def test_predictor_round_trip(one_worker, featurized):
 
 
 @pytest.fixture(scope="module")
-def two_workers(ray_session, featurized, tmp_path_factory):
-    return run_train(tmp_path_factory.mktemp("train"), featurized[0], "two-workers",
-                     "train.num_workers=2")
-
-
-@pytest.fixture(scope="module")
 def two_workers_one_killed(ray_session, featurized, tmp_path_factory):
     """The same run as `two_workers`, but rank 1 SIGKILLs itself after epoch 1's checkpoint."""
     with pytest.MonkeyPatch.context() as patch:
@@ -298,7 +297,7 @@ def two_workers_one_killed(ray_session, featurized, tmp_path_factory):
 
 
 def test_two_workers_train_on_equal_shards(two_workers):
-    result, output, _ = two_workers
+    result, output, _, _ = two_workers
     details = result.facts
     assert details.worker_count == 2 and details.restarts == 0
     history = json.loads((output / "model" / "history.json").read_text())
@@ -322,7 +321,7 @@ def test_same_inputs_seed_and_workers_give_identical_weights(two_workers, two_wo
     """Two runs, same inputs, seed and worker count → the same weights, bit for bit. The second
     run even lost a worker after epoch 1: seeds per (epoch, rank) and an order-preserving shard
     split make a resumed epoch draw exactly what an uninterrupted one would."""
-    (first, first_dir, _), (second, second_dir, _) = two_workers, two_workers_one_killed
+    (first, first_dir, _, _), (second, second_dir, _) = two_workers, two_workers_one_killed
     assert first.facts.weights_sha256 == second.facts.weights_sha256
     a = torch.load(first_dir / "model" / "weights.pt", weights_only=True)
     b = torch.load(second_dir / "model" / "weights.pt", weights_only=True)
@@ -342,3 +341,31 @@ def test_gpu_training(ray_session, featurized, tmp_path):
     # the saved model loads and predicts on a machine without a GPU (weights saved on the CPU)
     predictor = load_predictor(ArtifactStore(str(tmp_path)).fs, str(output / "model"))
     assert np.isfinite(predictor.predict(table.slice(0, 100))).all()
+
+
+def test_local_mode_resumes_a_killed_run_from_its_kept_checkpoint(smoke_copy, featurized,
+                                                                  tmp_path):
+    """`num_workers: 0` trains in the driver: the test hook SIGKILLs the `pipeline` process itself
+    after epoch 1's checkpoint. The rerun resumes from it and ends with the weights of a run
+    that was never killed."""
+    root, overrides = smoke_copy
+    settings = [*overrides, "--set", "train.epochs=2", "--set", "train.num_workers=0"]
+    killed = subprocess.run(
+        [sys.executable, "-m", "pipeline", "stage", "train", "-c", str(SMOKE), *settings],
+        cwd=REPO, env={**os.environ, KILL_ENV: "1"}, capture_output=True, text=True,
+        timeout=240, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    key = re.search(r"cache key ([0-9a-f]+)", killed.stdout).group(1)
+    kept = root / "train_runs" / key / "local-mode"
+    assert sorted(p.name for p in kept.iterdir()) == ["epoch-0001"]
+    assert not (root / "stages" / "train" / key).exists(), "nothing published for the key"
+
+    code, _, summary = run_cli("stage", "train", "-c", str(SMOKE), *settings, "--json")
+    assert code == 0 and summary["stages"][0]["cache_key"] == key
+    manifest = json.loads((root / "stages" / "train" / key / "manifest.json").read_text())
+    assert manifest["details"]["restarts"] == 1 and manifest["details"]["epochs_run"] == 2
+    history = json.loads((root / "stages" / "train" / key / "model" / "history.json").read_text())
+    assert [h["attempt"] for h in history] == [0, 1], "epoch 2 ran in the rerun"
+
+    uninterrupted, _, _ = run_train(tmp_path, featurized[0], "never-killed", "train.num_workers=0")
+    assert manifest["details"]["weights_sha256"] == uninterrupted.facts.weights_sha256
