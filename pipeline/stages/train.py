@@ -127,8 +127,11 @@ def run(ctx: StageContext[TrainParams, TrainFiles]) -> StageResult[TrainFacts]:
     with ctx.telemetry.span("train.import_torch"):
         import torch
 
-        from pipeline.model.loop import (CHECKPOINT_FILE, latest_kept_checkpoint,
-                                         train_loop_per_worker)
+        from pipeline.model.loop import (
+            CHECKPOINT_FILE,
+            latest_kept_checkpoint,
+            train_loop_per_worker,
+        )
         from pipeline.model.network import weights_checksum
         from pipeline.model.predictor import save_model
 
