@@ -27,6 +27,7 @@ from pipeline.stages.evaluate import EvaluateFacts
 from pipeline.telemetry import REDACTED, Telemetry, TelemetrySpec, redact, redact_text
 from pipeline.terminal.display import PlainDisplay
 from pipeline.terminal.progress import progress_inbox
+from pipeline.warm_imports import import_in_background
 
 
 class StageFailed(RuntimeError):
@@ -129,6 +130,7 @@ class Runner:
         check_order(stages)
         self.config = config
         self.stages = stages
+        self._planned: list[Stage] = list(stages)  # what `run` computes or finds cached
         self.store = ArtifactStore(config.artifact_root, config.storage_options)
         self.display = display or PlainDisplay(echo)
         self.run_id = new_run_id()
@@ -136,6 +138,7 @@ class Runner:
     def run(self, only: str | None = None) -> RunSummary:
         """Run the whole DAG, or with `only` one stage from its predecessors' published outputs."""
         stages = [stage_by_name(only, self.stages)] if only else self.stages
+        self._planned = stages
         if only is None or not stages[0].inputs:
             self._prepare_source()
         run_dir = self._run_dir()
@@ -223,6 +226,8 @@ class Runner:
         import ray
 
         if not ray.is_initialized():
+            # Ray's start is mostly waiting on the processes it spawns: import meanwhile
+            import_in_background(m for s in self._planned for m in s.driver_imports)
             with telemetry.span("ray.start", {"cluster.address": self.config.cluster.address
                                               or "local"}):
                 ensure_ray(self.config.cluster)

@@ -188,6 +188,9 @@ class Stage(Generic[P, F, D]):
     registry's champion), given its params, its upstream outputs and the artifact store."""
     resources: Callable[[P], dict[str, float]] | None = None
     """Ray resources the stage needs at once (train's worker group), checked before it starts."""
+    driver_imports: tuple[str, ...] = ()
+    """Modules that take seconds to import and that the stage imports in the driver (torch):
+    imported in the background while Ray starts (`pipeline.warm_imports`)."""
 
     @property
     def code_version(self) -> str:

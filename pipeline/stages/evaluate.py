@@ -331,4 +331,5 @@ STAGE = Stage(
     explain=explain,
     inputs=(FEATURIZE, TRAIN),
     external_inputs=judged_against,
+    driver_imports=("matplotlib.figure",),  # the report's figures
 )

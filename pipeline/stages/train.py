@@ -457,4 +457,6 @@ STAGE = Stage(
     explain=explain,
     inputs=(FEATURIZE,),
     resources=worker_group_resources,
+    # the loop's torch, and torch._dynamo, which building the first optimizer imports
+    driver_imports=("pipeline.model.loop", "torch._dynamo"),
 )
