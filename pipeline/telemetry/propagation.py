@@ -12,7 +12,6 @@ its result is returned and nothing is lost if Ray later kills the idle worker.
 
 from __future__ import annotations
 
-import atexit
 import contextvars
 import functools
 import os
@@ -55,10 +54,10 @@ def worker_providers(spec: TelemetrySpec) -> Providers | None:
     key = (os.getpid(), spec)
     with _WORKER_LOCK:
         if key not in _WORKER_PROVIDERS:
-            providers = build_providers(spec, "worker")
-            if providers is not None:
-                atexit.register(providers.shutdown)
-            _WORKER_PROVIDERS[key] = providers
+            # No shutdown at exit: every outermost worker_span flushes what it recorded, and a
+            # final OTLP export at exit retried a collector that had gone for 8 s (a local-mode
+            # training loop builds these in the driver, which outlives the run's collector).
+            _WORKER_PROVIDERS[key] = build_providers(spec, "worker")
         return _WORKER_PROVIDERS[key]
 
 
