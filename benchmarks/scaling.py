@@ -18,7 +18,9 @@ and per stage seconds per million source rows.
 
 Memory, sampled every --interval seconds by a thread of this process over the child's process
 tree (/proc; psutil is not a dependency): the driver's peak RSS (its VmHWM at the last sample,
-or the largest VmRSS seen); the peak over time of the summed RSS of all Ray processes it started
+or the largest VmRSS seen) and its peak private memory (RssAnon: in local mode the training
+loop runs in the driver, and RSS then counts every object-store page of the training split it
+read, which are shared, not the driver's); the peak over time of the summed RSS of all Ray processes it started
 (workers, raylet, GCS; shared object-store pages count once per process that maps them, so this
 overstates); the same sum over the workers only (`ray::` processes); and the largest VmHWM of one
 worker. Issue 11 asks for per-stage cost per million rows flat or falling from 10M to 30M and the
@@ -60,19 +62,20 @@ def parse_rows(text: str) -> int:
 
 
 # -- memory ----------------------------------------------------------------------------------
-def status_bytes(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) of one process in bytes; zeros once it is gone."""
-    rss = hwm = 0
+def status_bytes(pid: int) -> tuple[int, int, int]:
+    """(VmRSS, VmHWM, RssAnon) of one process in bytes; zeros once it is gone. RssAnon is the
+    process's private memory: RSS less the shared object-store pages and mapped files it has
+    touched (a process that reads every block of the training split maps all of them)."""
+    fields = {"VmRSS:": 0, "VmHWM:": 0, "RssAnon:": 0}
     try:
         with open(f"/proc/{pid}/status") as handle:
             for line in handle:
-                if line.startswith("VmRSS:"):
-                    rss = int(line.split()[1]) * 1024
-                elif line.startswith("VmHWM:"):
-                    hwm = int(line.split()[1]) * 1024
+                name = line.split(maxsplit=1)[0]
+                if name in fields:
+                    fields[name] = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return rss, hwm
+    return fields["VmRSS:"], fields["VmHWM:"], fields["RssAnon:"]
 
 
 class TreeSampler:
@@ -81,7 +84,7 @@ class TreeSampler:
     def __init__(self, driver: int, interval: float):
         self.driver, self.interval = driver, interval
         self.driver_peak = self.ray_sum_peak = self.workers_sum_peak = self.worker_hwm = 0
-        self.samples = 0
+        self.driver_private_peak = self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -90,7 +93,9 @@ class TreeSampler:
         self._stop.set()
         self._thread.join()
         mb = 2**20
-        return {"driver_peak_mb": self.driver_peak / mb, "ray_sum_rss_peak_mb": self.ray_sum_peak / mb,
+        return {"driver_peak_mb": self.driver_peak / mb,
+                "driver_private_peak_mb": self.driver_private_peak / mb,
+                "ray_sum_rss_peak_mb": self.ray_sum_peak / mb,
                 "workers_sum_rss_peak_mb": self.workers_sum_peak / mb,
                 "largest_worker_hwm_mb": self.worker_hwm / mb, "samples": self.samples}
 
@@ -102,9 +107,10 @@ class TreeSampler:
     def _sample(self) -> None:
         ray_sum = workers_sum = 0
         for pid in descendants(self.driver):
-            rss, hwm = status_bytes(pid)
+            rss, hwm, private = status_bytes(pid)
             if pid == self.driver:
                 self.driver_peak = max(self.driver_peak, rss, hwm)
+                self.driver_private_peak = max(self.driver_private_peak, private)
                 continue
             ray_sum += rss
             if _cmdline(pid).startswith("ray::"):
@@ -150,8 +156,9 @@ def summarise(rows: int, runs: list[dict], generation_s: float, source_bytes: in
         "wall_s": spread([r["wall_s"] for r in runs]),
         "s_per_m_rows": {part: spread([r["s_per_m_rows"][part] for r in runs]) for part in PARTS},
         "memory_mb": {name: spread([r["memory"][name] for r in runs])
-                      for name in ("driver_peak_mb", "ray_sum_rss_peak_mb",
-                                   "workers_sum_rss_peak_mb", "largest_worker_hwm_mb")},
+                      for name in ("driver_peak_mb", "driver_private_peak_mb",
+                                   "ray_sum_rss_peak_mb", "workers_sum_rss_peak_mb",
+                                   "largest_worker_hwm_mb")},
         "runs": runs,
     }
 
@@ -165,7 +172,9 @@ def trend(sizes: list[dict]) -> dict:
             "s_per_m_rows_ratio": {part: last["s_per_m_rows"][part]["median"]
                                    / before["s_per_m_rows"][part]["median"] for part in PARTS},
             "driver_peak_ratio": last["memory_mb"]["driver_peak_mb"]["median"]
-            / before["memory_mb"]["driver_peak_mb"]["median"]}
+            / before["memory_mb"]["driver_peak_mb"]["median"],
+            "driver_private_peak_ratio": last["memory_mb"]["driver_private_peak_mb"]["median"]
+            / before["memory_mb"]["driver_private_peak_mb"]["median"]}
 
 
 def chart(results: dict, path: Path) -> None:
@@ -190,6 +199,7 @@ def chart(results: dict, path: Path) -> None:
     left.set_title("per-stage cost per row: flat or falling is linear or better", fontsize=9)
     left.legend(fontsize=8)
     for name, label in (("driver_peak_mb", "driver peak RSS"),
+                        ("driver_private_peak_mb", "driver peak private (RssAnon)"),
                         ("ray_sum_rss_peak_mb", "all Ray processes, summed RSS peak"),
                         ("workers_sum_rss_peak_mb", "Ray workers, summed RSS peak"),
                         ("largest_worker_hwm_mb", "largest single worker peak")):
@@ -238,7 +248,8 @@ def main(argv: list[str] | None = None) -> None:
                 run = runs[-1]
                 print(f"{rows:,} rows, run {repeat + 1}: {run['wall_s']:.1f}s wall, "
                       + ", ".join(f"{part} {run['s_per_m_rows'][part]:.1f}" for part in PARTS)
-                      + f" s/M rows; driver peak {run['memory']['driver_peak_mb']:,.0f} MB, "
+                      + f" s/M rows; driver peak {run['memory']['driver_peak_mb']:,.0f} MB "
+                      f"({run['memory']['driver_private_peak_mb']:,.0f} private), "
                       f"Ray sum peak {run['memory']['ray_sum_rss_peak_mb']:,.0f} MB; load "
                       f"{run['load_average'][0]:.1f}", flush=True)
             sizes.append(summarise(rows, runs, generation_s, folder_bytes(source)))
