@@ -17,7 +17,7 @@ Both arms run as child processes of this one, timed from spawn to exit, alternat
   and "other" (interpreter, imports, config, run record, exit) = wall - the rest. Its test metrics
   are evaluate's, from the same summary.
 - script: this file with --script: polars + torch, no Ray, timed per phase in the child. Torch
-  gets --torch-threads threads (default 1, as the pipeline's one-CPU training worker gets: on this
+  gets --torch-threads threads (default 1, as the pipeline's fit gets, in local mode too: on this
   shared 2-core machine, 2 threads trained the small MLP 30x slower than 1, 3.8k vs 123k rows/s,
   in their spin-waits). read + clean: the source's day partitions in [dataset.start, dataset.end),
   then validate's rules (pipeline/quality/rules.py): nulls in any declared column, non-finite

@@ -36,6 +36,7 @@ from pipeline.model.metrics import compute_metrics
 from pipeline.model.network import NetworkSpec, TabularNet
 
 CHECKPOINT_FILE = "state.pt"
+_KEPT_PREFIX, _KEPT_EPOCHS = "epoch-", 2  # local mode: as CheckpointConfig(num_to_keep=2) does
 KILL_ENV = "RAYPIPE_TEST_KILL_WORKER_AFTER_EPOCH"
 """Test hook: the highest-rank worker SIGKILLs itself after this (1-based) epoch's checkpoint, once
 (only in an attempt that did not start from a checkpoint). Read by the train stage in the driver."""
@@ -284,9 +285,6 @@ def _checkpoint_folder(config: LoopConfig, epoch: int) -> Iterator[str]:
     yield directory
     for older in _kept_epochs(config.checkpoint_dir)[:-_KEPT_EPOCHS]:
         shutil.rmtree(os.path.join(config.checkpoint_dir, older))
-
-
-_KEPT_PREFIX, _KEPT_EPOCHS = "epoch-", 2  # as CheckpointConfig(num_to_keep=2) on the Ray Train path
 
 
 def _kept_epochs(checkpoint_dir: str) -> list[str]:
