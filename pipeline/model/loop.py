@@ -36,7 +36,9 @@ from pipeline.model.metrics import compute_metrics
 from pipeline.model.network import NetworkSpec, TabularNet
 
 CHECKPOINT_FILE = "state.pt"
-_KEPT_PREFIX, _KEPT_EPOCHS = "epoch-", 2  # local mode: as CheckpointConfig(num_to_keep=2) does
+KEPT_CHECKPOINTS = 2
+"""Epoch checkpoints kept: Ray Train's CheckpointConfig on the worker path, the loop in local mode."""
+_EPOCH_PREFIX = "epoch-"
 KILL_ENV = "RAYPIPE_TEST_KILL_WORKER_AFTER_EPOCH"
 """Test hook: the highest-rank worker SIGKILLs itself after this (1-based) epoch's checkpoint, once
 (only in an attempt that did not start from a checkpoint). Read by the train stage in the driver."""
@@ -270,7 +272,7 @@ def _report(network, optimizer, best_weights, state: TrainingState, record: dict
                               "state": asdict(state)}, directory)
             checkpoint = ray.train.Checkpoint.from_directory(directory)
         ray.train.report(metrics, checkpoint=checkpoint,
-                         checkpoint_dir_name=f"epoch-{record['epoch']:04d}")
+                         checkpoint_dir_name=_epoch_folder(record["epoch"]))
 
 
 @contextmanager
@@ -280,18 +282,22 @@ def _checkpoint_folder(config: LoopConfig, epoch: int) -> Iterator[str]:
         with tempfile.TemporaryDirectory() as directory:
             yield directory
         return
-    directory = os.path.join(config.checkpoint_dir, _KEPT_PREFIX + f"{epoch:04d}")
+    directory = os.path.join(config.checkpoint_dir, _epoch_folder(epoch))
     os.makedirs(directory, exist_ok=True)
     yield directory
-    for older in _kept_epochs(config.checkpoint_dir)[:-_KEPT_EPOCHS]:
+    for older in _kept_epochs(config.checkpoint_dir)[:-KEPT_CHECKPOINTS]:
         shutil.rmtree(os.path.join(config.checkpoint_dir, older))
+
+
+def _epoch_folder(epoch: int) -> str:
+    return f"{_EPOCH_PREFIX}{epoch:04d}"
 
 
 def _kept_epochs(checkpoint_dir: str) -> list[str]:
     """The epoch folders whose checkpoint file is complete, oldest first."""
     if not os.path.isdir(checkpoint_dir):
         return []
-    return sorted(name for name in os.listdir(checkpoint_dir) if name.startswith(_KEPT_PREFIX)
+    return sorted(name for name in os.listdir(checkpoint_dir) if name.startswith(_EPOCH_PREFIX)
                   and os.path.isfile(os.path.join(checkpoint_dir, name, CHECKPOINT_FILE)))
 
 

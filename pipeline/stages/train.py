@@ -387,9 +387,9 @@ def _local_mode_checkpoints(store: ArtifactStore, key: str, local_mode: bool):
 @contextlib.contextmanager
 def _worker_threads(torch, settings: TrainConfig, local_mode: bool) -> Iterator[None]:
     """In local mode, torch gets the threads one Ray Train worker would (its CPUs in
-    `resources_per_worker`, default 1) for the fit: local mode computes what a one-worker run
-    computes, and on a busy machine a driver using every core spun its threads against the Ray
-    workers (two threads trained the small MLP 30x slower than one under load)."""
+    `resources_per_worker`, default 1) for the fit, not every core of the driver's machine
+    (measured at 1M rows on 2 cores: fit 12.2 s with one thread, 16.6 s with torch's default
+    two; the plain script's loop under load ran 30x slower with two, benchmarks/end_to_end.py)."""
     if not local_mode:
         yield
         return
@@ -409,13 +409,15 @@ def fit(train_loop_per_worker: Callable, loop, train: ray.data.Dataset,
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from pipeline.model.loop import KEPT_CHECKPOINTS
+
     storage = store.train_runs_path()
     run_config = RunConfig(
         name=name,
         storage_path=os.path.abspath(storage) if store.is_local else storage,
         storage_filesystem=None if store.is_local else store.arrow_filesystem(),
         failure_config=FailureConfig(max_failures=settings.max_failures),
-        checkpoint_config=CheckpointConfig(num_to_keep=2),
+        checkpoint_config=CheckpointConfig(num_to_keep=KEPT_CHECKPOINTS),
         worker_runtime_env=({"env_vars": {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}}
                             if settings.use_gpu else None),
     )
