@@ -13,24 +13,53 @@ _EPS = 1e-7
 
 def compute_metrics(task: str, truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     """Metrics of `predicted` (label units, or probabilities for binary) against `truth`."""
-    truth = np.asarray(truth, dtype=np.float64)
-    predicted = np.asarray(predicted, dtype=np.float64)
-    if truth.shape != predicted.shape:
-        raise ValueError(f"truth {truth.shape} and predictions {predicted.shape} differ in shape")
-    if truth.size == 0:
-        raise ValueError("no rows to compute metrics on")
-    if task == "regression":
-        error = predicted - truth
-        mse = float(np.mean(error**2))
-        return {"mae": float(np.mean(np.abs(error))), "rmse": float(np.sqrt(mse)), "mse": mse,
-                "rows": int(truth.size)}
-    if task == "binary":
+    running = RunningMetrics(task)
+    running.add(truth, predicted)
+    return running.result()
+
+
+class RunningMetrics:
+    """`compute_metrics` fed batch by batch, for a split too large to hold as one array.
+
+    Regression keeps three sums, so its memory is flat in rows. Binary keeps every score and
+    label (16 bytes a row): AUC ranks all scores together.
+    """
+
+    def __init__(self, task: str):
+        if task not in ("regression", "binary"):
+            raise ValueError(f"unknown task {task!r}: expected 'regression' or 'binary'")
+        self.task, self.rows = task, 0
+        self._abs_error = self._squared_error = 0.0
+        self._truth: list[np.ndarray] = []
+        self._scores: list[np.ndarray] = []
+
+    def add(self, truth: np.ndarray, predicted: np.ndarray) -> None:
+        truth = np.asarray(truth, dtype=np.float64)
+        predicted = np.asarray(predicted, dtype=np.float64)
+        if truth.shape != predicted.shape:
+            raise ValueError(f"truth {truth.shape} and predictions {predicted.shape} differ in shape")
+        self.rows += truth.size
+        if self.task == "regression":
+            error = predicted - truth
+            self._abs_error += float(np.sum(np.abs(error)))
+            self._squared_error += float(np.sum(error**2))
+        else:
+            self._truth.append(truth)
+            self._scores.append(predicted)
+
+    def result(self) -> dict[str, float]:
+        if self.rows == 0:
+            raise ValueError("no rows to compute metrics on")
+        if self.task == "regression":
+            mse = self._squared_error / self.rows
+            return {"mae": self._abs_error / self.rows, "rmse": float(np.sqrt(mse)), "mse": mse,
+                    "rows": self.rows}
+        truth, predicted = np.concatenate(self._truth), np.concatenate(self._scores)
         p = np.clip(predicted, _EPS, 1 - _EPS)
         log_loss = float(-np.mean(truth * np.log(p) + (1 - truth) * np.log(1 - p)))
         return {"log_loss": log_loss, "auc": auc(truth, predicted),
                 "accuracy": float(np.mean((predicted >= 0.5) == (truth >= 0.5))),
-                "rows": int(truth.size)}
-    raise ValueError(f"unknown task {task!r}: expected 'regression' or 'binary'")
+                "rows": self.rows}
 
 
 def primary_metric(task: str) -> tuple[str, bool]:
