@@ -1,26 +1,34 @@
 """Score models on the test period of a featurized table: one plain Ray task per parquet file.
 
 Each task reads its file's test rows with a pyarrow filter (row groups outside the period are
-skipped by their statistics), loads the models only if rows remain, and predicts them all in one
-pass. Plain tasks start on Ray's already running workers; a Ray Data actor pool (the previous
-design) started its own process per run, which dominated evaluate's wall time on small tables.
-Files are independent, so a large table spreads over the cluster, one file per CPU at a time.
-Each task also reduces its rows to an error breakdown (`pipeline.monitoring.breakdown`: loss by
-day and by slice, and a bounded sample) for the report, so no per-row work is left to the driver.
+skipped by their statistics), loads the models only if rows remain, predicts them all in one
+pass, and writes its scored rows as one part of the predictions. Plain tasks start on Ray's
+already running workers; a Ray Data actor pool (the previous design) started its own process per
+run, which dominated evaluate's wall time on small tables. Files are independent, so a large
+table spreads over the cluster, one file per CPU at a time.
+
+No row reaches the driver: each task sends back its row count, running metrics per model
+(`pipeline.model.metrics.RunningMetrics`) and an error breakdown (`pipeline.monitoring.breakdown`:
+loss by day and by slice, and a bounded sample). Gathering the scored rows instead grew the
+driver's memory with the test period (87 MB more at 10M source rows; benchmarks/scaling.py).
 """
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 from datetime import datetime
+from functools import reduce
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import ray
 
 from pipeline.artifacts import ArtifactStore
+from pipeline.model.metrics import RunningMetrics
 from pipeline.monitoring.breakdown import BASELINE, Breakdown, merge, summarize
 from pipeline.packed import PACKED
 from pipeline.stage import StageContext
@@ -44,38 +52,144 @@ class Scan:
     """regression or binary: which loss the breakdown sums."""
     baseline: float | None = None
     """A constant prediction broken down beside the models (as `BASELINE`), or None."""
+    error_of: str | None = None
+    """The prediction column whose error (prediction - label) the scored rows carry."""
 
 
-def score(ctx: StageContext, features: str, scan: Scan) -> tuple[pa.Table, Breakdown]:
-    """(row key, event time, label, one column per model) for every test row under `features`,
-    and the breakdown of every model's errors on them."""
-    files = sorted(p for p in scan.store.fs.find(features) if p.endswith(".parquet"))
+@dataclass
+class Scored:
+    """What the scoring tasks of one pass send back instead of their rows."""
+
+    rows: int
+    metrics: dict[str, RunningMetrics]
+    """Prediction column (and `BASELINE`) → its running metrics, over the rows it predicts."""
+    unpredicted: dict[str, int]
+    """Prediction column → test rows it has no prediction for (a champion scored on its own
+    features and joined by row key)."""
+    label_sum: float
+    prediction_sum: dict[str, float]
+    breakdown: Breakdown
+
+    def mean(self, column: str) -> float:
+        return self.prediction_sum[column] / self.rows if self.rows else float("nan")
+
+
+def score(ctx: StageContext, features: str, scan: Scan, output: str,
+          joined: JoinedScores | None = None) -> Scored:
+    """Score every test row under `features` and write (row key, event time, label, one column per
+    model, then `joined`'s column, then the candidate's error) as part files under `output`."""
     task = ctx.task(_score_file, "evaluate.score_file")
-    scored = ray.get([task.remote(scan, path) for path in files])
-    tables = [table for table, _ in scored]
-    return (pa.concat_tables(tables) if tables else pa.table({}),
-            merge(breakdown for _, breakdown in scored))
+    parts = ray.get([task.remote(scan, path, posixpath.join(output, f"part-{index:05d}.parquet"),
+                                 joined)
+                     for index, path in enumerate(_parquet_files(scan.store, features))])
+    return Scored(
+        rows=sum(p.rows for p in parts),
+        metrics={column: reduce(RunningMetrics.merge, (p.metrics[column] for p in parts))
+                 for column in parts[0].metrics} if parts else {},
+        unpredicted={column: sum(p.unpredicted[column] for p in parts)
+                     for column in parts[0].unpredicted} if parts else {},
+        label_sum=sum(p.label_sum for p in parts),
+        prediction_sum={column: sum(p.prediction_sum[column] for p in parts)
+                        for column in parts[0].prediction_sum} if parts else {},
+        breakdown=merge(p.breakdown for p in parts))
 
 
-def _score_file(scan: Scan, path: str) -> tuple[pa.Table, Breakdown]:
+@dataclass
+class JoinedScores:
+    """A model's predictions on its own features, keyed by row, for `score` to join in."""
+
+    column: str
+    row_key: str
+    parts: list
+    """ObjectRefs of (row key, prediction) tables: each task fetches them itself, so the driver
+    never holds the rows."""
+    breakdown: Breakdown
+
+
+def score_keyed(ctx: StageContext, features: str, scan: Scan) -> JoinedScores:
+    """The one model of `scan` on its own features: its predictions by row key, left in the
+    object store, and its error breakdown."""
+    (column,) = scan.models
+    task = ctx.task(_score_keys, "evaluate.score_file").options(num_returns=2)
+    refs = [task.remote(scan, path) for path in _parquet_files(scan.store, features)]
+    return JoinedScores(column, scan.row_key, [table for table, _ in refs],
+                        merge(ray.get([breakdown for _, breakdown in refs])))
+
+
+def _parquet_files(store: ArtifactStore, folder: str) -> list[str]:
+    return sorted(p for p in store.fs.find(folder) if p.endswith(".parquet"))
+
+
+def _score_file(scan: Scan, path: str, output: str, joined: JoinedScores | None) -> Scored:
+    table = _test_rows(scan, path)
+    scored = table.select([scan.row_key, scan.event_time, scan.label])
+    truth = pc.cast(table[scan.label], pa.float64()).to_numpy(zero_copy_only=False)
+    predictions = _predict(scan, table)
+    for column, values in predictions.items():
+        scored = scored.append_column(column, pa.array(values, pa.float64()))
+    metrics = {column: _metrics(scan.task, truth, values) for column, values in predictions.items()}
+    unpredicted = {column: 0 for column in predictions}
+    if joined is not None:
+        values = _join(joined, table[scan.row_key])
+        scored = scored.append_column(joined.column, values)
+        unpredicted[joined.column] = values.null_count
+        present = values.is_valid().to_numpy(zero_copy_only=False)
+        metrics[joined.column] = _metrics(scan.task, truth[present],
+                                          values.drop_null().to_numpy(zero_copy_only=False))
+    if scan.baseline is not None:
+        metrics[BASELINE] = _metrics(scan.task, truth, np.full(table.num_rows, scan.baseline))
+    if scan.error_of is not None:
+        scored = scored.append_column("error", pa.array(predictions[scan.error_of] - truth,
+                                                        pa.float64()))
+    with scan.store.fs.open(output, "wb") as handle:
+        pq.write_table(scored, handle)
+    if scan.baseline is not None:
+        predictions[BASELINE] = np.full(table.num_rows, scan.baseline)
+    return Scored(rows=table.num_rows, metrics=metrics, unpredicted=unpredicted,
+                  label_sum=float(truth.sum()),
+                  prediction_sum={c: float(v.sum()) for c, v in predictions.items()},
+                  breakdown=summarize(scan.task, table, scan.label, scan.event_time,
+                                      scan.categorical, predictions))
+
+
+def _score_keys(scan: Scan, path: str) -> tuple[pa.Table, Breakdown]:
+    table = _test_rows(scan, path)
+    predictions = _predict(scan, table)
+    (column, values), = predictions.items()
+    keyed = pa.table({scan.row_key: table[scan.row_key], column: pa.array(values, pa.float64())})
+    return keyed, summarize(scan.task, table, scan.label, scan.event_time, scan.categorical,
+                            predictions)
+
+
+def _test_rows(scan: Scan, path: str) -> pa.Table:
     dataset = pads.dataset(path, filesystem=scan.store.arrow_filesystem(), format="parquet")
     start = pa.scalar(scan.start, dataset.schema.field(scan.event_time).type)
     test_rows = (pc.field(scan.event_time) >= start) & pc.field(scan.label).is_valid()
     table = dataset.to_table(columns=[scan.row_key, scan.event_time, scan.label, PACKED,
                                       *scan.categorical], filter=test_rows)
     current_span().set_attributes({"file": path, "rows": table.num_rows})
-    scored = table.select([scan.row_key, scan.event_time, scan.label])
-    predictions = _predict(scan, table) if table.num_rows else {c: [] for c in scan.models}
-    for column, values in predictions.items():
-        scored = scored.append_column(column, pa.array(values, pa.float64()))
-    if scan.baseline is not None:
-        predictions[BASELINE] = np.full(table.num_rows, scan.baseline)
-    return scored, summarize(scan.task, table, scan.label, scan.event_time, scan.categorical,
-                             predictions)
+    return table
 
 
-def _predict(scan: Scan, table: pa.Table) -> dict:
+def _join(joined: JoinedScores, keys: pa.ChunkedArray) -> pa.Array:
+    """`joined`'s prediction for each key, in the keys' order; null where it has none."""
+    scores = pa.concat_tables(ray.get(joined.parts))
+    where = pc.index_in(keys, value_set=scores[joined.row_key])
+    return scores[joined.column].combine_chunks().take(where) if len(scores) else \
+        pa.nulls(len(keys), pa.float64())
+
+
+def _metrics(task: str, truth: np.ndarray, predicted: np.ndarray) -> RunningMetrics:
+    running = RunningMetrics(task)
+    running.add(truth, predicted)
+    return running
+
+
+def _predict(scan: Scan, table: pa.Table) -> dict[str, np.ndarray]:
+    if not table.num_rows:
+        return {column: np.zeros(0) for column in scan.models}
     from pipeline.model.predictor import load_predictor  # torch: only where rows are scored
 
-    return {column: load_predictor(scan.store.fs, model_dir).predict(table)
+    return {column: np.asarray(load_predictor(scan.store.fs, model_dir).predict(table),
+                               np.float64)
             for column, model_dir in scan.models.items()}

@@ -47,6 +47,17 @@ class RunningMetrics:
             self._truth.append(truth)
             self._scores.append(predicted)
 
+    def merge(self, other: RunningMetrics) -> RunningMetrics:
+        """Both streams' rows together (the parts of a split scored apart)."""
+        if other.task != self.task:
+            raise ValueError(f"cannot merge {other.task} metrics into {self.task} metrics")
+        merged = RunningMetrics(self.task)
+        merged.rows = self.rows + other.rows
+        merged._abs_error = self._abs_error + other._abs_error
+        merged._squared_error = self._squared_error + other._squared_error
+        merged._truth, merged._scores = self._truth + other._truth, self._scores + other._scores
+        return merged
+
     def result(self) -> dict[str, float]:
         if self.rows == 0:
             raise ValueError("no rows to compute metrics on")

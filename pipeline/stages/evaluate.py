@@ -16,8 +16,6 @@ from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from pydantic import BaseModel
@@ -26,8 +24,7 @@ from pipeline.artifacts import ArtifactStore
 from pipeline.champion import IDENTITY, ChampionPlan, feature_spec, opponent, plan
 from pipeline.config import DriftConfig, PipelineConfig
 from pipeline.gate import ChampionScore, Decision, decide, improvement
-from pipeline.model.metrics import compute_metrics
-from pipeline.monitoring.breakdown import BASELINE, Breakdown, merge
+from pipeline.monitoring.breakdown import BASELINE, merge
 from pipeline.monitoring.drift import DriftReport, measure_drift
 from pipeline.provenance import git_commit
 from pipeline.registry import CHAMPION, AliasMoved, alias_head, lineage, move_alias, register
@@ -35,7 +32,7 @@ from pipeline.registry import version as registry_version
 from pipeline.report.content import ReportContent, Run
 from pipeline.report.page import render
 from pipeline.schema import Roles
-from pipeline.scoring import Scan, score
+from pipeline.scoring import Scan, Scored, score, score_keyed
 from pipeline.stage import (
     Facts,
     Files,
@@ -77,8 +74,8 @@ class EvaluateParams(Params):
 
 class EvaluateFiles(Files):
     predictions = Folder("predictions.parquet")
-    """Every test row: row key, event time, label, prediction, error, and the champion's
-    prediction when it was scored."""
+    """A parquet dataset, one part per featurize file: every test row's row key, event time,
+    label, prediction, the champion's prediction when it was scored, and error."""
 
 
 class Registration(BaseModel):
@@ -119,8 +116,8 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
             store, params.model_name, champion,
             feature_spec(featurized.artifact.manifest["params"]), featurized.files.data,
             roles.label, params.task) if champion else None
-        test, errors = _score_test_rows(ctx, champion_plan)
-    rows_in = test.num_rows
+        scored = _score_test_rows(ctx, champion_plan)
+    rows_in = scored.rows
     test_start = train_facts.test_period_start
     if not rows_in:
         raise ValueError("the test period has no rows: check split.validation_until and dataset.end")
@@ -128,13 +125,11 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
         raise ValueError(f"{rows_in} rows from {test_start} on, but train put "
                          f"{train_facts.splits['test']} rows in the test split")
 
-    truth = test[roles.label].to_numpy().astype("float64")
-    predicted = test[PREDICTION].to_numpy()
-    metrics = compute_metrics(params.task, truth, predicted)
+    metrics = scored.metrics[PREDICTION].result()
     baseline_value = train_facts.train_label_mean
-    baseline = compute_metrics(params.task, truth, np.full_like(truth, baseline_value))
+    baseline = scored.metrics[BASELINE].result()
     decision = decide(params.task, metrics, baseline,
-                      _champion_score(params.task, champion_plan, test, truth),
+                      _champion_score(champion_plan, scored),
                       params.min_improvement, params.min_improvement_over_champion)
     with ctx.telemetry.span("evaluate.drift"):
         drift = measure_drift(ctx, featurized, trained, roles, params.model_name, params.drift)
@@ -144,14 +139,12 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
     else:
         decision = decision.model_copy(update={"reasons": [*decision.reasons, drift.summary]})
 
-    scored = test.append_column("error", pa.array(predicted - truth, pa.float64()))
-    with store.fs.open(ctx.output.predictions, "wb") as handle:
-        pq.write_table(scored, handle)
     found = {**lineage(store, trained.artifact), **lineage(store, featurized.artifact)}
     upstream = {stage: found[stage] for stage in _dag_order(STAGE) if stage in found}
     report = ReportContent(
         model=params.model_name, task=params.task, label=roles.label,
-        test_period_start=test_start, test_rows=rows_in, decision=decision, errors=errors,
+        test_period_start=test_start, test_rows=rows_in, decision=decision,
+        errors=scored.breakdown,
         series=_series(decision), drift=drift, lineage=upstream,
         run=Run(run_id=ctx.run_id, trace_id=_trace_id(), git_commit=git_commit(),
                 config_name=ctx.telemetry.spec.resource_attributes.get("config.name", "?"),
@@ -179,8 +172,10 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
         promoted, now = _promote(store, params.model_name, entry, decision, head, ctx.run_id)
     return StageResult(
         rows_in=rows_in, rows_out=rows_in,
-        schema={f.name: str(f.type) for f in scored.schema},
-        statistics={"prediction_mean": float(np.mean(predicted)), "label_mean": float(truth.mean())},
+        schema={f.name: str(f.type) for f in pads.dataset(
+            ctx.output.predictions, filesystem=store.arrow_filesystem(), format="parquet").schema},
+        statistics={"prediction_mean": scored.mean(PREDICTION),
+                    "label_mean": scored.label_sum / rows_in},
         facts=EvaluateFacts(
             metrics=metrics, baseline=baseline,
             improvement=improvement(params.task, metrics, baseline), decision=decision, drift=drift,
@@ -204,31 +199,32 @@ def _judged_champion(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> tuple[
 
 
 def _score_test_rows(ctx: StageContext[EvaluateParams, EvaluateFiles],
-                     champion: ChampionPlan | None) -> tuple[pa.Table, Breakdown]:
-    """The candidate's predictions on the test rows, and the champion's where it can score, with
-    the breakdown of their errors and the baseline's.
+                     champion: ChampionPlan | None) -> Scored:
+    """The candidate's predictions on the test rows, and the champion's where it can score,
+    written as the predictions; their metrics and the breakdown of their errors and the
+    baseline's.
 
     A champion on the current features is scored in the same pass; one on its own features in a
-    second pass over its featurize output, joined by row key.
+    pass over its featurize output first, joined by row key.
     """
     roles, featurized, trained = ctx.params.roles, ctx.input(FEATURIZE), ctx.input(TRAIN)
+    output = ctx.output.predictions
+    ctx.store.fs.makedirs(output, exist_ok=True)
     scan = Scan(ctx.store, roles.row_key, roles.event_time, roles.label,
                 datetime.fromisoformat(trained.facts.test_period_start),
                 tuple(featurized.facts.categorical_columns),
                 {PREDICTION: trained.files.model}, ctx.params.task,
-                baseline=trained.facts.train_label_mean)
+                baseline=trained.facts.train_label_mean, error_of=PREDICTION)
     if champion is None or champion.features is None:
-        return score(ctx, featurized.files.data, scan)
+        return score(ctx, featurized.files.data, scan, output)
     if champion.features == featurized.files.data:
         return score(ctx, featurized.files.data, replace(
-            scan, models={**scan.models, CHAMPION_PREDICTION: champion.model_dir}))
-    own, own_errors = score(ctx, champion.features, replace(
+            scan, models={**scan.models, CHAMPION_PREDICTION: champion.model_dir}), output)
+    own = score_keyed(ctx, champion.features, replace(
         scan, categorical=champion.categorical, models={CHAMPION_PREDICTION: champion.model_dir},
-        baseline=None))
-    test, errors = score(ctx, featurized.files.data, scan)
-    return (test.join(own.select([roles.row_key, CHAMPION_PREDICTION]), roles.row_key,
-                      join_type="left outer").sort_by(roles.row_key),
-            merge([errors, own_errors]))
+        baseline=None, error_of=None))
+    scored = score(ctx, featurized.files.data, scan, output, joined=own)
+    return replace(scored, breakdown=merge([scored.breakdown, own.breakdown]))
 
 
 def _series(decision: Decision) -> dict[str, str]:
@@ -251,19 +247,17 @@ def _trace_id() -> str:
     return format(current_span().get_span_context().trace_id, "032x")
 
 
-def _champion_score(task: str, champion: ChampionPlan | None, test: pa.Table,
-                    truth: np.ndarray) -> ChampionScore:
+def _champion_score(champion: ChampionPlan | None, scored: Scored) -> ChampionScore:
     if champion is None:
         return ChampionScore(version=None)
     if champion.not_scored:
         return ChampionScore(version=champion.version, not_scored=champion.not_scored)
-    predicted = test[CHAMPION_PREDICTION]
-    if predicted.null_count:
+    missing = scored.unpredicted[CHAMPION_PREDICTION]
+    if missing:
         return ChampionScore(version=champion.version, not_scored=(
-            f"{predicted.null_count} of the {len(predicted)} test rows are missing from "
-            f"{champion.scored_on}"))
+            f"{missing} of the {scored.rows} test rows are missing from {champion.scored_on}"))
     return ChampionScore(version=champion.version, scored_on=champion.scored_on,
-                         metrics=compute_metrics(task, truth, predicted.to_numpy()))
+                         metrics=scored.metrics[CHAMPION_PREDICTION].result())
 
 
 def _promote(store: ArtifactStore, model: str, entry: dict, decision: Decision, head: int,
