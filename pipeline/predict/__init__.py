@@ -3,5 +3,5 @@
 - `spec`: the model's feature spec and validation rules, read from its lineage (never today's config)
 - `rows`: the rows to score and the history their windows read, held to validate's rules
 - `output`: predictions and quarantine written atomically, never over a file predict did not write
-- `batch`: the Ray Data pipeline that ties them together
+- `batch`: the Ray Data read and the chunk tasks that tie them together
 """
