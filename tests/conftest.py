@@ -24,6 +24,14 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
+def ray_address(ray_session) -> str:
+    """The session's Ray over loopback, for `pipeline` processes to join as separate jobs, as
+    jobs share a cluster (each would otherwise start its own Ray: 5 to 7 s on 2 cores)."""
+    port = ray_session.get_runtime_context().gcs_address.rpartition(":")[2]
+    return f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
 def smoke_source(tmp_path_factory) -> Path:
     """The smoke dataset, generated once per session and shared read-only by every test."""
     from pipeline.config import load_config

@@ -29,11 +29,12 @@ def _entries(root: Path, model: str = "trip-duration") -> dict[str, dict]:
             for path in (root / "registry" / model).glob("v*/entry.json")}
 
 
-def test_concurrent_runs_share_stages_and_never_overwrite_a_version(smoke_copy):
+def test_concurrent_runs_share_stages_and_never_overwrite_a_version(smoke_copy, ray_address):
     """Three runs at once: two of the same config (one evaluation), one of another. Each new
     evaluation gets its own version, the same evaluation is registered once, and every evaluate
     manifest points at the registry entry of its own evaluation."""
-    root, overrides = smoke_copy  # each run starts its own local Ray, as separate jobs would
+    root, overrides = smoke_copy  # each run is its own process and Ray job, on one cluster
+    overrides = [*overrides, "--set", f"cluster.address={ray_address}"]
     configs = [["--set", "evaluate.min_improvement=0.01"]] * 2 + \
               [["--set", "evaluate.min_improvement=0.02"]]
     processes = [subprocess.Popen(

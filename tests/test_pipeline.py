@@ -85,10 +85,10 @@ def test_stage_alone_runs_from_published_artifacts(ray_session, smoke_source, tm
     assert [(s["name"], s["status"]) for s in summary["stages"]] == [("validate", "ran")]
 
 
-def test_sigkill_mid_stage_leaves_nothing_that_looks_complete(ray_session, smoke_source, tmp_path):
+def test_sigkill_mid_stage_leaves_nothing_that_looks_complete(ray_address, smoke_source, tmp_path):
     root = tmp_path / "artifacts"
     overrides = ["--set", f"dataset.source={smoke_source}", "--set", f"artifact_root={root}",
-                 "--set", f"cluster.address={ray_session.get_runtime_context().gcs_address}"]
+                 "--set", f"cluster.address={ray_address}"]
     process = subprocess.Popen(
         [sys.executable, "-u", "-m", "pipeline", "run", "-c", str(SMOKE), *overrides],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,

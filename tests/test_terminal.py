@@ -19,7 +19,7 @@ RAY_LINE = re.compile(r"\b(INFO|WARNING|ERROR)\b|\(\w+ pid=\d+\)|core_worker|Ray
 
 
 @pytest.fixture(scope="module")
-def evaluate_rerun(ray_session, smoke_run, tmp_path_factory):
+def evaluate_rerun(ray_address, smoke_run, tmp_path_factory):
     """A piped `pipeline run` (a separate process, joined to the session's Ray) on a copy of the
     smoke run, where a new promotion margin reruns evaluate alone; then an all-cached run."""
     import shutil
@@ -28,10 +28,9 @@ def evaluate_rerun(ray_session, smoke_run, tmp_path_factory):
     shutil.copytree(smoke_run.root, root)
     overrides = ["--set", f"dataset.source={smoke_run.overrides[1].split('=', 1)[1]}",
                  "--set", f"artifact_root={root}"]
-    address = ray_session.get_runtime_context().gcs_address
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "run", "-c", str(SMOKE), *overrides,
-         "--set", f"cluster.address={address}", "--set", "evaluate.min_improvement=0.01",
+         "--set", f"cluster.address={ray_address}", "--set", "evaluate.min_improvement=0.01",
          "--json"],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr

@@ -367,14 +367,16 @@ def test_gpu_training(ray_session, featurized, tmp_path):
     assert np.isfinite(predictor.predict(table.slice(0, 100))).all()
 
 
-def test_local_mode_resumes_a_killed_run_from_its_kept_checkpoint(smoke_copy, local_mode):
+def test_local_mode_resumes_a_killed_run_from_its_kept_checkpoint(smoke_copy, local_mode,
+                                                                  ray_address):
     """`num_workers: 0` trains in the driver: the test hook SIGKILLs the `pipeline` process itself
     after epoch 1's checkpoint. The rerun resumes from it and ends with the weights of a run
     that was never killed."""
     root, overrides = smoke_copy
     settings = [*overrides, "--set", "train.epochs=2", "--set", "train.num_workers=0"]
     killed = subprocess.run(
-        [sys.executable, "-m", "pipeline", "stage", "train", "-c", str(SMOKE), *settings],
+        [sys.executable, "-m", "pipeline", "stage", "train", "-c", str(SMOKE), *settings,
+         "--set", f"cluster.address={ray_address}"],
         cwd=REPO, env={**os.environ, KILL_ENV: "1"}, capture_output=True, text=True,
         timeout=240, check=False)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
