@@ -9,7 +9,10 @@ it. Measured on smoke: train 6.9 -> 1.8 s, Ray's start 5.1 -> 7.7 s, the run 24.
 It only moves work earlier: a stage that reaches an import first waits on the module's lock and
 then finds it done, as it would have paid it anyway. (Warming the Ray workers for evaluate's
 torch import the same way was tried and dropped: Ray hands queued tasks of one function to the
-worker it already leased, so one task per CPU warmed one worker, not each.)
+worker it already leased, so one task per CPU warmed one worker, not each. Having every earlier
+stage's tasks start the import in the background was tried too: on smoke, evaluate fell 3.4 ->
+1.8 s, but ingest, featurize and train slowed by more, sharing 2 cores with it: the run over its
+floor went 1.63x -> 1.73x.)
 """
 
 from __future__ import annotations
