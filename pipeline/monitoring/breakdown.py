@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
+from pipeline.epoch import US_PER_DAY, column_us, from_us
+
 DAY = "day"
 """The dimension of the event time's UTC day (YYYY-MM-DD)."""
 BASELINE = "baseline"
@@ -24,6 +26,7 @@ SAMPLE_ROWS = 2_000  # (label, prediction) pairs per model: per task, and after 
 MISSING = "(missing)"
 OTHER = "(other values)"
 _EPS = 1e-7
+_NO_TIME = np.iinfo(np.int64).max
 
 
 class Sums(BaseModel):
@@ -59,9 +62,8 @@ def summarize(task: str, table: pa.Table, label: str, event_time: str, slices: S
     truth = pc.cast(table[label], pa.float64()).to_numpy(zero_copy_only=False)
     losses = {model: row_loss(task, truth, np.asarray(p, np.float64))
               for model, p in predictions.items()}
-    keys = {DAY: pc.strftime(table[event_time], format="%Y-%m-%d"),
-            **{column: table[column] for column in slices}}
-    groups = {dimension: _sums(_labels(values), losses) for dimension, values in keys.items()}
+    keys = {DAY: _days(table[event_time]), **{column: _values(table[column]) for column in slices}}
+    groups = {dimension: _sums(*codes, losses) for dimension, codes in keys.items()}
     pick = _evenly_spaced(len(truth), SAMPLE_ROWS)
     samples = {model: list(zip(truth[pick].tolist(), np.asarray(p, np.float64)[pick].tolist()))
                for model, p in predictions.items()}
@@ -101,21 +103,31 @@ def _add(into: dict[str, Sums], models: Mapping[str, Sums]) -> None:
         into[model] = Sums(rows=before.rows + sums.rows, loss=before.loss + sums.loss)
 
 
-def _labels(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    text = pc.fill_null(pc.cast(values, pa.string()), MISSING)
-    return np.asarray(text.to_numpy(zero_copy_only=False), dtype=object)
+def _days(times: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    """(a code per row, the UTC day YYYY-MM-DD of each code; a null time is MISSING)."""
+    micros = column_us(times, missing=_NO_TIME)
+    days, codes = np.unique(micros // US_PER_DAY, return_inverse=True)  # int64: fast to sort
+    return codes, [MISSING if day == _NO_TIME // US_PER_DAY
+                   else from_us(int(day) * US_PER_DAY).date().isoformat() for day in days]
 
 
-def _sums(labels: np.ndarray, losses: Mapping[str, np.ndarray]) -> dict[str, dict[str, Sums]]:
-    if not len(labels):
-        return {}
-    values, index = np.unique(labels, return_inverse=True)
-    rows = np.bincount(index, minlength=len(values))
-    totals = {model: np.bincount(index, weights=loss, minlength=len(values))
+def _values(values: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    """(a code per row, the text of each code's value; null is MISSING). Arrow's hash encoding:
+    numpy's unique sorted the million strings of a 10M-row test file in 8 of its 11 s."""
+    text = pc.fill_null(pc.cast(values, pa.string()), MISSING).combine_chunks()
+    encoded = pc.dictionary_encode(text)
+    return encoded.indices.to_numpy(zero_copy_only=False), encoded.dictionary.to_pylist()
+
+
+def _sums(codes: np.ndarray, names: list[str],
+          losses: Mapping[str, np.ndarray]) -> dict[str, dict[str, Sums]]:
+    """Rows and summed loss per value, in value order."""
+    rows = np.bincount(codes, minlength=len(names))
+    totals = {model: np.bincount(codes, weights=loss, minlength=len(names))
               for model, loss in losses.items()}
-    return {str(value): {model: Sums(rows=int(rows[i]), loss=float(total[i]))
-                         for model, total in totals.items()}
-            for i, value in enumerate(values)}
+    return {name: {model: Sums(rows=int(rows[i]), loss=float(total[i]))
+                   for model, total in totals.items()}
+            for i, name in sorted(enumerate(names), key=lambda pair: pair[1])}
 
 
 def _evenly_spaced(total: int, at_most: int) -> np.ndarray:
