@@ -33,7 +33,8 @@ Both arms run as child processes of this one, timed from spawn to exit, alternat
 
 The phases compared side by side: start-up (pipeline: ray.start + other; script: interpreter and
 imports), read + clean (ingest + validate), features (featurize, with its audit), split + train
-(train), score (evaluate, with its report and registry). The wall ratio is pipeline / script per
+(train), score (evaluate, with its report and registry); and scoring alone (`scoring_s`): the
+script's score phase against evaluate's `evaluate.score` span. The wall ratio is pipeline / script per
 repetition and of the medians. The machine is shared, so the JSON records the load average before
 and after each size; quote ratios, not seconds.
 """
@@ -106,10 +107,12 @@ def run_pipeline(source: Path, rows: int, artifact_root: Path) -> dict:
     if any(s["status"] != "ran" for s in summary["stages"]):
         raise RuntimeError(f"not a first run: {summary['stages']}")
     seconds = {s["name"]: s["seconds"] for s in summary["stages"]}
-    seconds["ray.start"] = ray_start_seconds(artifact_root / "runs" / summary["run_id"])
+    run_dir = artifact_root / "runs" / summary["run_id"]
+    seconds["ray.start"] = span_seconds(run_dir, "ray.start")
     seconds["other"] = wall - sum(seconds.values())
     rows_of = {s["name"]: s for s in summary["stages"]}
     return {"wall_s": wall, "seconds": seconds,
+            "scoring_s": span_seconds(run_dir, "evaluate.score"),
             "phases_s": {phase: sum(seconds[p] for p in parts)
                          for phase, parts in PIPELINE_PHASES.items()},
             "rows": {"clean": rows_of["validate"]["rows_out"],
@@ -118,10 +121,11 @@ def run_pipeline(source: Path, rows: int, artifact_root: Path) -> dict:
             "test_metrics": summary["test_metrics"], "run_id": summary["run_id"]}
 
 
-def ray_start_seconds(run_dir: Path) -> float:
+def span_seconds(run_dir: Path, name: str) -> float:
+    """The wall seconds of a run's spans called `name`, summed."""
     from pipeline.telemetry.profile import load_run_spans, wall_seconds
 
-    return sum(wall_seconds(s) for s in load_run_spans(str(run_dir)) if s["name"] == "ray.start")
+    return sum(wall_seconds(s) for s in load_run_spans(str(run_dir)) if s["name"] == name)
 
 
 # -- the script arm (runs in a child: `--script`) ---------------------------------------------
@@ -335,6 +339,11 @@ def summarise(rows: int, generation_s: float, script: list[dict], pipeline: list
         "wall_ratio_per_repeat": [p["wall_s"] / s["wall_s"] for s, p in zip(script, pipeline)],
         "phases_s": {arm: {phase: spread([r["phases_s"][phase] for r in runs])["median"]
                            for phase in PHASES} for arm, runs in arms.items()},
+        "scoring_s": {"script": spread([r["phases_s"]["score"] for r in script])["median"],
+                      "pipeline": spread([r["scoring_s"] for r in pipeline])["median"],
+                      "what": "the script's batched torch inference and metrics against "
+                              "evaluate.score (its scoring tasks: read the test rows, predict, "
+                              "break errors down, write the predictions), within evaluate"},
         "test_rmse": {arm: spread([r["test_metrics"]["rmse"] for r in runs])["median"]
                       for arm, runs in arms.items()},
         "test_mae": {arm: spread([r["test_metrics"]["mae"] for r in runs])["median"]

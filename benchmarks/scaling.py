@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from end_to_end import CONFIG, REPO, STAGES, child_env, prepare_source, ray_start_seconds
+from end_to_end import CONFIG, REPO, STAGES, child_env, prepare_source, span_seconds
 from featurize import _cmdline, descendants
 from measure import save, spread
 
@@ -140,7 +140,7 @@ def run_once(source: Path, rows: int, artifact_root: Path, interval: float) -> d
     if any(s["status"] != "ran" for s in summary["stages"]):
         raise RuntimeError(f"not a first run: {summary['stages']}")
     seconds = {s["name"]: s["seconds"] for s in summary["stages"]}
-    seconds["ray.start"] = ray_start_seconds(artifact_root / "runs" / summary["run_id"])
+    seconds["ray.start"] = span_seconds(artifact_root / "runs" / summary["run_id"], "ray.start")
     return {"wall_s": wall, "seconds": seconds,
             "s_per_m_rows": {part: seconds[part] / (rows / 1e6) for part in PARTS},
             "memory": memory,
