@@ -136,20 +136,20 @@ def _score_file(scan: Scan, path: str, output: str, joined: JoinedScores | None)
         present = values.is_valid().to_numpy(zero_copy_only=False)
         metrics[joined.column] = _metrics(scan.task, truth[present],
                                           values.drop_null().to_numpy(zero_copy_only=False))
+    broken_down = dict(predictions)
     if scan.baseline is not None:
-        metrics[BASELINE] = _metrics(scan.task, truth, np.full(table.num_rows, scan.baseline))
+        broken_down[BASELINE] = np.full(table.num_rows, scan.baseline)
+        metrics[BASELINE] = _metrics(scan.task, truth, broken_down[BASELINE])
     if scan.error_of is not None:
         scored = scored.append_column("error", pa.array(predictions[scan.error_of] - truth,
                                                         pa.float64()))
     with scan.store.fs.open(output, "wb") as handle:
         pq.write_table(scored, handle)
-    if scan.baseline is not None:
-        predictions[BASELINE] = np.full(table.num_rows, scan.baseline)
     return Scored(rows=table.num_rows, metrics=metrics, unpredicted=unpredicted,
                   label_sum=float(truth.sum()),
-                  prediction_sum={c: float(v.sum()) for c, v in predictions.items()},
+                  prediction_sum={c: float(v.sum()) for c, v in broken_down.items()},
                   breakdown=summarize(scan.task, table, scan.label, scan.event_time,
-                                      scan.categorical, predictions))
+                                      scan.categorical, broken_down))
 
 
 def _score_keys(scan: Scan, path: str) -> tuple[pa.Table, Breakdown]:
@@ -173,10 +173,11 @@ def _test_rows(scan: Scan, path: str) -> pa.Table:
 
 def _join(joined: JoinedScores, keys: pa.ChunkedArray) -> pa.Array:
     """`joined`'s prediction for each key, in the keys' order; null where it has none."""
+    if not joined.parts:
+        return pa.nulls(len(keys), pa.float64())
     scores = pa.concat_tables(ray.get(joined.parts))
     where = pc.index_in(keys, value_set=scores[joined.row_key])
-    return scores[joined.column].combine_chunks().take(where) if len(scores) else \
-        pa.nulls(len(keys), pa.float64())
+    return scores[joined.column].combine_chunks().take(where)
 
 
 def _metrics(task: str, truth: np.ndarray, predicted: np.ndarray) -> RunningMetrics:
