@@ -10,7 +10,8 @@ table spreads over the cluster, one file per CPU at a time.
 No row reaches the driver: each task sends back its row count, running metrics per model
 (`pipeline.model.metrics.RunningMetrics`) and an error breakdown (`pipeline.monitoring.breakdown`:
 loss by day and by slice, and a bounded sample). Gathering the scored rows instead grew the
-driver's memory with the test period (87 MB more at 10M source rows; benchmarks/scaling.py).
+driver's memory with the test period (87 MB more at 10M source rows, in a probe sampling the
+driver's private memory during the run).
 """
 
 from __future__ import annotations

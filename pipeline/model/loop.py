@@ -233,8 +233,8 @@ def _evaluate(network: TabularNet, shard, config: LoopConfig, device) -> dict[st
     """Validation loss (the training objective) and task metrics in label units.
 
     Batch by batch into sums: in local mode this runs in the driver, and holding every batch's
-    outputs until the end grew its private memory with the split (910 MB at 10M rows, against
-    407 MB with one batch kept; benchmarks/scaling.py).
+    outputs until the end grew its private memory with the split (903 MB at 10M rows and
+    2,093 MB at 30M in benchmarks/scaling.py; 416 and 421 MB streamed).
     """
     network.eval()
     loss_sum, metrics = 0.0, RunningMetrics(config.task)
