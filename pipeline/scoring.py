@@ -16,7 +16,9 @@ driver's private memory during the run).
 
 from __future__ import annotations
 
+import operator
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import reduce
@@ -85,14 +87,17 @@ def score(ctx: StageContext, features: str, scan: Scan, output: str,
                      for index, path in enumerate(_parquet_files(scan.store, features))])
     return Scored(
         rows=sum(p.rows for p in parts),
-        metrics={column: reduce(RunningMetrics.merge, (p.metrics[column] for p in parts))
-                 for column in parts[0].metrics} if parts else {},
-        unpredicted={column: sum(p.unpredicted[column] for p in parts)
-                     for column in parts[0].unpredicted} if parts else {},
+        metrics=_per_column([p.metrics for p in parts], RunningMetrics.merge),
+        unpredicted=_per_column([p.unpredicted for p in parts], operator.add),
         label_sum=sum(p.label_sum for p in parts),
-        prediction_sum={column: sum(p.prediction_sum[column] for p in parts)
-                        for column in parts[0].prediction_sum} if parts else {},
+        prediction_sum=_per_column([p.prediction_sum for p in parts], operator.add),
         breakdown=merge(p.breakdown for p in parts))
+
+
+def _per_column(parts: list[dict], combine: Callable) -> dict:
+    """The parts' values column by column, combined (every part has the same columns)."""
+    return {column: reduce(combine, (part[column] for part in parts))
+            for column in parts[0]} if parts else {}
 
 
 @dataclass
