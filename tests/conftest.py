@@ -98,14 +98,20 @@ def run_cli(*args: str) -> tuple[int, str, dict | None]:
     return code, output, summary
 
 
-@pytest.fixture
-def smoke_copy(smoke_run, tmp_path) -> tuple[Path, list[str]]:
-    """A private copy of the shared smoke run's artifacts (every stage published), to run more on;
-    returns its root and the `--set` arguments that point the smoke config at it."""
+def copy_of_smoke_run(smoke_run, folder: Path) -> tuple[Path, list[str]]:
+    """A private copy of the shared smoke run's artifacts (every stage published) under `folder`,
+    to run more on without changing what other tests read; returns its root and the `--set`
+    arguments that point the smoke config at it."""
     import shutil
 
-    root = tmp_path / "artifacts"
+    root = folder / "artifacts"
     shutil.copytree(smoke_run.root, root)
     overrides = list(smoke_run.overrides)
     overrides[overrides.index(f"artifact_root={smoke_run.root}")] = f"artifact_root={root}"
     return root, overrides
+
+
+@pytest.fixture
+def smoke_copy(smoke_run, tmp_path) -> tuple[Path, list[str]]:
+    """`copy_of_smoke_run` for one test."""
+    return copy_of_smoke_run(smoke_run, tmp_path)

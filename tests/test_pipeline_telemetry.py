@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.runner import Runner
-from tests.conftest import SMOKE, run_cli
+from tests.conftest import SMOKE, copy_of_smoke_run, run_cli
 from tests.otlp_receiver import otlp_receiver
 
 STAGES = ["ingest", "validate", "featurize", "train", "evaluate"]
@@ -24,15 +24,17 @@ def _ancestors(span: dict, by_id: dict[str, dict]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def window_change_over_otlp(smoke_run):
-    """The shared smoke run again with one window changed, its spans sent over OTLP/HTTP."""
+def window_change_over_otlp(smoke_run, tmp_path_factory):
+    """The shared smoke run again with one window changed, its spans sent over OTLP/HTTP; on a
+    copy, so the model version it registers stays out of the shared registry."""
+    _, overrides = copy_of_smoke_run(smoke_run, tmp_path_factory.mktemp("window-change"))
     with otlp_receiver() as receiver:
         code, output, summary = run_cli(
-            "run", "-c", str(SMOKE), *smoke_run.overrides,
+            "run", "-c", str(SMOKE), *overrides,
             "--set", "features.windows.0.window=3d", "--set", "telemetry.exporter=otlp",
             "--set", f"telemetry.endpoint={receiver.endpoint}", "--json")
     assert code in (0, 3), output  # 3: ran fine, and the gate kept the champion
-    return summary, receiver.spans
+    return summary, receiver.spans, overrides
 
 
 def test_one_trace_with_five_stage_spans_under_the_root(smoke_run):
@@ -85,13 +87,13 @@ def test_a_failing_stage_records_the_exception_on_its_span(ray_session, smoke_so
 
 
 def test_changing_one_window_reruns_only_featurize_train_evaluate(window_change_over_otlp):
-    summary, _ = window_change_over_otlp
+    summary, _, _ = window_change_over_otlp
     assert [s["status"] for s in summary["stages"]] == ["cached", "cached", "ran", "ran", "ran"]
     assert summary["model_version"] == "v2"
 
 
 def test_spans_arrive_over_otlp_http(window_change_over_otlp):
-    summary, spans = window_change_over_otlp
+    summary, spans, _ = window_change_over_otlp
     assert {s["trace_id"] for s in spans} == {summary["trace_id"]}
     by_id = {s["span_id"]: s for s in spans}
     stages = {s["name"]: s for s in spans if s["name"].startswith("stage.")}
@@ -130,10 +132,9 @@ def test_profile_attributes_each_computed_stage_to_named_child_spans(smoke_run):
         assert int(columns[-1].rstrip("%")) >= 90, f"{name}: {columns[-1]} named"
 
 
-def test_an_otlp_run_keeps_a_local_copy_of_its_spans_to_profile(window_change_over_otlp,
-                                                                 smoke_run):
-    summary, _ = window_change_over_otlp
-    code, output, _ = run_cli("profile", "-c", str(SMOKE), *smoke_run.overrides,
+def test_an_otlp_run_keeps_a_local_copy_of_its_spans_to_profile(window_change_over_otlp):
+    summary, _, overrides = window_change_over_otlp
+    code, output, _ = run_cli("profile", "-c", str(SMOKE), *overrides,
                               summary["run_id"])
     assert code == 0, output
     assert output.startswith(f"run {summary['run_id']} ")
