@@ -10,26 +10,22 @@ A stage declares
 - `explain`: what its own output says about one row, which `pipeline trace` assembles.
 
 Its code version is derived, never declared: the hash of its module and of every module of the
-package that module imports, transitively. Everything cross-cutting (cache keys, manifests, atomic
-publish, spans, row accounting) belongs to the runner, so no stage can forget it.
+package that module imports, transitively (`pipeline.code_version`). Everything cross-cutting
+(cache keys, manifests, atomic publish, spans, row accounting) belongs to the runner, so no stage
+can forget it.
 """
 
 from __future__ import annotations
 
-import ast
-import hashlib
-import importlib.util
 import posixpath
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
+from pipeline.code_version import code_version
 from pipeline.node_credentials import naming_node
 from pipeline.telemetry import traced
 
@@ -205,103 +201,3 @@ class Stage(Generic[P, F, D]):
     def output(self, artifact: Artifact) -> Output[F, D]:
         return Output(artifact, self.files(artifact.uri),
                       self.facts.model_validate(artifact.manifest["details"]))
-
-
-@cache
-def code_version(module: str, upstream: frozenset[str] = frozenset()) -> str:
-    """Hash of `module` and every package module it imports, transitively, as syntax trees
-    without docstrings: editing a comment is not a cache miss, editing a helper is.
-
-    The walk does not enter `upstream` (the modules of the stages whose outputs this one reads):
-    their code shapes this stage only through their outputs, whose fingerprints are in its key.
-    """
-    digest = hashlib.sha256()
-    for name in sorted(package_modules(module, upstream)):
-        digest.update(f"{name}:{_syntax_digest(name)}\n".encode())
-    return digest.hexdigest()[:12]
-
-
-def _syntax_digest(module: str) -> str:
-    source = Path(_origin(module))
-    stat = source.stat()
-    return _file_syntax_digest(str(source), stat.st_mtime_ns, stat.st_size)
-
-
-@cache
-def _file_syntax_digest(path: str, _mtime_ns: int, _size: int) -> str:
-    """Hash of one file's syntax tree without docstrings, once per process and file version
-    (five stages share most of their modules)."""
-    tree = ast.parse(Path(path).read_text())
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
-                and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)):
-            node.body = body[1:] or [ast.Pass()]
-    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
-
-
-def package_modules(module: str, upstream: frozenset[str] = frozenset()) -> set[str]:
-    """`module` and every module of its top-level package it imports, transitively (function-level
-    imports included), with the packages whose `__init__` such an import runs; `upstream` modules
-    and what only they import are left out."""
-    package = module.split(".")[0]
-    found: set[str] = set()
-    pending = [module]
-    while pending:
-        name = pending.pop()
-        if name in found or name in upstream or _origin(name) is None:
-            continue
-        found.add(name)
-        parts = name.split(".")
-        pending += [".".join(parts[:i]) for i in range(1, len(parts))]
-        pending += [m for m in _imports(name) if m.split(".")[0] == package]
-    return found
-
-
-def _imports(module: str) -> list[str]:
-    """Modules named by the import statements of `module` (`from a import b` yields a and a.b)."""
-    is_package = Path(_origin(module)).name == "__init__.py"
-    base = module.split(".") if is_package else module.split(".")[:-1]
-    names = []
-    source = Path(_origin(module))
-    stat = source.stat()
-    for node in ast.walk(_file_tree(str(source), stat.st_mtime_ns, stat.st_size)):
-        if isinstance(node, ast.Import):
-            names += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            parent = base[:len(base) - node.level + 1] if node.level else []
-            source = ".".join([*parent, *(node.module.split(".") if node.module else [])])
-            names += [source, *(f"{source}.{alias.name}" for alias in node.names)]
-    return names
-
-
-@cache
-def _file_tree(path: str, _mtime_ns: int, _size: int) -> ast.Module:
-    """A file's syntax tree, parsed once per file version; read only, never changed."""
-    return ast.parse(Path(path).read_text())
-
-
-def _search_locations(top: str) -> list[str] | None:
-    try:  # a top-level name: finding it imports nothing
-        spec = importlib.util.find_spec(top)
-    except (ImportError, ValueError):
-        return None
-    return spec.submodule_search_locations if spec else None
-
-
-def _origin(module: str) -> str | None:
-    """The source file of a module of an imported package, or None when the name is not a module
-    (an imported name). Found on disk, not with `importlib.util.find_spec`, which imports the
-    parent module of the name it is given: `pipeline.model.network.TabularNet` would import
-    torch, seconds of every run's start."""
-    top, *rest = module.split(".")
-    package = sys.modules.get(top)
-    locations = getattr(package, "__path__", None) if package else _search_locations(top)
-    if not locations:
-        return None
-    base = Path(next(iter(locations)), *rest)
-    for candidate in ((base.with_name(base.name + ".py"),) if rest else ()) + (base / "__init__.py",):
-        if candidate.is_file():
-            return str(candidate)
-    return None

@@ -20,6 +20,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.code_version import code_version, package_modules
 from pipeline.config import PipelineConfig, load_config
 from pipeline.dag import STAGES, check_order
 from pipeline.runner import Runner
@@ -33,8 +34,6 @@ from pipeline.stage import (
     Stage,
     StageContext,
     StageResult,
-    code_version,
-    package_modules,
 )
 from pipeline.stages.featurize import STAGE as FEATURIZE
 from pipeline.trace import trace_row
@@ -86,6 +85,25 @@ def test_a_stage_depends_on_every_module_it_imports(toy_package):
     assert _version("toypkg.stage") == before, "docstrings and comments are not code"
     helper.write_text(helper.read_text().replace("2 * x", "x + x"))
     assert _version("toypkg.stage") != before, "a helper the stage imports is its code"
+
+
+def test_code_versions_kept_on_disk_equal_fresh_ones_and_a_broken_cache_is_ignored(
+        toy_package, tmp_path, monkeypatch):
+    import pipeline.code_version as versions
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(versions, "_DISK", versions._DiskCache())
+    fresh = _version("toypkg.stage")
+    assert versions.cache_file().is_file()
+    monkeypatch.setattr(versions, "_DISK", versions._DiskCache())  # a new process: reads the file
+    assert _version("toypkg.stage") == fresh
+    helper = toy_package / "helper.py"
+    helper.write_text(helper.read_text().replace("2 * x", "x + x"))  # same size, maybe same mtime
+    edited = _version("toypkg.stage")
+    assert edited != fresh, "the cache is keyed by the text, not by the file's size and time"
+    versions.cache_file().write_text("{not json")
+    monkeypatch.setattr(versions, "_DISK", versions._DiskCache())
+    assert _version("toypkg.stage") == edited
 
 
 def test_upstream_stage_modules_are_not_a_stages_code():
