@@ -179,7 +179,7 @@ class Runner:
         except Exception as exc:
             raise StageFailed(f"stage {stage.name} failed: {_reason(exc)}") from exc
         if self.store.find(stage.name, key.key) is None:
-            self._start_ray(telemetry)
+            self._start_ray(telemetry, stage)
         started = time.perf_counter()
         with telemetry.span(f"stage.{stage.name}", {"stage.name": stage.name,
                                                      "stage.cache_key": key.key,
@@ -219,15 +219,18 @@ class Runner:
             return self.store.find(stage.name, key.key) or self._compute(
                 stage, key, inputs, telemetry, trace_id)
 
-    def _start_ray(self, telemetry: Telemetry) -> None:
+    def _start_ray(self, telemetry: Telemetry, first: Stage) -> None:
         """Start or join Ray before the first stage that computes, in its own span, so that no
         stage's time includes it; a fully cached run never starts Ray. Joined to a cluster, a
         local path that its nodes could not share is refused before any work."""
         import ray
 
         if not ray.is_initialized():
-            # Ray's start is mostly waiting on the processes it spawns: import meanwhile
-            import_in_background(m for s in self._planned for m in s.driver_imports)
+            # Ray's start is mostly waiting on the processes it spawns: import meanwhile what
+            # the stages from `first` on import in the driver (those before it were cached: an
+            # evaluate-only rerun does not import torch for a cached train)
+            later = self._planned[self._planned.index(first):]
+            import_in_background(m for s in later for m in s.driver_imports)
             with telemetry.span("ray.start", {"cluster.address": self.config.cluster.address
                                               or "local"}):
                 ensure_ray(self.config.cluster)
