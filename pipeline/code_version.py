@@ -128,12 +128,18 @@ class _DiskCache:
         self._added = False
         path = cache_file()
         payload = {key: [f.digest, list(f.imports)] for key, f in self._used.items()}
-        with contextlib.suppress(OSError):
+        try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".digests-",
-                                             delete=False) as out:
+            descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".digests-")
+        except OSError:  # a read-only home: the next start parses again
+            return
+        try:
+            with os.fdopen(descriptor, "w") as out:
                 json.dump(payload, out)
-            os.replace(out.name, path)
+            os.replace(temporary, path)
+        except OSError:  # a full disk: no half-written cache is left behind
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
 
     @staticmethod
     def _load() -> dict[str, _ModuleFacts]:
