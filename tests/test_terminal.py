@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from pipeline.telemetry.timeline import chrome_trace
-from tests.conftest import REPO, SMOKE, run_cli
+from tests.conftest import REPO, SMOKE, copy_of_smoke_run, run_cli
 
 STAGES = ("ingest", "validate", "featurize", "train", "evaluate")
 # what Ray's own lines look like: log records, forwarded worker lines, C++ core logs
@@ -22,12 +22,7 @@ RAY_LINE = re.compile(r"\b(INFO|WARNING|ERROR)\b|\(\w+ pid=\d+\)|core_worker|Ray
 def evaluate_rerun(ray_address, smoke_run, tmp_path_factory):
     """A piped `pipeline run` (a separate process, joined to the session's Ray) on a copy of the
     smoke run, where a new promotion margin reruns evaluate alone; then an all-cached run."""
-    import shutil
-
-    root = tmp_path_factory.mktemp("terminal") / "artifacts"
-    shutil.copytree(smoke_run.root, root)
-    overrides = ["--set", f"dataset.source={smoke_run.overrides[1].split('=', 1)[1]}",
-                 "--set", f"artifact_root={root}"]
+    root, overrides = copy_of_smoke_run(smoke_run, tmp_path_factory.mktemp("terminal"))
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "run", "-c", str(SMOKE), *overrides,
          "--set", f"cluster.address={ray_address}", "--set", "evaluate.min_improvement=0.01",
