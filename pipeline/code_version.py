@@ -73,8 +73,9 @@ class _ModuleFacts:
 
 
 def _facts(module: str) -> _ModuleFacts:
-    text = Path(_origin(module)).read_bytes()
-    is_package = Path(_origin(module)).name == "__init__.py"
+    source = Path(_origin(module))
+    text = source.read_bytes()
+    is_package = source.name == "__init__.py"
     key = hashlib.sha256(f"{module}:{is_package}:".encode() + text).hexdigest()
     return _DISK.get(key) or _DISK.put(key, _read(module, is_package, text.decode()))
 
