@@ -40,8 +40,8 @@ def code_version(module: str, upstream: frozenset[str] = frozenset()) -> str:
     their code shapes this stage only through their outputs, whose fingerprints are in its key.
     """
     digest = hashlib.sha256()
-    for name in sorted(package_modules(module, upstream)):
-        digest.update(f"{name}:{_facts(name).digest}\n".encode())
+    for name, facts in sorted(_walk(module, upstream).items()):
+        digest.update(f"{name}:{facts.digest}\n".encode())
     _DISK.save()
     return digest.hexdigest()[:12]
 
@@ -50,17 +50,22 @@ def package_modules(module: str, upstream: frozenset[str] = frozenset()) -> set[
     """`module` and every module of its top-level package it imports, transitively (function-level
     imports included), with the packages whose `__init__` such an import runs; `upstream` modules
     and what only they import are left out."""
+    return set(_walk(module, upstream))
+
+
+def _walk(module: str, upstream: frozenset[str]) -> dict[str, _ModuleFacts]:
+    """`package_modules`, each with its facts (read once per walk)."""
     package = module.split(".")[0]
-    found: set[str] = set()
+    found: dict[str, _ModuleFacts] = {}
     pending = [module]
     while pending:
         name = pending.pop()
         if name in found or name in upstream or _origin(name) is None:
             continue
-        found.add(name)
+        found[name] = _facts(name)
         parts = name.split(".")
         pending += [".".join(parts[:i]) for i in range(1, len(parts))]
-        pending += [m for m in _facts(name).imports if m.split(".")[0] == package]
+        pending += [m for m in found[name].imports if m.split(".")[0] == package]
     return found
 
 

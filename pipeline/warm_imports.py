@@ -5,7 +5,8 @@ a process builds imports `torch._dynamo`, 2.5 s more: train spent 5-7 s of a smo
 of stages importing. `ray.init` is mostly waiting on the processes it spawns, so a background
 thread imports what the run's stages will import in the driver (`Stage.driver_imports`) during
 it: those of the first stage that computes and every stage after it, not of the cached ones
-before it (an evaluate-only rerun joined to a cluster: 13.1 -> 10.7 s without train's torch). Measured on smoke: train 6.9 -> 1.8 s, Ray's start 5.1 -> 7.7 s, the run 24.7 -> 22.3 s.
+before it (an evaluate-only rerun joined to a cluster: 13.1 -> 10.7 s without train's torch).
+Measured on smoke: train 6.9 -> 1.8 s, Ray's start 5.1 -> 7.7 s, the run 24.7 -> 22.3 s.
 
 It only moves work earlier: a stage that reaches an import first waits on the module's lock and
 then finds it done, as it would have paid it anyway. (Warming the Ray workers for evaluate's
