@@ -160,6 +160,12 @@ def encode_in_loop_cost(raw: pa.Table, preprocessor: Preprocessor, batch_size: i
     return (time.perf_counter() - started) / repeats
 
 
+def gpu_name(use_gpu: bool) -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(0) if use_gpu and torch.cuda.is_available() else None
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -230,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
         "plain_step_seconds_per_batch": args.batch_size / plain["steady_samples_per_second"],
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "ray": ray.__version__,
-                    "load_average_1m": os.getloadavg()[0]},
+                    "load_average_1m": os.getloadavg()[0], "gpu": gpu_name(args.use_gpu)},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train_ingest.json").write_text(json.dumps(result, indent=2))
