@@ -177,18 +177,32 @@ def test_a_champion_with_other_features_is_scored_on_its_own_or_the_reason_is_re
     assert decision.reasons[-1].endswith("gated on the baseline alone")
 
 
-def test_a_champion_on_other_features_is_scored_on_them_and_joined_by_row_key(smoke_copy):
+def _spans(root: Path, summary: dict, name: str) -> list[dict]:
+    files = (root / "runs" / summary["run_id"] / "spans").glob("*.jsonl")
+    return [span for path in files for line in path.read_text().splitlines()
+            if (span := json.loads(line))["name"] == name]
+
+
+@pytest.mark.parametrize("scored_in", ["driver", "ray tasks"])
+def test_a_champion_on_other_features_is_scored_on_them_and_joined_by_row_key(smoke_copy,
+                                                                              scored_in):
     """A window changed since the champion was trained: it needs a feature the candidate's table
     lacks, so evaluate scores it on its own featurize output and joins its predictions to the
     test rows by key. (A window length no other test uses, so the run computes whatever ran
-    before on the shared smoke run.)"""
+    before on the shared smoke run.) Its scores equal those of its own evaluation, scored in the
+    driver on the smoke run: in Ray tasks too (`evaluate.score_in_driver_max_rows: 0`)."""
     import pyarrow.dataset as pads
 
     root, overrides = smoke_copy
+    where = [] if scored_in == "driver" else ["--set", "evaluate.score_in_driver_max_rows=0"]
     code, output, summary = run_cli("run", "-c", str(SMOKE), *overrides, "--json",
-                                    "--set", "features.windows.0.window=2d")
+                                    "--set", "features.windows.0.window=2d", *where)
     assert code in (0, 3), output
     assert [s["status"] for s in summary["stages"]] == ["cached"] * 2 + ["ran"] * 3
+    (score_span,) = _spans(root, summary, "evaluate.score")
+    assert score_span["attributes"]["evaluate.scored_in"] == scored_in
+    scorers = {span["pid"] for span in _spans(root, summary, "evaluate.score_file")}
+    assert (scorers == {score_span["pid"]}) == (scored_in == "driver"), scorers
     judged = _decision(root, summary["model_version"])["champion"]
     assert judged["scored_on"].startswith("its own features")
 

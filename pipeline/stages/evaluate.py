@@ -18,7 +18,7 @@ from datetime import datetime
 
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from pipeline.artifacts import ArtifactStore
 from pipeline.champion import IDENTITY, ChampionPlan, feature_spec, opponent, plan
@@ -62,6 +62,8 @@ class EvaluateParams(Params):
     min_improvement: float
     min_improvement_over_champion: float
     drift: DriftConfig
+    score_in_driver_max_rows: int = Field(exclude=True)
+    """Where the test rows are scored, never what they score: not part of the cache key."""
 
     @classmethod
     def from_config(cls, config: PipelineConfig) -> EvaluateParams:
@@ -69,7 +71,8 @@ class EvaluateParams(Params):
         return cls(roles=Roles.of(config.dataset), task=config.train.task,
                    model_name=evaluate.model_name, min_improvement=evaluate.min_improvement,
                    min_improvement_over_champion=evaluate.min_improvement_over_champion,
-                   drift=evaluate.drift)
+                   drift=evaluate.drift,
+                   score_in_driver_max_rows=evaluate.score_in_driver_max_rows)
 
 
 class EvaluateFiles(Files):
@@ -208,6 +211,8 @@ def _score_test_rows(ctx: StageContext[EvaluateParams, EvaluateFiles],
     pass over its featurize output first, joined by row key.
     """
     roles, featurized, trained = ctx.params.roles, ctx.input(FEATURIZE), ctx.input(TRAIN)
+    in_driver = trained.facts.splits["test"] <= ctx.params.score_in_driver_max_rows
+    current_span().set_attribute("evaluate.scored_in", "driver" if in_driver else "ray tasks")
     output = ctx.output.predictions
     ctx.store.fs.makedirs(output, exist_ok=True)
     scan = Scan(ctx.store, roles.row_key, roles.event_time, roles.label,
@@ -216,14 +221,15 @@ def _score_test_rows(ctx: StageContext[EvaluateParams, EvaluateFiles],
                 {PREDICTION: trained.files.model}, ctx.params.task,
                 baseline=trained.facts.train_label_mean, error_of=PREDICTION)
     if champion is None or champion.features is None:
-        return score(ctx, featurized.files.data, scan, output)
+        return score(ctx, featurized.files.data, scan, output, in_driver=in_driver)
     if champion.features == featurized.files.data:
         return score(ctx, featurized.files.data, replace(
-            scan, models={**scan.models, CHAMPION_PREDICTION: champion.model_dir}), output)
+            scan, models={**scan.models, CHAMPION_PREDICTION: champion.model_dir}), output,
+            in_driver=in_driver)
     own = score_keyed(ctx, champion.features, replace(
         scan, categorical=champion.categorical, models={CHAMPION_PREDICTION: champion.model_dir},
-        baseline=None, error_of=None))
-    scored = score(ctx, featurized.files.data, scan, output, joined=own)
+        baseline=None, error_of=None), in_driver=in_driver)
+    scored = score(ctx, featurized.files.data, scan, output, joined=own, in_driver=in_driver)
     return replace(scored, breakdown=merge([scored.breakdown, own.breakdown]))
 
 
@@ -325,5 +331,6 @@ STAGE = Stage(
     explain=explain,
     inputs=(FEATURIZE, TRAIN),
     external_inputs=judged_against,
-    driver_imports=("matplotlib.figure",),  # the report's figures
+    # the report's figures; torch for a test period scored in the driver
+    driver_imports=("matplotlib.figure", "pipeline.model.predictor"),
 )
