@@ -50,6 +50,17 @@ def ensure_ray(cluster: ClusterConfig) -> None:
     _CONNECTED.append(True)
 
 
+def workers_are_local(cluster: ClusterConfig) -> bool:
+    """Every Ray worker of this run is on this machine: no cluster address, and the Ray this
+    process started (or found started) has one node, this one."""
+    import ray
+
+    if cluster.address:
+        return False
+    nodes = [node for node in ray.nodes() if node["Alive"]]
+    return len(nodes) == 1 and nodes[0]["NodeID"] == ray.get_runtime_context().get_node_id()
+
+
 def _join(address: str, options: dict) -> None:
     """`ray.init(address)`, failing within seconds with one sentence instead of Ray's retries
     and traceback."""

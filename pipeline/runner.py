@@ -19,7 +19,7 @@ from pipeline.dag import STAGES, check_order, stage_by_name
 from pipeline.datasets import ensure_dataset
 from pipeline.node_credentials import find_missing_credentials
 from pipeline.provenance import git_commit, versions
-from pipeline.ray_cluster import ensure_ray
+from pipeline.ray_cluster import ensure_ray, workers_are_local
 from pipeline.registry import CHAMPION, alias_head
 from pipeline.shared_storage import check_storage_is_shared
 from pipeline.stage import Output, Params, Stage, StageContext, StageResult
@@ -241,12 +241,14 @@ class Runner:
         if stage.resources:
             _check_resources(stage, stage.resources(key.params), local=not self.config.cluster.address)
         staging = self.store.begin(stage.name, key.key, self.run_id)
-        progress = progress_inbox() if self.display.wants_progress else None
+        progress = progress_inbox(local=workers_are_local(self.config.cluster)) \
+            if self.display.wants_progress else None
         self.display.stage_running(stage.name, key.key, progress)
         started_at = datetime.now(timezone.utc)
         started = time.perf_counter()
         context = StageContext(key.params, self.store, inputs, stage.files(staging), telemetry,
-                               self.run_id, key.key, key.external, progress)
+                               self.run_id, key.key, key.external,
+                               progress.outbox if progress else None)
         try:
             result = stage.run(context)
             if not isinstance(result.facts, stage.facts):

@@ -128,7 +128,8 @@ class StageContext(Generic[P, F]):
     """The external inputs its cache key hashed (`Stage.external_inputs`): the stage works from
     these, not from a second look that could see something newer."""
     progress: Any = None
-    """The driver's progress inbox (a Ray actor handle), or None: where worker spans report."""
+    """The outbox of the driver's progress inbox (`pipeline.terminal.progress`), or None: where
+    worker spans report."""
 
     def input(self, stage: Stage[Any, Any, Any]) -> Output:
         return self.inputs[stage.name]

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from pipeline.telemetry.timeline import chrome_trace
+from pipeline.terminal.display import PlainDisplay
 from tests.conftest import REPO, SMOKE, copy_of_smoke_run, run_cli
 
 STAGES = ("ingest", "validate", "featurize", "train", "evaluate")
@@ -127,3 +128,50 @@ def test_perfetto_lanes_group_processes_by_node_and_label_child_spans():
     assert nodes[chunks["chunk 1"]["pid"]] == "node bbbbbbbb (other)"
     assert nodes[chunks["run"]["pid"]] == "host h"  # a driver with no Ray node on its host
     assert chunks["chunk 1"]["dur"] == pytest.approx(4e6) and chunks["chunk 1"]["ts"] == 1e6
+
+
+class _RecordingDisplay(PlainDisplay):
+    """Plain lines, and every worker progress event that reached the driver."""
+
+    def __init__(self) -> None:
+        super().__init__(echo=lambda line: None, progress=True)
+        self.events: list[dict] = []
+
+    def progress(self, event: dict) -> None:
+        self.events.append(event)
+        super().progress(event)
+
+
+@pytest.mark.parametrize("joined", [False, True], ids=["loopback", "actor"])
+def test_worker_spans_reach_the_progress_display(smoke_copy, ray_address, joined):
+    """Featurize's chunk tasks report to the driver as they finish: over loopback UDP with the
+    session's local Ray, through an actor when joined by address (as to a cluster)."""
+    import io
+
+    from pipeline.config import load_config
+    from pipeline.runner import Runner
+
+    _, overrides = smoke_copy
+    address = [f"cluster.address={ray_address}"] if joined else []
+    config = load_config(SMOKE, [*overrides[1::2], "features.windows.0.window=3d", *address])
+    display = _RecordingDisplay()
+    with display.showing(io.StringIO()):
+        Runner(config, display=display).run()
+    chunks = [e for e in display.events if e["name"] == "featurize.chunk"]
+    assert len(chunks) == 2 and all(e["attributes"]["rows"] > 0 for e in chunks), display.events
+
+
+def test_the_loopback_inbox_drops_datagrams_without_its_token():
+    import socket
+
+    from pipeline.terminal.progress import LoopbackOutbox, progress_inbox
+
+    inbox = progress_inbox(local=True)
+    inbox.drain()
+    port = inbox.outbox.port
+    LoopbackOutbox(port, "not-the-token").push({"name": "featurize.chunk", "attributes": {}})
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        for payload in (b"not json", b"[]", b'{"token": null}'):
+            sender.sendto(payload, ("127.0.0.1", port))
+    inbox.outbox.push({"name": "validate.file", "attributes": {"rows": 3}})
+    assert inbox.drain() == [{"name": "validate.file", "attributes": {"rows": 3}}]

@@ -110,10 +110,11 @@ def worker_span(
             _report_progress(progress, name, span)
 
 
-def _report_progress(inbox, name: str, span: trace.Span) -> None:
-    """Tell the driver's progress display that this span's work is done (fire and forget)."""
+def _report_progress(outbox, name: str, span: trace.Span) -> None:
+    """Tell the driver's progress display that this span's work is done (fire and forget;
+    `outbox` is a `pipeline.terminal.progress.Outbox`)."""
     attributes = dict(getattr(span, "attributes", None) or {})
-    inbox.push.remote({"name": name, "attributes": attributes})
+    outbox.push({"name": name, "attributes": attributes})
 
 
 def worker_meter(carrier: Mapping | None = None) -> metrics.Meter:
