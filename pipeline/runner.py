@@ -55,6 +55,8 @@ class RunSummary:
     run_record: str
     champion: str | None = None
     """Where the evaluated model's champion alias points once the run is done."""
+    ray_start_seconds: float | None = None
+    """Starting or joining Ray, apart from every stage's seconds (None: no stage needed Ray)."""
 
     @property
     def evaluation(self) -> EvaluateFacts | None:
@@ -91,6 +93,7 @@ class RunSummary:
                      "reasons": self.evaluation.decision.reasons} if self.evaluation else None,
             "test_metrics": self.model.get("metrics", {}),
             "run_record": self.run_record,
+            "ray_start_seconds": self.ray_start_seconds,
         }
 
 
@@ -134,6 +137,7 @@ class Runner:
         self.store = ArtifactStore(config.artifact_root, config.storage_options)
         self.display = display or PlainDisplay(echo)
         self.run_id = new_run_id()
+        self._ray_start_seconds: float | None = None
 
     def run(self, only: str | None = None) -> RunSummary:
         """Run the whole DAG, or with `only` one stage from its predecessors' published outputs."""
@@ -166,7 +170,7 @@ class Runner:
         finally:
             telemetry.shutdown()
             summary = RunSummary(self.run_id, trace_id, outcomes, self.store.uri(record_path),
-                                 self._champion(outcomes))
+                                 self._champion(outcomes), self._ray_start_seconds)
             self._write_run_record(record_path, summary, run_dir, error, started_at)
         return summary
 
@@ -233,7 +237,9 @@ class Runner:
             import_in_background(m for s in later for m in s.driver_imports)
             with telemetry.span("ray.start", {"cluster.address": self.config.cluster.address
                                               or "local"}):
+                started = time.perf_counter()
                 ensure_ray(self.config.cluster)
+                self._ray_start_seconds = round(time.perf_counter() - started, 3)
                 check_storage_is_shared(self.config)
 
     def _compute(self, stage: Stage, key: StageKey, inputs: dict[str, Output],

@@ -71,6 +71,7 @@ def test_second_run_is_fully_cached_and_starts_no_ray(smoke_run):
     assert [s["cache_key"] for s in summary["stages"]] == [s["cache_key"] for s in first["stages"]]
     assert summary["model_version"] == first["model_version"]
     assert "Ray instance" not in result.stderr + result.stdout
+    assert summary["ray_start_seconds"] is None and "starting Ray" not in result.stdout
 
 
 def test_stage_alone_runs_from_published_artifacts(ray_session, smoke_source, tmp_path, capsys):

@@ -46,6 +46,8 @@ def test_a_piped_run_prints_plain_lines_and_no_ray_output(evaluate_rerun):
         assert 1 <= sum(line.startswith(f"{stage} ") for line in lines) <= 4, lines
     assert "\x1b[" not in result.stdout  # no terminal escapes into a pipe
     assert lines[-1].startswith(f"run {summary['run_id']}: 5 stages, 1 ran, 4 cached")
+    assert summary["ray_start_seconds"] > 0  # joining Ray, apart from evaluate's seconds
+    assert f"(and {summary['ray_start_seconds']:.1f}s starting Ray)" in lines[-1]
     assert any(line.startswith(f"model trip-duration {summary['model_version']}: ")
                for line in lines[-6:-1])  # then the gate's reasons, indented
     ray_log = root / "runs" / summary["run_id"] / "ray.log"

@@ -120,6 +120,8 @@ def summary_lines(summary: RunSummary, ray_log: str | None) -> list[str]:
     seconds = sum(s.seconds for s in summary.stages)
     line = (f"run {summary.run_id}: {len(summary.stages)} stages, {ran} ran, "
             f"{len(summary.stages) - ran} cached, {seconds:.1f}s")
+    if summary.ray_start_seconds is not None:
+        line += f" (and {summary.ray_start_seconds:.1f}s starting Ray)"
     lines.append(line + (f"; Ray's log: {ray_log}" if ray_log else ""))
     return lines
 
