@@ -52,9 +52,10 @@ class Inbox(Protocol):
 def progress_inbox(local: bool) -> Inbox:
     """This driver's inbox: over loopback when `local` (every Ray worker runs on this machine),
     else an actor, created once per Ray connection and ended with it."""
-    if local:
-        if not _LOOPBACK_INBOX:
+    if local and not _LOOPBACK_INBOX:
+        with contextlib.suppress(OSError):  # no IPv4 loopback here: the actor will do
             _LOOPBACK_INBOX.append(LoopbackInbox())
+    if local and _LOOPBACK_INBOX:
         return _LOOPBACK_INBOX[0]
     import ray
 
