@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.epoch import to_us
+from pipeline.epoch import day_strings, to_us
 from pipeline.features import windows
 from pipeline.features.audit import agree
 from pipeline.features.chunks import halo_us, plan_chunks
@@ -320,3 +320,13 @@ def test_unknown_available_at_never_counts():
                                       rows["ready"]))
     out = check_all_three(rows, [spec("count", available_at="ready")])
     assert out[spec("count", available_at="ready").name] == [0, 0]
+
+
+@settings(max_examples=50, deadline=None)
+@given(micros=st.lists(st.one_of(st.none(), st.integers(-2**50, 2**50)), max_size=50),
+       zone=st.sampled_from(["UTC", "America/New_York", "Asia/Kolkata"]))
+def test_day_strings_are_strftime_days_in_the_columns_zone(micros, zone):
+    """Validate's day partitions and the audit's sample days: the fast cast gives what
+    `strftime("%Y-%m-%d")` gives, nulls and pre-1970 times included."""
+    times = pa.array(micros, pa.timestamp("us", tz=zone))
+    assert day_strings(times).equals(pc.strftime(times, format="%Y-%m-%d"))

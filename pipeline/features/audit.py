@@ -36,7 +36,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.epoch import to_us
+from pipeline.epoch import day_strings, to_us
 from pipeline.features.reference import as_rows, reference_value
 from pipeline.features.windows import WindowResult, WindowSpec, micros
 from pipeline.schema import Roles
@@ -326,7 +326,7 @@ def blank_unknown(rows: pa.Table, t: np.ndarray, roles: Roles, label_time: set[s
 def _clean_rows(clean: pads.Dataset, partition: str, sample: pa.Table,
                 specs: Sequence[WindowSpec], row_key: str, event_time: str) -> pa.Table:
     """The sampled rows as validate left them: their own event time and entity values."""
-    days = pc.unique(pc.strftime(sample[event_time], format="%Y-%m-%d"))
+    days = pc.unique(day_strings(sample[event_time]))
     columns = list(dict.fromkeys([row_key, event_time, *(c for s in specs for c in s.entity)]))
     found = clean.to_table(columns=columns, filter=pads.field(partition).isin(days)
                            & pads.field(row_key).isin(sample[row_key]))

@@ -21,13 +21,13 @@ import posixpath
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
 from pydantic import Field
 
 from pipeline.config import Duration, PipelineConfig
+from pipeline.epoch import day_strings
 from pipeline.quality.rules import (
     column_statistics,
     conform,
@@ -149,7 +149,7 @@ def _validate_file(store, path: str, index: int, duplicate_positions: np.ndarray
 
 
 def _write_clean(store, clean: pa.Table, event_time: str, base: str, index: int) -> None:
-    day = pc.strftime(clean[event_time], format="%Y-%m-%d")
+    day = day_strings(clean[event_time])
     pads.write_dataset(
         clean.append_column("day", day), base, format="parquet",
         partitioning=pads.partitioning(pa.schema([("day", pa.string())]), flavor="hive"),
