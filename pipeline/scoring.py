@@ -13,9 +13,9 @@ worker that scores imports it first (2.5-3.7 s of a 5.5 s evaluate on the smoke 
 4,400 rows in 0.1 s). The driver then holds one file's test rows at a time, bounded by that
 setting, not by the table.
 
-No row reaches the driver: each task sends back its row count, running metrics per model
-(`pipeline.model.metrics.RunningMetrics`) and an error breakdown (`pipeline.monitoring.breakdown`:
-loss by day and by slice, and a bounded sample). Gathering the scored rows instead grew the
+No rows are gathered in the driver: each task (or call) sends back its row count, running
+metrics per model (`pipeline.model.metrics.RunningMetrics`) and an error breakdown
+(`pipeline.monitoring.breakdown`: loss by day and by slice, and a bounded sample). Gathering the scored rows instead grew the
 driver's memory with the test period (87 MB more at 10M source rows, in a probe sampling the
 driver's private memory during the run).
 """
