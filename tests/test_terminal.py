@@ -158,7 +158,7 @@ def test_worker_spans_reach_the_progress_display(smoke_copy, ray_address, joined
     config = load_config(SMOKE, [*overrides[1::2], "features.windows.0.window=3d", *address])
     display = _RecordingDisplay()
     with display.showing(io.StringIO()):
-        Runner(config, display=display).run()
+        Runner(config, display=display).run(only="featurize")
     chunks = [e for e in display.events if e["name"] == "featurize.chunk"]
     assert len(chunks) == 2 and all(e["attributes"]["rows"] > 0 for e in chunks), display.events
 
