@@ -47,7 +47,6 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
-import ray.data
 
 from pipeline.artifacts import ArtifactStore
 from pipeline.config import PipelineConfig, SplitConfig, TrainConfig
@@ -308,7 +307,9 @@ def encode_split(ctx: StageContext[TrainParams, TrainFiles], parts: list[ray.Obj
     if shuffle_seed is not None:
         encoded = shuffle(ctx, encoded, shuffle_seed)
     ray.wait(encoded, num_returns=len(encoded), fetch_local=False)  # done before fit starts
-    return ray.data.from_arrow_refs(encoded)
+    from ray.data import from_arrow_refs  # not at the top: 0.35-0.9 s before Ray's start
+
+    return from_arrow_refs(encoded)
 
 
 def _encode_part(part: pa.Table, name: str, preprocessor: Preprocessor, label: str) -> pa.Table:
@@ -477,6 +478,6 @@ STAGE = Stage(
     explain=explain,
     inputs=(FEATURIZE,),
     resources=worker_group_resources,
-    # the loop's torch, and torch._dynamo, which building the first optimizer imports
-    driver_imports=("pipeline.model.loop", "torch._dynamo"),
+    # Ray Data, the loop's torch, and torch._dynamo, which building the first optimizer imports
+    driver_imports=("ray.data", "pipeline.model.loop", "torch._dynamo"),
 )
