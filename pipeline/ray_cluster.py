@@ -133,9 +133,16 @@ def disconnect_ray() -> None:
     import ray
 
     if _CONNECTED and ray.is_initialized():
-        _stop_autoscaler_monitor()
-        ray.shutdown()
+        shutdown_ray()
     _CONNECTED.clear()
+
+
+def shutdown_ray() -> None:
+    """`ray.shutdown()`, a second faster for a Ray this process started (see below)."""
+    import ray
+
+    _stop_autoscaler_monitor()
+    ray.shutdown()
 
 
 def _stop_autoscaler_monitor() -> None:

@@ -17,10 +17,12 @@ SMOKE = REPO / "configs" / "smoke.yaml"
 def ray_session():
     import ray
 
+    from pipeline.ray_cluster import shutdown_ray
+
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     ray.init(num_cpus=2, include_dashboard=False)
     yield ray
-    ray.shutdown()
+    shutdown_ray()
 
 
 @pytest.fixture(scope="session")
