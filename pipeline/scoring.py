@@ -9,15 +9,15 @@ table spreads over the cluster, one file per CPU at a time.
 
 A small test period is scored in the driver instead, file after file by the same function
 (`evaluate.score_in_driver_max_rows`): the driver has torch loaded already, while each Ray
-worker that scores imports it first (2.5-3.7 s of a 5.5 s evaluate on the smoke run, to predict
-4,400 rows in 0.1 s). The driver then holds one file's test rows at a time, bounded by that
-setting, not by the table.
+worker that scores imports it first (3.7 s of a 5.5 s evaluate on the smoke run, where the driver
+scores its 4,400 rows in 0.2 s). The driver then holds one file's test rows at a time, bounded by
+that setting, not by the table.
 
 No rows are gathered in the driver: each task (or call) sends back its row count, running
 metrics per model (`pipeline.model.metrics.RunningMetrics`) and an error breakdown
-(`pipeline.monitoring.breakdown`: loss by day and by slice, and a bounded sample). Gathering the scored rows instead grew the
-driver's memory with the test period (87 MB more at 10M source rows, in a probe sampling the
-driver's private memory during the run).
+(`pipeline.monitoring.breakdown`: loss by day and by slice, and a bounded sample). Gathering the
+scored rows instead grew the driver's memory with the test period (87 MB more at 10M source
+rows, in a probe sampling the driver's private memory during the run).
 """
 
 from __future__ import annotations
