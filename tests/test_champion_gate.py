@@ -216,3 +216,26 @@ def test_a_champion_on_other_features_is_scored_on_them_and_joined_by_row_key(sm
     entry = json.loads((_registry(root) / judged["version"] / "entry.json").read_text())
     assert champion_now == predictions(entry["evaluate_cache_key"], "prediction")  # its own scores
     assert judged["metrics"] == pytest.approx(entry["metrics"], rel=1e-12)
+
+
+def test_an_upgraded_evaluate_re_evaluates_the_champion_without_registering_a_twin(smoke_copy,
+                                                                                  monkeypatch):
+    """A new evaluate code version evaluates the champion's own model again (same featurize and
+    train outputs): the registry keeps one version of it, and the run says it is the champion."""
+    import pipeline.stage
+
+    root, overrides = smoke_copy
+    versions = pipeline.stage.code_version
+    monkeypatch.setattr(pipeline.stage, "code_version", lambda module, upstream=frozenset(): (
+        versions(module, upstream) + ("+upgraded" if module.endswith(".evaluate") else "")))
+    code, output, again = run_cli("run", "-c", str(SMOKE), *overrides, "--json")
+    assert code == 0, output
+    assert [s["status"] for s in again["stages"]] == ["cached"] * 4 + ["ran"]
+    assert (again["model_version"], again["promoted"], again["champion"]) == ("v1", True, "v1")
+    assert sorted(path.name for path in _registry(root).glob("v*")) == ["v1"]
+    assert "model trip-duration v1: promoted; champion is v1" in output
+    key = _stage(again, "evaluate")["cache_key"]
+    facts = json.loads((root / "stages" / "evaluate" / key / "manifest.json").read_text())["details"]
+    assert facts["registration"]["reason"] == (
+        "already the champion: v1 is this model (the same featurize and train outputs); "
+        "re-evaluated, not registered again")

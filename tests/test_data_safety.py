@@ -15,6 +15,8 @@ from pathlib import Path
 
 from tests.conftest import REPO, SMOKE, run_cli
 
+RIVAL = "trip-duration-rival"
+
 
 def _manifest(root: Path, stage: str, key: str) -> dict:
     return json.loads((root / "stages" / stage / key / "manifest.json").read_text())
@@ -34,15 +36,19 @@ def test_concurrent_runs_share_stages_and_never_overwrite_a_version(smoke_copy, 
     evaluation gets its own version, the same evaluation is registered once, and every evaluate
     manifest points at the registry entry of its own evaluation."""
     root, overrides = smoke_copy  # each run is its own process and Ray job, on one cluster
-    overrides = [*overrides, "--set", f"cluster.address={ray_address}"]
-    configs = [["--set", "evaluate.min_improvement=0.01"]] * 2 + \
-              [["--set", "evaluate.min_improvement=0.02"]]
+    # a model name without a champion, since the champion's own model is not registered twice,
+    # and a gate none can pass (+100% over the baseline), so that no run moves a champion that
+    # the others judged against (the run that loses that race fails by design)
+    overrides = [*overrides, "--set", f"cluster.address={ray_address}",
+                 "--set", f"evaluate.model_name={RIVAL}"]
+    configs = [["--set", "evaluate.min_improvement=1.0"]] * 2 + \
+              [["--set", "evaluate.min_improvement=2.0"]]
     processes = [subprocess.Popen(
         [sys.executable, "-m", "pipeline", "run", "-c", str(SMOKE), *overrides, *extra, "--json"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}) for extra in configs]
     results = [process.communicate(timeout=300) for process in processes]
-    assert [p.returncode for p in processes] == [0, 0, 0], [err[-2000:] for _, err in results]
+    assert [p.returncode for p in processes] == [3, 3, 3], [err[-2000:] for _, err in results]
     summaries = [json.loads(out.strip().splitlines()[-1]) for out, _ in results]
 
     same, other = summaries[:2], summaries[2]
@@ -51,17 +57,17 @@ def test_concurrent_runs_share_stages_and_never_overwrite_a_version(smoke_copy, 
         "one run computed the evaluation, the other waited for it and reused it"
     assert same[0]["model_version"] == same[1]["model_version"] != other["model_version"]
 
-    entries = _entries(root)
-    assert sorted(entries) == ["v1", "v2", "v3"]
+    entries = _entries(root, RIVAL)
+    assert sorted(entries) == ["v1", "v2"]
     for summary in summaries:
         evaluate = _stage(summary, "evaluate")
         registration = _manifest(root, "evaluate", evaluate["cache_key"])["details"]["registration"]
         entry = entries[registration["version"]]
         assert entry["evaluate_cache_key"] == evaluate["cache_key"]
         assert entry["version"] == registration["version"] == summary["model_version"]
-    claims = {json.loads((root / "registry" / "trip-duration" / v / "claim.json").read_text())[
-        "evaluate_cache_key"] for v in ("v2", "v3")}
-    assert claims == {entries["v2"]["evaluate_cache_key"], entries["v3"]["evaluate_cache_key"]}
+    claims = {json.loads((root / "registry" / RIVAL / v / "claim.json").read_text())[
+        "evaluate_cache_key"] for v in ("v1", "v2")}
+    assert claims == {entries["v1"]["evaluate_cache_key"], entries["v2"]["evaluate_cache_key"]}
 
 
 def test_a_retrain_with_identical_weights_keeps_the_fingerprint_and_evaluate_caches(smoke_copy):

@@ -158,21 +158,29 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
             return render(report, version)
 
     with ctx.telemetry.span("evaluate.register"):
-        entry = register(store, params.model_name, trained.files.model, {
-            "evaluate_cache_key": ctx.cache_key,
-            "gate": "passed" if decision.passed else "rejected",
-            "reason": "; ".join(decision.reasons),
-            "metrics": metrics,
-            "baseline": {"kind": "training-split mean label", "value": baseline_value, **baseline},
-            "judged_against": champion,
-            "test_rows": rows_in,
-            "drift": drift.model_dump(),
-            "features": feature_spec(featurized.artifact.manifest["params"]),
-            "lineage": upstream,
-            "run_id": ctx.run_id,
-        }, {**decision.model_dump(mode="json"), "evaluate_cache_key": ctx.cache_key,
-            "run_id": ctx.run_id}, report_page)
-        promoted, now = _promote(store, params.model_name, entry, decision, head, ctx.run_id)
+        twin = _champion_of(store, params.model_name, upstream)
+        if twin is not None:  # re-evaluated (new evaluate code): one model, one version
+            entry, promoted, now = twin, True, twin["version"]
+            reason = (f"already the champion: {now} is this model (the same featurize and train "
+                      "outputs); re-evaluated, not registered again")
+        else:
+            entry = register(store, params.model_name, trained.files.model, {
+                "evaluate_cache_key": ctx.cache_key,
+                "gate": "passed" if decision.passed else "rejected",
+                "reason": "; ".join(decision.reasons),
+                "metrics": metrics,
+                "baseline": {"kind": "training-split mean label", "value": baseline_value,
+                             **baseline},
+                "judged_against": champion,
+                "test_rows": rows_in,
+                "drift": drift.model_dump(),
+                "features": feature_spec(featurized.artifact.manifest["params"]),
+                "lineage": upstream,
+                "run_id": ctx.run_id,
+            }, {**decision.model_dump(mode="json"), "evaluate_cache_key": ctx.cache_key,
+                "run_id": ctx.run_id}, report_page)
+            promoted, now = _promote(store, params.model_name, entry, decision, head, ctx.run_id)
+            reason = ("promoted: " if promoted else "not promoted: ") + entry["reason"]
     return StageResult(
         rows_in=rows_in, rows_out=rows_in,
         schema={f.name: str(f.type) for f in pads.dataset(
@@ -184,8 +192,7 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
             improvement=improvement(params.task, metrics, baseline), decision=decision, drift=drift,
             registration=Registration(
                 model=entry["model"], version=entry["version"], uri=entry["uri"],
-                promoted=promoted, metrics=metrics, champion=now,
-                reason=("promoted: " if promoted else "not promoted: ") + entry["reason"])),
+                promoted=promoted, metrics=metrics, champion=now, reason=reason)),
     )
 
 
@@ -286,6 +293,16 @@ def _promote(store: ArtifactStore, model: str, entry: dict, decision: Decision, 
                          f"judged against {decision.champion.version}: not promoted; rerun to "
                          f"judge it against {now}") from None
     return True, entry["version"]
+
+
+def _champion_of(store: ArtifactStore, model: str, upstream: dict) -> dict | None:
+    """The champion's entry when the champion is this very model (the same featurize and train
+    outputs): a rerun whose evaluation ran again because evaluate's code changed."""
+    _, champion = alias_head(store, model, CHAMPION)
+    if champion is None:
+        return None
+    entry = registry_version(store, model, champion)
+    return entry if _same_model(entry, {"lineage": upstream}) else None
 
 
 def _same_model(a: dict, b: dict) -> bool:
