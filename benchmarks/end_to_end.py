@@ -49,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -70,17 +71,20 @@ PIPELINE_PHASES = {"start-up": ("ray.start", "other"), "read + clean": ("ingest"
 
 
 # -- the source ------------------------------------------------------------------------------
-def source_config(rows: int, source: Path | None = None) -> PipelineConfig:
-    sets = [f"dataset.generate.rows={rows}"]
+def source_config(rows: int, source: Path | None = None,
+                  sets: Sequence[str] = ()) -> PipelineConfig:
+    sets = [f"dataset.generate.rows={rows}", *sets]
     return load_config(CONFIG, sets + ([f"dataset.source={source}"] if source else []))
 
 
-def prepare_source(rows: int, data: Path) -> tuple[Path, float]:
-    """configs/local.yaml's generated table at `rows` rows (reused when already there)."""
+def prepare_source(rows: int, data: Path, sets: Sequence[str] = (),
+                   name: str | None = None) -> tuple[Path, float]:
+    """configs/local.yaml's generated table at `rows` rows, with `sets` applied to its config
+    (reused when already there)."""
     from pipeline.datasets import ensure_dataset
 
-    source = data / f"rideshare-{rows}"
-    dataset = source_config(rows).dataset
+    source = data / (name or f"rideshare-{rows}")
+    dataset = source_config(rows, sets=sets).dataset
     started = time.perf_counter()
     ensure_dataset(str(source), dataset.generate.kind, rows, dataset.start, dataset.end,
                    dataset.generate.seed)

@@ -2,11 +2,16 @@
 
     python benchmarks/scaling.py                             # 1M, 10M, 30M → benchmarks/results/scaling.{json,png}
     python benchmarks/scaling.py --sizes 1M,10M
+    python benchmarks/scaling.py --sizes 10M,30M --layout longer  # → scaling-longer.{json,png}
     python benchmarks/scaling.py --sizes 200k --repeats 1 --results /tmp/scaling   # a quick check
 
 Each size is configs/local.yaml's ride-share table (`ensure_dataset`, the generator `pipeline
-run` uses) at that many rows over the config's 60 days, so more rows means denser days, more
-trips per driver and zone in every window. It is generated once per size before any timing, under
+run` uses) at that many rows. With `--layout denser` (the default) it spans the config's 60 days,
+so more rows means denser days: more trips per driver and zone in every window, and more rows in
+every featurize chunk (a week of events plus its lookback). With `--layout longer` the smallest
+size spans the 60 days and larger ones span proportionally more days (the split dates stretched
+with them), so every day, and every chunk, is as dense as the smallest size's: the growth of a
+retrain that keeps more history. Each table is generated once per size before any timing, under
 --data (a fresh folder in /var/tmp unless given, deleted afterwards; a given one is reused, and the
 JSON records generation seconds and the source's bytes on disk).
 
@@ -39,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,9 +53,12 @@ from end_to_end import CONFIG, REPO, STAGES, child_env, prepare_source, span_sec
 from featurize import _cmdline, descendants
 from measure import save, spread
 
+from pipeline.config import load_config
+
 RESULTS = REPO / "benchmarks" / "results"
 PARTS = ("ray.start", *STAGES)
 REPEATED_BELOW = 10_000_000
+LAYOUTS = ("denser", "longer")
 SUFFIXES = {"k": 1_000, "m": 1_000_000}
 
 
@@ -122,13 +131,15 @@ class TreeSampler:
 
 
 # -- one run ---------------------------------------------------------------------------------
-def run_once(source: Path, rows: int, artifact_root: Path, interval: float) -> dict:
+def run_once(source: Path, rows: int, artifact_root: Path, interval: float,
+             sets: list[str]) -> dict:
     """A first `pipeline run` as a child process, with its process tree's memory sampled."""
     started = time.perf_counter()
     child = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "run", "-c", str(CONFIG),
          "--set", f"dataset.source={source}", "--set", f"dataset.generate.rows={rows}",
-         "--set", f"artifact_root={artifact_root}", "--json"],
+         "--set", f"artifact_root={artifact_root}",
+         *(arg for value in sets for arg in ("--set", value)), "--json"],
         cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sampler = TreeSampler(child.pid, interval)
     stdout, stderr = child.communicate()
@@ -149,9 +160,26 @@ def run_once(source: Path, rows: int, artifact_root: Path, interval: float) -> d
             "test_rmse": summary["test_metrics"]["rmse"], "load_average": os.getloadavg()}
 
 
-def summarise(rows: int, runs: list[dict], generation_s: float, source_bytes: int) -> dict:
+def stretched(rows: int, base_rows: int) -> list[str]:
+    """--layout longer: config overrides that stretch the config's days, and its split dates
+    with them, by rows / base_rows (whole days), keeping the rows per day; none for the base."""
+    config = load_config(CONFIG)
+    start, scale = config.dataset.start, rows / base_rows
+    if rows == base_rows:
+        return []
+
+    def at(moment: datetime) -> str:
+        return (start + timedelta(days=round((moment - start).days * scale))).isoformat()
+
+    return [f"dataset.end={at(config.dataset.end)}",
+            f"split.train_until={at(config.split.train_until)}",
+            f"split.validation_until={at(config.split.validation_until)}"]
+
+
+def summarise(rows: int, runs: list[dict], generation_s: float, source_bytes: int,
+              sets: list[str]) -> dict:
     return {
-        "rows": rows, "runs_count": len(runs), "generation_s": generation_s,
+        "rows": rows, "config_sets": sets, "runs_count": len(runs), "generation_s": generation_s,
         "source_mb": source_bytes / 2**20,
         "wall_s": spread([r["wall_s"] for r in runs]),
         "s_per_m_rows": {part: spread([r["s_per_m_rows"][part] for r in runs]) for part in PARTS},
@@ -210,8 +238,11 @@ def chart(results: dict, path: Path) -> None:
     right.set_ylabel("MB")
     right.set_title("peak memory", fontsize=9)
     right.legend(fontsize=8)
-    figure.suptitle(f"scaling: first `pipeline run -c configs/local.yaml` ({results['cpus']} CPUs,"
-                    f" load {results['load_average_before'][0]:.0f} at start)", fontsize=10)
+    layout = ("60 days, denser with rows" if results["layout"] == "denser"
+              else "rows per day fixed, more days with rows")
+    figure.suptitle(f"scaling: first `pipeline run -c configs/local.yaml`, {layout} "
+                    f"({results['cpus']} CPUs, load {results['load_average_before'][0]:.0f} at "
+                    "start)", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
@@ -229,6 +260,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--interval", type=float, default=0.25, help="memory sampling seconds")
     parser.add_argument("--data", type=Path, help="where sources are generated (and reused); "
                         "default: a temporary folder under /var/tmp, deleted afterwards")
+    parser.add_argument("--layout", choices=LAYOUTS, default="denser",
+                        help="denser: every size over the config's 60 days; longer: the "
+                             "smallest size's rows per day, over more days")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     args.results.mkdir(parents=True, exist_ok=True)
@@ -239,11 +273,13 @@ def main(argv: list[str] | None = None) -> None:
     load_before, sizes = os.getloadavg(), []
     try:
         for rows in sizes_rows:
-            source, generation_s = prepare_source(rows, data)
+            sets = stretched(rows, sizes_rows[0]) if args.layout == "longer" else []
+            source, generation_s = prepare_source(
+                rows, data, sets, f"rideshare-{rows}" + ("-longer" if sets else ""))
             runs = []
             for repeat in range(args.repeats if rows < REPEATED_BELOW else 1):
                 root = work / f"artifacts-{rows}-{repeat}"
-                runs.append(run_once(source, rows, root, args.interval))
+                runs.append(run_once(source, rows, root, args.interval, sets))
                 shutil.rmtree(root)
                 run = runs[-1]
                 print(f"{rows:,} rows, run {repeat + 1}: {run['wall_s']:.1f}s wall, "
@@ -252,13 +288,14 @@ def main(argv: list[str] | None = None) -> None:
                       f"({run['memory']['driver_private_peak_mb']:,.0f} private), "
                       f"Ray sum peak {run['memory']['ray_sum_rss_peak_mb']:,.0f} MB; load "
                       f"{run['load_average'][0]:.1f}", flush=True)
-            sizes.append(summarise(rows, runs, generation_s, folder_bytes(source)))
+            sizes.append(summarise(rows, runs, generation_s, folder_bytes(source), sets))
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if args.data is None:
             shutil.rmtree(data, ignore_errors=True)
 
-    results = {"config": "configs/local.yaml", "cpus": os.cpu_count(), "sizes": sizes,
+    results = {"config": "configs/local.yaml", "layout": args.layout, "cpus": os.cpu_count(),
+               "sizes": sizes,
                "largest_vs_previous": trend(sizes),
                "target": "per-stage s/M rows at 30M no higher than at 10M (within noise); "
                          "driver peak memory flat in rows (issue 11)",
@@ -266,7 +303,8 @@ def main(argv: list[str] | None = None) -> None:
                                 "process below it; RSS counts shared object-store pages once "
                                 "per process that maps them",
                "load_average_before": load_before, "load_average_after": os.getloadavg()}
-    save(results, args.results / "scaling.json", chart)
+    name = "scaling.json" if args.layout == "denser" else f"scaling-{args.layout}.json"
+    save(results, args.results / name, chart)
     print(json.dumps({k: v for k, v in results.items() if k != "sizes"}, indent=2))
 
 

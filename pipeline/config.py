@@ -260,6 +260,12 @@ class PredictConfig(_Strict):
         None, description="fsspec options for predict's input, output and history source; "
         "default: dataset.storage_options"
     )
+    score_in_driver_max_rows: int = Field(
+        200_000, ge=0, description="an input of at most this many clean rows is scored in the "
+        "driver process, which imports torch while Ray starts, and only its features are "
+        "computed in Ray tasks, whose workers would each import torch first (about 2.5 s); 0: "
+        "always scored in Ray tasks. The predictions are the same either way"
+    )
 
 
 class ClusterConfig(_Strict):

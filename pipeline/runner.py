@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -242,12 +243,17 @@ class Runner:
                 self._ray_start_seconds = round(time.perf_counter() - started, 3)
                 check_storage_is_shared(self.config)
 
+    @cached_property
+    def _workers_are_local(self) -> bool:
+        """Asked of Ray once per run, when the first stage computes (Ray has started by then)."""
+        return workers_are_local(self.config.cluster)
+
     def _compute(self, stage: Stage, key: StageKey, inputs: dict[str, Output],
                  telemetry: Telemetry, trace_id: str) -> Artifact:
         if stage.resources:
             _check_resources(stage, stage.resources(key.params), local=not self.config.cluster.address)
         staging = self.store.begin(stage.name, key.key, self.run_id)
-        progress = progress_inbox(local=workers_are_local(self.config.cluster)) \
+        progress = progress_inbox(local=self._workers_are_local) \
             if self.display.wants_progress else None
         self.display.stage_running(stage.name, key.key, progress)
         started_at = datetime.now(timezone.utc)

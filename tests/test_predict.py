@@ -54,9 +54,12 @@ def new_day_events(tmp_path, rows: int, seed: int) -> tuple[pa.Table, str]:
     return events, folder
 
 
+@pytest.mark.parametrize("scored_in", ["driver", "ray tasks"])
 def test_the_test_period_scored_from_a_file_reproduces_featurize_and_evaluate(smoke_copy,
-                                                                               tmp_path):
+                                                                               tmp_path, scored_in):
     root, overrides = smoke_copy
+    if scored_in == "ray tasks":
+        overrides = [*overrides, "--set", "predict.score_in_driver_max_rows=0"]
     store = ArtifactStore(str(root))
     move_alias(store, MODEL, "champion", "v1", reason="test: the smoke run's model")
     entry = resolve(store, MODEL, "champion")

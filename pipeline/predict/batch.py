@@ -5,7 +5,9 @@ the clean rows are grouped into featurize's time chunks (the model's chunk lengt
 epoch), and one task per chunk reads its lookback halo from the history source, computes the
 features exactly as a featurize chunk does (`featurize.features_table`: the same kernel, window
 specs and halo) and applies the model's saved preprocessing and network; the driver writes the
-predictions chunk by chunk, in time order (`output`).
+predictions chunk by chunk, in time order (`output`). A small input (`predict.
+score_in_driver_max_rows`) is scored by the driver instead, which imports torch while Ray starts,
+so that no worker imports it for a few thousand rows: the tasks then compute features only.
 
 A chunk's features are computed for every row known in it (history and input alike), as featurize
 computes them for every clean row of its chunk, and kept for the input rows: the kernel is then
@@ -21,6 +23,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import fsspec
 import numpy as np
@@ -53,6 +56,10 @@ from pipeline.quality.rules import SchemaError
 from pipeline.ray_cluster import ensure_ray
 from pipeline.schema import TableSchema
 from pipeline.stages.featurize import features_table, sort_rows
+from pipeline.warm_imports import import_in_background
+
+if TYPE_CHECKING:
+    from pipeline.model.predictor import Predictor  # torch
 
 PATH = "path"  # the column Ray Data's include_paths adds: the file each row came from
 PREDICTION = "prediction"
@@ -77,6 +84,7 @@ def predict(config: PipelineConfig, reference: str, input_uri: str, output_uri: 
         target.check_replaceable()
     cutoff = _parse_as_of(as_of)
 
+    import_in_background(["pipeline.model.predictor"])  # torch, while Ray starts and reads
     ensure_ray(config.cluster)
     checked = _checked_input(input_uri, options, spec, config.dataset.partition)
     # both files name the attempt; the predictions, written last, are its commit point
@@ -94,7 +102,8 @@ def predict(config: PipelineConfig, reference: str, input_uri: str, output_uri: 
     with predictions.writer({**about, "as_of": from_us(as_of_us).isoformat(),
                              "history_source": history.uri, "quarantined": quarantined}
                             ) as batches:
-        for table in _scored(job, store, checked.times):
+        in_driver = checked.times.size <= config.predict.score_in_driver_max_rows
+        for table in _scored(job, store, checked.times, in_driver):
             batches.write(table)
         rows = batches.rows
     return (f"predicted {rows:,} rows with {spec.model} {spec.version} as of "
@@ -213,18 +222,29 @@ class ChunkJob:
     as_of_us: int
 
 
-def _scored(job: ChunkJob, store: ArtifactStore, times: np.ndarray) -> Iterator[pa.Table]:
-    """Features then predictions, one plain task per chunk, yielded in chunk order.
+def _scored(job: ChunkJob, store: ArtifactStore, times: np.ndarray,
+            in_driver: bool) -> Iterator[pa.Table]:
+    """Features then predictions, one plain task per chunk, yielded in chunk order; `in_driver`:
+    the tasks compute the features and the driver predicts.
 
     Plain tasks run on Ray's already started workers. The Ray Data pipeline with a one-actor
     pool this replaces planned an execution and started a new process for the model on every
     call: with Ray already running, tests/test_predict.py's two calls on a day of events took
     23.0 s, and take 5.5 s with tasks.
     """
-    task = ray.remote(num_cpus=1)(_score_chunk)
-    refs = [task.remote(asdict(chunk), job, store) for chunk in _chunks(job.spec, times)]
+    chunks = [asdict(chunk) for chunk in _chunks(job.spec, times)]
+    if not in_driver:
+        task = ray.remote(num_cpus=1)(_score_chunk)
+        for ref in [task.remote(chunk, job, store) for chunk in chunks]:
+            yield ray.get(ref)
+        return
+    from pipeline.model.predictor import load_predictor
+
+    task = ray.remote(num_cpus=1)(_features_of_chunk)
+    refs = [task.remote(chunk, job) for chunk in chunks]
+    predictor = load_predictor(store.fs, job.spec.model_dir)
     for ref in refs:
-        yield ray.get(ref)
+        yield _predictions(ray.get(ref), job.spec, predictor)
 
 
 def _chunks(spec: ModelSpec, times: np.ndarray) -> list[Chunk]:
@@ -240,10 +260,19 @@ def _chunks(spec: ModelSpec, times: np.ndarray) -> list[Chunk]:
 def _score_chunk(chunk: dict[str, int], job: ChunkJob, store: ArtifactStore) -> pa.Table:
     from pipeline.model.predictor import load_predictor  # torch: only where a model runs
 
-    spec, roles = job.spec, job.spec.features.roles
     features = _chunk_features(Chunk(**chunk), job)
-    rows = features.num_rows
-    predicted = load_predictor(store.fs, spec.model_dir).predict(features) if rows else []
+    predictor = load_predictor(store.fs, job.spec.model_dir) if features.num_rows else None
+    return _predictions(features, job.spec, predictor)
+
+
+def _features_of_chunk(chunk: dict[str, int], job: ChunkJob) -> pa.Table:
+    return _chunk_features(Chunk(**chunk), job)
+
+
+def _predictions(features: pa.Table, spec: ModelSpec, predictor: Predictor | None) -> pa.Table:
+    """The output rows of one chunk: keys, time, prediction, model, and the features kept."""
+    roles, rows = spec.features.roles, features.num_rows
+    predicted = predictor.predict(features) if rows else []
     columns = {roles.row_key: features[roles.row_key],
                roles.event_time: features[roles.event_time],
                PREDICTION: pa.array(predicted, pa.float64()),
