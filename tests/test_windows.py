@@ -275,15 +275,6 @@ def test_rank_time_axis_used_when_keys_would_overflow_agrees(rows, specs):
 
 
 @settings(max_examples=60, deadline=None)
-@given(rows=tables(), specs=specs_strategy, block_rows=st.sampled_from([1, 2, 5]))
-def test_entity_blocks_agree_with_the_reference(rows, specs, block_rows):
-    """Blocks of a few sources each (at most one entity per block with 1) change no value."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(windows, "BLOCK_ROWS", block_rows)
-        assert_same(kernel(rows, specs), reference(rows, specs), rows)
-
-
-@settings(max_examples=60, deadline=None)
 @given(rows=tables(), specs=specs_strategy, chunk_minutes=st.sampled_from([1, 7, 15, 60]))
 def test_chunks_with_their_halo_give_the_same_features(rows, specs, chunk_minutes):
     """Chunked computation (each chunk from its rows plus the halo) equals one pass over all."""

@@ -2,8 +2,8 @@
 
 A feature of a query row (entity e, event time t) aggregates the source rows of entity e whose
 available-at time a lies in [t - W, t). Sources are sorted once per (available-at column, entity) by
-(entity, a, row key), in blocks of entities that bound the working set (`entity_blocks`); a query's
-window is then the contiguous slice [lo, hi) of its block's order, found by two binary searches. Every aggregation reads the slice in O(1) or O(log n): prefix sums (count,
+(entity, a, row key); a query's window is then the contiguous slice [lo, hi) of that order, found by
+two binary searches. Every aggregation reads the slice in O(1) or O(log n): prefix sums (count,
 sum, mean), a "last valid position" index (last, time since last) and a segment tree (min, max,
 std; merging (n, mean, M2) states keeps std exact where prefix sums of squares would cancel).
 No Python runs per row.
@@ -32,9 +32,6 @@ NUMERIC_AGGREGATIONS = {"sum", "mean", "min", "max", "std", "last"}
 NEVER = np.iinfo(np.int64).max  # available-at of a row whose available-at is unknown
 KEY_LIMIT = 2**62  # entity * time-span keys must stay below this to fit int64
 US = 1_000_000
-BLOCK_ROWS = 1 << 19
-"""Sources per entity block (`entity_blocks`): 4 MB per int64 array, within a core's share of
-the CPU's cache."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +83,7 @@ def compute_windows(sources: pa.Table, queries: pa.Table, specs: Sequence[Window
     t = micros(queries[event_time])
     codes: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, int]] = {}
     orders: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    features: dict[str, _Feature] = {}
+    columns, skipped = {}, {}
     for (available_at, entity), group in _groups(specs).items():
         if entity not in codes:
             codes[entity] = entity_codes(sources, queries, entity)
@@ -94,21 +91,19 @@ def compute_windows(sources: pa.Table, queries: pa.Table, specs: Sequence[Window
             by_key = any(s.agg == "last" for s in specs if s.available_at == available_at)
             orders[available_at] = _time_order(sources, available_at, row_key, by_key)
         reach = max(spec.window_us for spec in group)
+        window = _SortedSources(*orders[available_at], *codes[entity], t, reach)
+        starts: dict[int, np.ndarray] = {}
+        values: dict[str | None, _Values] = {}
         for spec in group:
-            features[spec.name] = _Feature.empty(spec, len(t))
-        for block in entity_blocks(*orders[available_at], *codes[entity], t, reach):
-            window = _SortedSources(block, reach)
-            starts: dict[int, np.ndarray] = {}
-            values: dict[str | None, _Values] = {}
-            for spec in group:
-                if spec.window_us not in starts:
-                    starts[spec.window_us] = window.lower_bounds(window.t - spec.window_us)
-                if spec.column not in values:
-                    values[spec.column] = _Values.take(sources, spec.column, window.index)
-                features[spec.name].fill(block.queries, *_aggregate(
-                    spec, values[spec.column], window, starts[spec.window_us], window.hi))
-    return WindowResult({spec.name: features[spec.name].array() for spec in specs},
-                        {spec.name: features[spec.name].missing for spec in specs if spec.column})
+            if spec.window_us not in starts:
+                starts[spec.window_us] = window.lower_bounds(t - spec.window_us)
+            if spec.column not in values:
+                values[spec.column] = _Values.take(sources, spec.column, window.index)
+            columns[spec.name], missing = _aggregate(spec, values[spec.column], window,
+                                                     starts[spec.window_us], window.hi, t)
+            if spec.column:
+                skipped[spec.name] = missing
+    return WindowResult({spec.name: columns[spec.name] for spec in specs}, skipped)
 
 
 def micros(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -157,97 +152,35 @@ def _time_order(sources: pa.Table, available_at: str, row_key: str,
     return order, times[order]
 
 
-@dataclass(frozen=True)
-class _Block:
-    """The sources and queries of a range of entity codes, with codes relative to the range
-    (0..count-1; `count` stands for a source without an entity).
-
-    Sources in available-at order: their positions, times and codes; queries: their positions (a
-    slice of all of them when there is one block), codes and event times.
-    """
-
-    index: np.ndarray
-    times: np.ndarray
-    codes: np.ndarray
-    count: int
-    queries: np.ndarray | slice
-    query_codes: np.ndarray
-    t: np.ndarray
-
-
-def entity_blocks(time_order: np.ndarray, times: np.ndarray, codes: np.ndarray,
-                  query_codes: np.ndarray, count: int, t: np.ndarray, reach: int) -> list[_Block]:
-    """One group's sources that some query can see (available in [min(t) - reach, max(t))) and
-    its queries, split into ranges of entity codes of about `BLOCK_ROWS` sources each (a window
-    never crosses entities).
-
-    The kernel's sorts, gathers and binary searches are random accesses over a group's sources:
-    once those outgrow the CPU's caches each costs a memory round trip, the more so when two
-    chunks share the CPU's cache, as featurize's two tasks do. Blocks bound that working set. Two
-    chunks computed at once in plain processes, 3 runs: 15.5 s each against 18.8 s in one block
-    at the 30M-row benchmark's density (7.5M sources a chunk), 3.8 against 5.1 s at 10M. The split
-    depends only on the rows handed to the kernel, so `pipeline predict`, which hands it the same
-    rows, gets the same blocks and the same floats.
-    """
-    first = np.searchsorted(times, t.min(initial=NEVER) - reach, "left")
-    last = np.searchsorted(times, t.max(initial=0), "left")
-    index, times = time_order[first:last], times[first:last]
-    source_codes = codes[index]
-    source_codes[source_codes < 0] = count
-    blocks = min(-(-len(index) // BLOCK_ROWS), count, np.iinfo(np.uint16).max)
-    if blocks <= 1:
-        return [_Block(index, times, source_codes, count, slice(None), query_codes, t)]
-    # a stable counting sort by block keeps each block's sources in available-at order; sources
-    # and queries without an entity are in no block (their windows are empty)
-    first_codes = np.array([count * b // blocks for b in range(blocks + 1)])
-    block_of = np.append(np.repeat(np.arange(blocks, dtype=np.uint16), np.diff(first_codes)),
-                         np.uint16(blocks))
-    source_block = block_of[source_codes]
-    order = np.argsort(source_block, kind="stable")
-    edges = np.searchsorted(source_block[order], np.arange(blocks + 1))
-    index, times, source_codes = index[order], times[order], source_codes[order]
-    query_block = block_of[query_codes]  # a null entity (-1) is the last entry: no block
-    query_order = np.argsort(query_block, kind="stable")
-    query_edges = np.searchsorted(query_block[query_order], np.arange(blocks + 1))
-    split = []
-    for b in range(blocks):
-        sources = slice(edges[b], edges[b + 1])
-        queries = query_order[query_edges[b]:query_edges[b + 1]]
-        split.append(_Block(index[sources], times[sources],
-                            source_codes[sources] - first_codes[b],
-                            int(first_codes[b + 1] - first_codes[b]), queries,
-                            query_codes[queries] - first_codes[b], t[queries]))
-    return split
-
-
 class _SortedSources:
-    """Sources of one block in (entity, available-at, row key) order, and its queries.
+    """Sources of one (available-at, entity) group in (entity, available-at, row key) order.
 
-    Only sources that some query of the block can see are kept. A window is found by binary
-    search on the key entity * span + time, where time is microseconds after min(t) - reach or,
-    when that would overflow int64, the rank among the kept times.
+    Only sources that some query can see are kept: available at or after min(t) - reach and
+    before max(t). A window is found by binary search on the key entity * span + time, where time
+    is microseconds after min(t) - reach or, when that would overflow int64, the rank among the
+    kept times. Sources with a null entity get the code `count`, which no query has.
     """
 
-    def __init__(self, block: _Block, reach: int):
-        count, t = block.count, block.t
-        self.t = t
+    def __init__(self, time_order: np.ndarray, times: np.ndarray, codes: np.ndarray,
+                 query_codes: np.ndarray, count: int, t: np.ndarray, reach: int):
         self.base = t.min(initial=NEVER) - reach
-        first = np.searchsorted(block.times, self.base, "left")
-        last = np.searchsorted(block.times, t.max(initial=0), "left")
-        index, times = block.index[first:last], block.times[first:last]
-        code = block.codes[first:last]
+        first = np.searchsorted(times, self.base, "left")
+        last = np.searchsorted(times, t.max(initial=0), "left")
+        index, times = time_order[first:last], times[first:last]
         width = int(t.max(initial=0)) - int(self.base) + 1
         self.distinct = np.unique(times) if (count + 2) * width >= KEY_LIMIT else None
         self.span = width if self.distinct is None else len(self.distinct) + 1
+        code = codes[index]
+        code[code < 0] = count
         order = np.argsort(_small(code, count + 1), kind="stable")
         self.index = index[order]  # source positions, sorted
         self.code = code[order]
         self.available = times[order]
         self.key = self.code * self.span + self._axis(self.available)
         self.count = count
-        self.query_codes = block.query_codes
+        self.query_codes = query_codes
         # binary searches for keys in ascending order walk memory forwards: several times faster
-        self.query_order = np.argsort(_small(self.query_codes, count + 1), kind="stable")
+        self.query_order = np.argsort(_small(query_codes, count + 1), kind="stable")
         self.hi = self.lower_bounds(t)  # every window ends just before its row's own time
 
     def _axis(self, times: np.ndarray) -> np.ndarray:
@@ -272,14 +205,13 @@ def _small(codes: np.ndarray, count: int) -> np.ndarray:
 
 
 def _aggregate(spec: WindowSpec, values: _Values, window: _SortedSources, lo: np.ndarray,
-               hi: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, int]:
-    """One feature for every query of a block from its window slices: the values, where they
-    are null (None for a count, never null), and the missing source values skipped."""
-    x, valid, t = values.x, values.valid, window.t
+               hi: np.ndarray, t: np.ndarray) -> tuple[pa.Array, int]:
+    """One feature for every query from its window slices; also the missing values skipped."""
+    x, valid = values.x, values.valid
     n = values.counts[hi] - values.counts[lo]
     missing = int((hi - lo).sum() - n.sum())
     if spec.agg == "count":
-        return n, None, missing
+        return pa.array(n, pa.int64()), missing
     if spec.agg in ("sum", "mean"):
         value = _window_sum(x, valid, window, lo, hi, n)
         if spec.agg == "mean":
@@ -296,41 +228,14 @@ def _aggregate(spec: WindowSpec, values: _Values, window: _SortedSources, lo: np
     elif spec.agg == "std":
         _, _, m2 = range_reduce((valid.astype(np.float64), np.where(valid, x, 0.0),
                                  np.zeros(len(x))), _merge_moments, (0.0, 0.0, 0.0), lo, hi)
-        return np.sqrt(m2 / np.maximum(n - 1, 1)), n < 2, missing
+        value = np.sqrt(m2 / np.maximum(n - 1, 1))
+        return pa.array(value, pa.float64(), mask=n < 2), missing
     else:  # min, max
         least = spec.agg == "min"
         fill = np.inf if least else -np.inf
         (value,) = range_reduce((np.where(valid, x, fill),), _merge_min if least else _merge_max,
                                 (fill,), lo, hi)
-    return value, n == 0, missing
-
-
-@dataclass
-class _Feature:
-    """One feature's values for every query, filled block by block. A query in no block (its
-    entity is null) keeps the empty window's value: a count of 0, null otherwise."""
-
-    values: np.ndarray
-    null: np.ndarray | None
-    missing: int = 0
-
-    @classmethod
-    def empty(cls, spec: WindowSpec, queries: int) -> _Feature:
-        if spec.agg == "count":
-            return cls(np.zeros(queries, np.int64), None)
-        return cls(np.zeros(queries), np.ones(queries, bool))
-
-    def fill(self, queries: np.ndarray | slice, values: np.ndarray, null: np.ndarray | None,
-             missing: int) -> None:
-        self.values[queries] = values
-        if self.null is not None:
-            self.null[queries] = null
-        self.missing += missing
-
-    def array(self) -> pa.Array:
-        if self.null is None:
-            return pa.array(self.values, pa.int64())
-        return pa.array(self.values, pa.float64(), mask=self.null)
+    return pa.array(value, pa.float64(), mask=n == 0), missing
 
 
 @dataclass
