@@ -260,7 +260,7 @@ def _chunks(spec: ModelSpec, times: np.ndarray) -> list[Chunk]:
 def _score_chunk(chunk: dict[str, int], job: ChunkJob, store: ArtifactStore) -> pa.Table:
     from pipeline.model.predictor import load_predictor  # torch: only where a model runs
 
-    features = _chunk_features(Chunk(**chunk), job)
+    features = _features_of_chunk(chunk, job)
     predictor = load_predictor(store.fs, job.spec.model_dir) if features.num_rows else None
     return _predictions(features, job.spec, predictor)
 

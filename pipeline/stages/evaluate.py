@@ -159,7 +159,7 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
 
     with ctx.telemetry.span("evaluate.register"):
         twin = _champion_of(store, params.model_name, upstream)
-        if twin is not None:  # re-evaluated (new evaluate code): one model, one version
+        if twin is not None:  # re-evaluated (evaluate's code or settings changed): one version
             entry, promoted, now = twin, True, twin["version"]
             reason = (f"already the champion: {now} is this model (the same featurize and train "
                       "outputs); re-evaluated, not registered again")
@@ -279,7 +279,7 @@ def _promote(store: ArtifactStore, model: str, entry: dict, decision: Decision, 
     read (move `head`); return (whether the champion serves this model, where it points)."""
     _, champion = alias_head(store, model, CHAMPION)
     if champion is not None and _same_model(registry_version(store, model, champion), entry):
-        return True, champion  # this model already is the champion (a rerun, or its twin)
+        return True, champion  # a concurrent run promoted this model since `_champion_of` looked
     if not decision.passed:
         return False, champion
     try:
@@ -297,7 +297,7 @@ def _promote(store: ArtifactStore, model: str, entry: dict, decision: Decision, 
 
 def _champion_of(store: ArtifactStore, model: str, upstream: dict) -> dict | None:
     """The champion's entry when the champion is this very model (the same featurize and train
-    outputs): a rerun whose evaluation ran again because evaluate's code changed."""
+    outputs): a rerun whose evaluation ran again because evaluate's code or settings changed."""
     _, champion = alias_head(store, model, CHAMPION)
     if champion is None:
         return None
