@@ -4,8 +4,10 @@ Train stores a histogram of every feature and of the label over its training spl
 in its manifest facts): values in bins cut at the deciles of a sample of those rows, and a bin for
 missing values (a window with no history). Only rows whose windows are complete count (see
 `training_histograms`). Categorical inputs are not compared: a category mix moves with demand
-from day to day (in the synthetic data too) and would need thresholds of its own. Evaluate bins the rows of the test period, the newest rows a run has and
-the ones its gate judges on, with the same bins and computes the population stability index
+from day to day (in the synthetic data too) and would need thresholds of its own. Evaluate bins
+the rows of the test period, the newest rows a run has and the ones its gate judges on, with the
+same bins as it scores them (`TestPeriodCounter`: no second read), and computes the population
+stability index
 
     PSI = sum over bins of (current share - reference share) * ln(current share / reference share)
 
@@ -27,7 +29,6 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 from pydantic import BaseModel
 
@@ -36,7 +37,7 @@ from pipeline.config import DriftConfig
 from pipeline.packed import unpack
 from pipeline.registry import resolve
 from pipeline.schema import Roles
-from pipeline.stage import Output, StageContext
+from pipeline.stage import StageContext
 
 BINS = 10  # deciles
 SAMPLE_PER_BLOCK = 2_000  # rows per block that set the bins: bounded, whatever the data size
@@ -203,48 +204,67 @@ def _values(table: pa.Table, columns: Columns) -> dict[str, np.ndarray]:
 
 
 # -- evaluate: the comparison ----------------------------------------------------------------
-def measure_drift(ctx: StageContext, featurized: Output, trained: Output, roles: Roles,
-                  model: str, settings: DriftConfig) -> DriftReport:
-    """PSI of every feature and the label: the test period's rows (labeled, event time from
-    train's test start on) vs the champion's training histograms, or the candidate's own
-    without a usable champion; each also set as the gauge `pipeline.drift.psi`."""
-    columns = Columns.of(featurized.facts, roles)
-    start = datetime.fromisoformat(trained.facts.test_period_start)
-    reference, histograms = champion_histograms(ctx.store, model)
+@dataclass(frozen=True)
+class Reference:
+    """The histograms the test period is compared with, and whose training split they count."""
+
+    who: str
+    histograms: dict[str, Histogram]
+    """Compared column -> its reference bins and counts."""
+    not_compared: dict[str, str]
+    """Features (and the label) without a reference histogram, and why."""
+
+
+def drift_reference(store: ArtifactStore, model: str, own: dict[str, Histogram],
+                    columns: Columns) -> Reference:
+    """The champion's training histograms, or `own` (the candidate's) without a usable champion."""
+    who, histograms = champion_histograms(store, model)
     if histograms is None:
-        reference = f"this candidate's training split ({reference})"
-        histograms = trained.facts.feature_histograms
+        who, histograms = f"this candidate's training split ({who})", own
     compared = [*columns.features, columns.label]
-    bins = {name: histograms[name] for name in compared if name in histograms}
-    files = sorted(p for p in ctx.store.fs.find(featurized.files.data) if p.endswith(".parquet"))
-    counter = ctx.task(_count_test_period, "drift.count")
-    current = _sum(ray.get([counter.remote(ctx.store, path, columns, bins, start)
-                            for path in files]), bins)
+    return Reference(who, {name: histograms[name] for name in compared if name in histograms},
+                     {name: f"not in the histograms of {who}"
+                      for name in compared if name not in histograms})
+
+
+@dataclass(frozen=True)
+class TestPeriodCounter:
+    """Bins the test rows that scoring reads anyway: drift costs no second pass over the files.
+
+    A scoring call counts its rows (`count`); the calls' counts are added (`add`) and compared
+    with the reference (`drift_report`).
+    """
+
+    columns: Columns
+    bins: dict[str, Histogram]
+
+    def count(self, rows: pa.Table) -> dict:
+        return _count_block(rows, self.columns, self.bins)
+
+
+def add_counts(a: tuple[np.ndarray, int], b: tuple[np.ndarray, int]) -> tuple[np.ndarray, int]:
+    """Two calls' counts of one column added: (counts per bin, missing)."""
+    return a[0] + b[0], a[1] + b[1]
+
+
+def drift_report(ctx: StageContext, reference: Reference, counts: dict, label: str, model: str,
+                 settings: DriftConfig) -> DriftReport:
+    """PSI of every compared feature and the label from the test period's `counts` (the scoring
+    calls' counts added up); each also set as the gauge `pipeline.drift.psi`."""
+    current = _sum([counts], reference.histograms)
     gauge = ctx.telemetry.gauge("pipeline.drift.psi", "1", "population stability index of a "
                                 "feature, test period vs the champion's training split")
     features = {}
     for name, histogram in current.items():
-        value = psi(bins[name], histogram)
+        value = psi(reference.histograms[name], histogram)
         features[name] = FeatureDrift(psi=round(value, 6), status=_status(value, settings))
         gauge.set(value, {"feature": name, "model": model})
     statuses = {f.status for f in features.values()}
     return DriftReport(
-        reference=reference, rows=current[columns.label].total if columns.label in current else 0,
+        reference=reference.who, rows=current[label].total if label in current else 0,
         warn=settings.warn, fail=settings.fail, features=features,
-        not_compared={name: f"not in the histograms of {reference}"
-                      for name in compared if name not in histograms},
+        not_compared=reference.not_compared,
         status="fail" if "fail" in statuses else "warn" if "warn" in statuses else "ok")
-
-
-def _count_test_period(store: ArtifactStore, path: str, columns: Columns,
-                       bins: dict[str, Histogram], start: datetime) -> dict:
-    """Counts of one featurize file's test-period rows: labeled, event time from `start` on."""
-    with store.fs.open(path, "rb") as handle:
-        table = pq.read_table(handle, columns=[columns.event_time, columns.packed, columns.label])
-    after = pc.greater_equal(table[columns.event_time],
-                             pa.scalar(start, table[columns.event_time].type))
-    return _count_block(table.filter(pc.and_(after, pc.is_valid(table[columns.label]))),
-                        columns, bins)
 
 
 def champion_histograms(store: ArtifactStore,

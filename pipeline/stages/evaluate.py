@@ -25,7 +25,13 @@ from pipeline.champion import IDENTITY, ChampionPlan, feature_spec, opponent, pl
 from pipeline.config import DriftConfig, PipelineConfig
 from pipeline.gate import ChampionScore, Decision, decide, improvement
 from pipeline.monitoring.breakdown import BASELINE, merge
-from pipeline.monitoring.drift import DriftReport, measure_drift
+from pipeline.monitoring.drift import (
+    Columns,
+    DriftReport,
+    TestPeriodCounter,
+    drift_reference,
+    drift_report,
+)
 from pipeline.provenance import git_commit
 from pipeline.registry import CHAMPION, AliasMoved, alias_head, lineage, move_alias, register
 from pipeline.registry import version as registry_version
@@ -114,12 +120,15 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
     trained, featurized = ctx.input(TRAIN), ctx.input(FEATURIZE)
     train_facts: TrainFacts = trained.facts
     head, champion = _judged_champion(ctx)
+    columns = Columns.of(featurized.facts, roles)
+    reference = drift_reference(store, params.model_name, train_facts.feature_histograms, columns)
     with ctx.telemetry.span("evaluate.score", {"champion": champion or "none"}):
         champion_plan = plan(
             store, params.model_name, champion,
             feature_spec(featurized.artifact.manifest["params"]), featurized.files.data,
             roles.label, params.task) if champion else None
-        scored = _score_test_rows(ctx, champion_plan)
+        scored = _score_test_rows(ctx, champion_plan,
+                                  TestPeriodCounter(columns, reference.histograms))
     rows_in = scored.rows
     test_start = train_facts.test_period_start
     if not rows_in:
@@ -135,7 +144,8 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
                       _champion_score(champion_plan, scored),
                       params.min_improvement, params.min_improvement_over_champion)
     with ctx.telemetry.span("evaluate.drift"):
-        drift = measure_drift(ctx, featurized, trained, roles, params.model_name, params.drift)
+        drift = drift_report(ctx, reference, scored.drift_counts, roles.label, params.model_name,
+                             params.drift)
     if drift.blocks_promotion:
         decision = decision.model_copy(update={"passed": False,
                                                "reasons": [*decision.reasons, drift.summary]})
@@ -209,10 +219,10 @@ def _judged_champion(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> tuple[
 
 
 def _score_test_rows(ctx: StageContext[EvaluateParams, EvaluateFiles],
-                     champion: ChampionPlan | None) -> Scored:
+                     champion: ChampionPlan | None, drift: TestPeriodCounter) -> Scored:
     """The candidate's predictions on the test rows, and the champion's where it can score,
-    written as the predictions; their metrics and the breakdown of their errors and the
-    baseline's.
+    written as the predictions; their metrics, the breakdown of their errors and the
+    baseline's, and the rows' drift counts.
 
     A champion on the current features is scored in the same pass; one on its own features in a
     pass over its featurize output first, joined by row key.
@@ -226,7 +236,7 @@ def _score_test_rows(ctx: StageContext[EvaluateParams, EvaluateFiles],
                 datetime.fromisoformat(trained.facts.test_period_start),
                 tuple(featurized.facts.categorical_columns),
                 {PREDICTION: trained.files.model}, ctx.params.task,
-                baseline=trained.facts.train_label_mean, error_of=PREDICTION)
+                baseline=trained.facts.train_label_mean, error_of=PREDICTION, drift=drift)
     if champion is None or champion.features is None:
         return score(ctx, featurized.files.data, scan, output, in_driver=in_driver)
     if champion.features == featurized.files.data:
