@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -86,12 +87,12 @@ def test_stage_alone_runs_from_published_artifacts(ray_session, smoke_source, tm
     assert [(s["name"], s["status"]) for s in summary["stages"]] == [("validate", "ran")]
 
 
-def test_sigkill_mid_stage_leaves_nothing_that_looks_complete(ray_address, smoke_source, tmp_path):
-    root = tmp_path / "artifacts"
-    overrides = ["--set", f"dataset.source={smoke_source}", "--set", f"artifact_root={root}",
-                 "--set", f"cluster.address={ray_address}"]
+def test_sigkill_mid_stage_leaves_nothing_that_looks_complete(ray_address, smoke_copy):
+    root, overrides = smoke_copy  # ingest and validate cached; a new audit sample: featurize runs
+    overrides = [*overrides, "--set", "features.audit_sample=500"]
     process = subprocess.Popen(
-        [sys.executable, "-u", "-m", "pipeline", "run", "-c", str(SMOKE), *overrides],
+        [sys.executable, "-u", "-m", "pipeline", "run", "-c", str(SMOKE), *overrides,
+         "--set", f"cluster.address={ray_address}"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env={**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"},
     )
@@ -100,14 +101,16 @@ def test_sigkill_mid_stage_leaves_nothing_that_looks_complete(ray_address, smoke
             break
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=60)
+    key = re.search(r"cache key ([0-9a-f]+)", line).group(1)
 
     featurize = root / "stages" / "featurize"
-    assert not list(featurize.glob("*/manifest.json")), "a killed stage must not look complete"
+    assert not (featurize / key).exists(), "a killed stage must not look complete"
     assert list(featurize.glob("_staging/*")), "the killed attempt was mid-write"
     code, output, summary = run_cli("stage", "featurize", "-c", str(SMOKE), *overrides, "--json")
     assert code == 0, output
-    assert [(s["name"], s["status"]) for s in summary["stages"]] == [("featurize", "ran")]
-    assert len(list(featurize.glob("*/manifest.json"))) == 1
+    assert [(s["name"], s["status"], s["cache_key"]) for s in summary["stages"]] == \
+        [("featurize", "ran", key)]
+    assert (featurize / key / "manifest.json").exists()
 
 
 def _keys(smoke_run, stage: str, folder: str, column: str = "trip_id") -> list:
