@@ -37,7 +37,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.epoch import day_strings, to_us
-from pipeline.features.reference import as_rows, reference_value
+from pipeline.features.reference import as_columns, reference_value
 from pipeline.features.windows import WindowResult, WindowSpec, micros
 from pipeline.schema import Roles
 
@@ -169,11 +169,11 @@ def audit_batch(clean: pads.Dataset, partition: str, sample: pa.Table,
 def _time_travel(seen: pa.Table, rows: pa.Table, stage: dict[Any, dict],
                  group: Sequence[WindowSpec], roles: Roles) -> tuple[list[Mismatch], int]:
     """Each feature recomputed by the reference loop from what existed at the row's time."""
-    history = as_rows(seen)
+    history = as_columns(seen)
     bounds = np.searchsorted(seen[QUERY].to_numpy(), np.arange(rows.num_rows + 1))
     mismatches = []
     for index, row in enumerate(rows.to_pylist()):
-        known = history[bounds[index]:bounds[index + 1]]
+        known = history.rows(bounds[index], bounds[index + 1])
         query = {**row, roles.event_time: to_us(row[roles.event_time])}
         for spec in group:
             audit_value = reference_value(known, query, spec, event_time=roles.event_time,
@@ -272,10 +272,10 @@ def _in_window(source_code: np.ndarray, available: np.ndarray, query_code: np.nd
                start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(query, source) pairs where the source has the query's code and start <= available < end.
 
-    The candidates (a queried code, a time within some query's bounds) are sorted by
-    (code, available), so one binary search on code * span + time finds each query's slice; time
-    counts microseconds from the earliest start or, where that would overflow, ranks among the
-    candidates' distinct times.
+    The candidates (a queried code, a time within some query's bounds) are keyed by
+    code * span + time, where time counts microseconds from the earliest start or, where that
+    would overflow, ranks among the candidates' distinct times. Those inside some query's
+    [start, end) of their code are sorted by key, so one binary search finds each query's slice.
     """
     queried = np.zeros(max(source_code.max(initial=0), query_code.max(initial=0)) + 2, bool)
     queried[query_code[query_code >= 0]] = True  # code -1 (a null) indexes the last: never set
@@ -294,15 +294,27 @@ def _in_window(source_code: np.ndarray, available: np.ndarray, query_code: np.nd
         def axis(times: np.ndarray) -> np.ndarray:
             return np.searchsorted(distinct, times)
     key = code * span + axis(available)
-    order = np.argsort(key, kind="stable")
+    low, high = query_code * span + axis(start), query_code * span + axis(end)
+    named = query_code >= 0
+    inside = _in_some_interval(key, low[named], high[named])  # few of a dense table's rows
+    candidates, key = candidates[inside], key[inside]
+    order = np.argsort(key)  # ties in any order: the caller sorts the pairs it keeps
     key = key[order]
-    lo = np.searchsorted(key, query_code * span + axis(start))
-    hi = np.searchsorted(key, query_code * span + axis(end))
-    hi[query_code < 0] = lo[query_code < 0]
+    lo, hi = np.searchsorted(key, low), np.searchsorted(key, high)
+    hi[~named] = lo[~named]
     lengths = hi - lo
     owner = np.repeat(np.arange(len(query_code)), lengths)
     offset = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     return owner, candidates[order[np.repeat(lo, lengths) + offset]]
+
+
+def _in_some_interval(points: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Whether each point lies in at least one of the intervals [starts[i], ends[i])."""
+    order = np.argsort(starts)
+    starts, reach = starts[order], np.maximum.accumulate(ends[order])
+    last = np.searchsorted(starts, points, "right") - 1  # the intervals starting at or before it
+    return (last >= 0) & (points < reach[np.maximum(last, 0)]) if len(starts) else \
+        np.zeros(len(points), bool)
 
 
 def _distinct(values: np.ndarray) -> np.ndarray:
