@@ -16,8 +16,9 @@ retrain that keeps more history. Each table is generated once per size before an
 JSON records generation seconds and the source's bytes on disk).
 
 Each run is a first `python -m pipeline run -c configs/local.yaml --set dataset.source=... --set
-dataset.generate.rows=N --set artifact_root=<fresh> --json` as a child process. Sizes below 10M
-rows run --repeats times (default 3; min/median/max quoted), larger sizes once. Per run: each
+dataset.generate.rows=N --set artifact_root=<fresh> --json` as a child process. Every size but
+the largest runs --repeats times (default 3; min/median/max quoted, so that the largest size's
+one run is compared with the noise of the smaller ones), the largest once. Per run: each
 stage's seconds (the JSON summary), ray.start (the run's spans, apart from every stage), the wall,
 and per stage seconds per million source rows.
 
@@ -57,7 +58,6 @@ from pipeline.config import load_config
 
 RESULTS = REPO / "benchmarks" / "results"
 PARTS = ("ray.start", *STAGES)
-REPEATED_BELOW = 10_000_000
 LAYOUTS = ("denser", "longer")
 SUFFIXES = {"k": 1_000, "m": 1_000_000}
 
@@ -176,6 +176,12 @@ def stretched(rows: int, base_rows: int) -> list[str]:
             f"split.validation_until={at(config.split.validation_until)}"]
 
 
+def days(sets: list[str]) -> int:
+    """The days a stretched table spans (the name of its source folder)."""
+    config = load_config(CONFIG, sets)
+    return (config.dataset.end - config.dataset.start).days
+
+
 def summarise(rows: int, runs: list[dict], generation_s: float, source_bytes: int,
               sets: list[str]) -> dict:
     return {
@@ -256,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="1M,10M,30M",
                         help="comma-separated row counts (k and M suffixes)")
     parser.add_argument("--repeats", type=int, default=3,
-                        help=f"runs per size below {REPEATED_BELOW:,} rows (larger: one)")
+                        help="runs per size, but for the largest (one)")
     parser.add_argument("--interval", type=float, default=0.25, help="memory sampling seconds")
     parser.add_argument("--data", type=Path, help="where sources are generated (and reused); "
                         "default: a temporary folder under /var/tmp, deleted afterwards")
@@ -275,9 +281,9 @@ def main(argv: list[str] | None = None) -> None:
         for rows in sizes_rows:
             sets = stretched(rows, sizes_rows[0]) if args.layout == "longer" else []
             source, generation_s = prepare_source(
-                rows, data, sets, f"rideshare-{rows}" + ("-longer" if sets else ""))
+                rows, data, sets, f"rideshare-{rows}" + (f"-{days(sets)}d" if sets else ""))
             runs = []
-            for repeat in range(args.repeats if rows < REPEATED_BELOW else 1):
+            for repeat in range(args.repeats if rows < sizes_rows[-1] else 1):
                 root = work / f"artifacts-{rows}-{repeat}"
                 runs.append(run_once(source, rows, root, args.interval, sets))
                 shutil.rmtree(root)
