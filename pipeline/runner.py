@@ -183,7 +183,8 @@ class Runner:
             key = stage_key(stage, self.config, inputs, self.store)
         except Exception as exc:
             raise StageFailed(f"stage {stage.name} failed: {_reason(exc)}") from exc
-        if self.store.find(stage.name, key.key) is None:
+        if self.store.find(stage.name, key.key) is None and (
+                stage.needs_ray is None or stage.needs_ray(key.params, inputs)):
             self._start_ray(telemetry, stage)
         started = time.perf_counter()
         with telemetry.span(f"stage.{stage.name}", {"stage.name": stage.name,
@@ -254,7 +255,7 @@ class Runner:
             _check_resources(stage, stage.resources(key.params), local=not self.config.cluster.address)
         staging = self.store.begin(stage.name, key.key, self.run_id)
         progress = progress_inbox(local=self._workers_are_local) \
-            if self.display.wants_progress else None
+            if self.display.wants_progress and _ray_is_up() else None  # no Ray: no worker spans
         self.display.stage_running(stage.name, key.key, progress)
         started_at = datetime.now(timezone.utc)
         started = time.perf_counter()
@@ -402,6 +403,12 @@ def published_outputs(config: PipelineConfig, store: ArtifactStore,
             break
         published[stage.name] = stage.output(artifact)
     return published
+
+
+def _ray_is_up() -> bool:
+    import ray
+
+    return ray.is_initialized()
 
 
 def _check_resources(stage: Stage, needed: dict[str, float], local: bool) -> None:

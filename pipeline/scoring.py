@@ -126,8 +126,8 @@ class JoinedScores:
     column: str
     row_key: str
     parts: list
-    """ObjectRefs of (row key, prediction) tables: each task fetches them itself, so the driver
-    never holds the rows."""
+    """(row key, prediction) tables scored in the driver, or else ObjectRefs of them: each task
+    fetches them itself, so the driver never holds the rows."""
     breakdown: Breakdown
 
 
@@ -140,7 +140,7 @@ def score_keyed(ctx: StageContext, features: str, scan: Scan,
     if in_driver:
         work = ctx.traced(_score_keys, "evaluate.score_file")
         keyed = [work(scan, path) for path in paths]
-        return JoinedScores(column, scan.row_key, [ray.put(table) for table, _ in keyed],
+        return JoinedScores(column, scan.row_key, [table for table, _ in keyed],
                             merge(breakdown for _, breakdown in keyed))
     task = ctx.task(_score_keys, "evaluate.score_file").options(num_returns=2)
     refs = [task.remote(scan, path) for path in paths]
@@ -208,7 +208,8 @@ def _join(joined: JoinedScores, keys: pa.ChunkedArray) -> pa.Array:
     """`joined`'s prediction for each key, in the keys' order; null where it has none."""
     if not joined.parts:
         return pa.nulls(len(keys), pa.float64())
-    scores = pa.concat_tables(ray.get(joined.parts))
+    in_driver = isinstance(joined.parts[0], pa.Table)
+    scores = pa.concat_tables(joined.parts if in_driver else ray.get(joined.parts))
     where = pc.index_in(keys, value_set=scores[joined.row_key])
     return scores[joined.column].combine_chunks().take(where)
 

@@ -188,6 +188,10 @@ class Stage(Generic[P, F, D]):
     driver_imports: tuple[str, ...] = ()
     """Modules that take seconds to import and that the stage imports in the driver (torch):
     imported in the background while Ray starts (`pipeline.warm_imports`)."""
+    needs_ray: Callable[[P, Mapping[str, Output]], bool] | None = None
+    """Whether computing the stage with these params and upstream outputs uses Ray (None:
+    always). The runner starts or joins Ray only before a stage that does: an evaluate that
+    scores a small test period in the driver runs without it."""
 
     @property
     def code_version(self) -> str:

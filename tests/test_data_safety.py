@@ -35,7 +35,7 @@ def test_concurrent_runs_share_stages_and_never_overwrite_a_version(smoke_copy, 
     """Three runs at once: two of the same config (one evaluation), one of another. Each new
     evaluation gets its own version, the same evaluation is registered once, and every evaluate
     manifest points at the registry entry of its own evaluation."""
-    root, overrides = smoke_copy  # each run is its own process and Ray job, on one cluster
+    root, overrides = smoke_copy  # each run is its own process
     # a model name without a champion, since the champion's own model is not registered twice,
     # and a gate none can pass (+100% over the baseline), so that no run moves a champion that
     # the others judged against (the run that loses that race fails by design)
@@ -50,6 +50,8 @@ def test_concurrent_runs_share_stages_and_never_overwrite_a_version(smoke_copy, 
     results = [process.communicate(timeout=300) for process in processes]
     assert [p.returncode for p in processes] == [3, 3, 3], [err[-2000:] for _, err in results]
     summaries = [json.loads(out.strip().splitlines()[-1]) for out, _ in results]
+    assert [s["ray_start_seconds"] for s in summaries] == [None] * 3, \
+        "an evaluate that scores in the driver neither starts nor joins Ray"
 
     same, other = summaries[:2], summaries[2]
     assert _stage(same[0], "evaluate")["cache_key"] == _stage(same[1], "evaluate")["cache_key"]

@@ -22,12 +22,13 @@ RAY_LINE = re.compile(r"\b(INFO|WARNING|ERROR)\b|\(\w+ pid=\d+\)|core_worker|Ray
 @pytest.fixture(scope="module")
 def evaluate_rerun(ray_address, smoke_run, tmp_path_factory):
     """A piped `pipeline run` (a separate process, joined to the session's Ray) on a copy of the
-    smoke run, where a new promotion margin reruns evaluate alone; then an all-cached run."""
+    smoke run, where a new promotion margin reruns evaluate alone, scoring in Ray tasks (in the
+    driver it would not start Ray); then an all-cached run."""
     root, overrides = copy_of_smoke_run(smoke_run, tmp_path_factory.mktemp("terminal"))
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "run", "-c", str(SMOKE), *overrides,
          "--set", f"cluster.address={ray_address}", "--set", "evaluate.min_improvement=0.01",
-         "--json"],
+         "--set", "evaluate.score_in_driver_max_rows=0", "--json"],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.splitlines()[-1])

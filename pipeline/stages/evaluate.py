@@ -218,6 +218,12 @@ def _judged_champion(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> tuple[
     return head, None if keyed == NO_CHAMPION else keyed
 
 
+def scores_in_ray(params: EvaluateParams, inputs: Mapping[str, Output]) -> bool:
+    """Whether the test rows are scored in Ray tasks rather than in the driver; in the driver,
+    evaluate uses no Ray at all (`Stage.needs_ray`)."""
+    return inputs[TRAIN.name].facts.splits["test"] > params.score_in_driver_max_rows
+
+
 def _score_test_rows(ctx: StageContext[EvaluateParams, EvaluateFiles],
                      champion: ChampionPlan | None, drift: TestPeriodCounter) -> Scored:
     """The candidate's predictions on the test rows, and the champion's where it can score,
@@ -228,7 +234,7 @@ def _score_test_rows(ctx: StageContext[EvaluateParams, EvaluateFiles],
     pass over its featurize output first, joined by row key.
     """
     roles, featurized, trained = ctx.params.roles, ctx.input(FEATURIZE), ctx.input(TRAIN)
-    in_driver = trained.facts.splits["test"] <= ctx.params.score_in_driver_max_rows
+    in_driver = not scores_in_ray(ctx.params, ctx.inputs)
     current_span().set_attribute("evaluate.scored_in", "driver" if in_driver else "ray tasks")
     output = ctx.output.predictions
     ctx.store.fs.makedirs(output, exist_ok=True)
@@ -360,4 +366,5 @@ STAGE = Stage(
     external_inputs=judged_against,
     # the report's figures; torch for a test period scored in the driver
     driver_imports=("matplotlib.figure", "pipeline.model.predictor"),
+    needs_ray=scores_in_ray,
 )
