@@ -231,8 +231,8 @@ def drift_reference(store: ArtifactStore, model: str, own: dict[str, Histogram],
 class TestPeriodCounter:
     """Bins the test rows that scoring reads anyway: drift costs no second pass over the files.
 
-    A scoring call counts its rows (`count`); the calls' counts are added (`add`) and compared
-    with the reference (`drift_report`).
+    A scoring call counts its rows (`count`); the calls' counts are added (`add_counts`) and
+    compared with the reference (`drift_report`).
     """
 
     columns: Columns
