@@ -34,6 +34,7 @@ from pipeline.features.audit import (
     plan_sample,
     read_sample,
 )
+from pipeline.features.partitions import DayPartitions
 from pipeline.features.reference import reference_windows
 from pipeline.features.windows import WindowSpec, compute_windows, window_specs
 from pipeline.runner import Runner, published_outputs
@@ -238,11 +239,9 @@ def test_audit_does_not_trust_the_declared_available_at(config, clean):
     picked = pa.array(np.random.default_rng(1).choice(rows.num_rows, 40, replace=False))
     sample = pa.table({dataset.row_key: rows[dataset.row_key],
                        dataset.event_time: rows[dataset.event_time], **leaked}).take(picked)
-    clean_dataset = pads.dataset(validate.files.clean, format="parquet",
-                                 partitioning=pads.partitioning(
-                                     pa.schema([("day", pa.string())]), flavor="hive"))
+    days = DayPartitions.discover(pafs.LocalFileSystem(), validate.files.clean, "day")
     label_time = {n for n, spec in dataset.columns.items() if spec.known_at == "label"}
-    audit = audit_batch(clean_dataset, "day", sample, leaky, Roles.of(dataset), label_time,
+    audit = audit_batch(days, sample, leaky, Roles.of(dataset), label_time,
                         config.validate_.max_label_delay, compute_windows)
     assert audit.time_travel == 40 * len(leaky)
     assert audit.perturbation == 40 * len(leaky)

@@ -37,6 +37,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.epoch import day_strings, to_us
+from pipeline.features.partitions import DayPartitions
 from pipeline.features.reference import as_columns, reference_value
 from pipeline.features.windows import WindowResult, WindowSpec, micros
 from pipeline.schema import Roles
@@ -141,7 +142,7 @@ def read_sample(fs: pafs.FileSystem, files: Sequence[SampledFile],
         for f in files)
 
 
-def audit_batch(clean: pads.Dataset, partition: str, sample: pa.Table,
+def audit_batch(clean: DayPartitions, sample: pa.Table,
                 specs: Sequence[WindowSpec], roles: Roles, label_time: set[str],
                 max_label_delay: timedelta, kernel: Kernel) -> BatchAudit:
     """Both checks on every sampled row: their differences and the values each compared.
@@ -150,9 +151,9 @@ def audit_batch(clean: pads.Dataset, partition: str, sample: pa.Table,
     `label_time` names the columns known only once the label is; `kernel` is the stage's.
     """
     label_time = {*label_time, roles.label, roles.label_available_at}
-    rows = _clean_rows(clean, partition, sample, specs, roles.row_key, roles.event_time)
+    rows = _clean_rows(clean, sample, specs, roles.row_key, roles.event_time)
     stage = {row[roles.row_key]: row for row in sample.to_pylist()}
-    past = _past_rows(clean, partition, rows, specs, roles, max_label_delay)
+    past = _past_rows(clean, rows, specs, roles, max_label_delay)
     mismatches, travelled, perturbed = [], 0, 0
     for entity in dict.fromkeys(spec.entity for spec in specs):
         group = [spec for spec in specs if spec.entity == entity]
@@ -335,21 +336,23 @@ def blank_unknown(rows: pa.Table, t: np.ndarray, roles: Roles, label_time: set[s
     return rows
 
 
-def _clean_rows(clean: pads.Dataset, partition: str, sample: pa.Table,
-                specs: Sequence[WindowSpec], row_key: str, event_time: str) -> pa.Table:
+def _clean_rows(clean: DayPartitions, sample: pa.Table, specs: Sequence[WindowSpec],
+                row_key: str, event_time: str) -> pa.Table:
     """The sampled rows as validate left them: their own event time and entity values."""
     days = pc.unique(day_strings(sample[event_time]))
     columns = list(dict.fromkeys([row_key, event_time, *(c for s in specs for c in s.entity)]))
-    found = clean.to_table(columns=columns, filter=pads.field(partition).isin(days)
-                           & pads.field(row_key).isin(sample[row_key]))
+    times = pc.min_max(sample[event_time]).as_py()
+    found = clean.between(times["min"].date(), times["max"].date()).to_table(
+        columns=columns, filter=pads.field(clean.partition).isin(days)
+        & pads.field(row_key).isin(sample[row_key]))
     missing = set(sample[row_key].to_pylist()) - set(found[row_key].to_pylist())
     if missing:
         raise AuditFailed(f"output rows {sorted(missing)[:10]} are not among the clean rows")
     return found
 
 
-def _past_rows(clean: pads.Dataset, partition: str, rows: pa.Table, specs: Sequence[WindowSpec],
-               roles: Roles, max_label_delay: timedelta) -> pa.Table:
+def _past_rows(clean: DayPartitions, rows: pa.Table, specs: Sequence[WindowSpec], roles: Roles,
+               max_label_delay: timedelta) -> pa.Table:
     """Clean rows of the sampled rows' entities that might feed their windows, in one scan.
 
     For an entity's features that is event time in [min(t) - reach, max(t)), where reach is their
@@ -365,11 +368,10 @@ def _past_rows(clean: pads.Dataset, partition: str, rows: pa.Table, specs: Seque
         for name in entity:
             match &= pads.field(name).isin(pc.drop_null(rows[name]))
         where = match if where is None else where | match
-    where &= ((pads.field(partition) >= first.date().isoformat())
-              & (pads.field(partition) <= end.date().isoformat())
-              & (pads.field(roles.event_time) < end))
+    where &= pads.field(roles.event_time) < end
     columns = [roles.row_key, roles.event_time, roles.label_available_at,
                *(c for s in specs for c in (*s.entity, s.available_at)),
                *(s.column for s in specs if s.column)]
     # one chunk: taking each entity's rows from a many-chunk table is several times slower
-    return clean.to_table(columns=list(dict.fromkeys(columns)), filter=where).combine_chunks()
+    return clean.between(first.date(), end.date()).to_table(
+        columns=list(dict.fromkeys(columns)), filter=where).combine_chunks()

@@ -4,8 +4,8 @@ Stops: features computed from the future (label leakage). Every window feature o
 aggregates only values available in [t - W, t) (see `pipeline.features.windows`), and the stage
 proves it on a sample with the time-travel audit (`pipeline.features.audit`) before it publishes.
 
-Data path: one Ray Data task per time chunk reads that chunk's clean rows plus a lookback halo
-(`pipeline.features.chunks`), computes the features with the numpy kernel and writes one parquet
+Data path: one Ray task per time chunk reads that chunk's clean rows plus a lookback halo
+(`pipeline.features.chunks`) from the files of those days only (`pipeline.features.partitions`), computes the features with the numpy kernel and writes one parquet
 file; no rows move between tasks. Output columns: row key, event time, label, label-available time,
 entity, numeric and categorical columns as they are, one column per window feature, and `features`,
 a fixed_size_list<float32> of the numeric columns then the window features (null → NaN), so the
@@ -44,6 +44,7 @@ from pipeline.features.audit import (
     read_sample,
 )
 from pipeline.features.chunks import Chunk, event_time_filter, halo_us, plan_chunks
+from pipeline.features.partitions import DayPartitions
 from pipeline.features.windows import (
     WindowResult,
     WindowSpec,
@@ -154,8 +155,7 @@ class FeaturizeFacts(Facts):
 class Job:
     """What every chunk task needs, shipped once per task."""
 
-    clean: pads.Dataset
-    partition: str
+    clean: DayPartitions
     output: str
     filesystem: pafs.FileSystem
     params: FeaturizeParams
@@ -170,10 +170,10 @@ def run(ctx: StageContext[FeaturizeParams, FeaturizeFiles]) -> StageResult[Featu
     filesystem = store.arrow_filesystem()
     with ctx.telemetry.span("featurize.plan") as span:
         partition, days = _day_partitions(filesystem, clean_path)
-        clean = _clean_dataset(filesystem, clean_path, partition)
+        clean = DayPartitions.discover(filesystem, clean_path, partition)
         output = ctx.output.data
         store.fs.makedirs(output, exist_ok=True)
-        job = Job(clean, partition, output, filesystem, params, compute_windows)
+        job = Job(clean, output, filesystem, params, compute_windows)
         halo = halo_us(params.windows, params.roles.label_available_at, params.max_label_delay)
         chunks = plan_chunks(days, to_us(params.chunk), halo)
         rows_in = clean.count_rows()
@@ -216,13 +216,15 @@ def featurize_chunk(chunk: dict[str, int], job: Job) -> dict[str, Any]:
     chunk = Chunk(**chunk)
     params = job.params
     roles = params.roles
-    rows = sort_rows(job.clean.to_table(
+    clean, partition = job.clean.between(from_us(chunk.halo_start_us).date(),
+                                         from_us(chunk.end_us - 1).date()), job.clean.partition
+    rows = sort_rows(clean.to_table(
         columns=params.row_columns,
-        filter=event_time_filter(roles.event_time, job.partition, chunk.start_us, chunk.end_us),
+        filter=event_time_filter(roles.event_time, partition, chunk.start_us, chunk.end_us),
     ), roles)
-    halo = sort_rows(job.clean.to_table(
+    halo = sort_rows(clean.to_table(
         columns=params.source_columns,
-        filter=event_time_filter(roles.event_time, job.partition, chunk.halo_start_us,
+        filter=event_time_filter(roles.event_time, partition, chunk.halo_start_us,
                                  chunk.start_us),
     ), roles)
     sources = pa.concat_tables([halo, rows.select(params.source_columns)])
@@ -298,14 +300,8 @@ def _audit_task(job: Job, files: list[SampledFile]) -> BatchAudit:
     columns = [params.roles.row_key, params.roles.event_time, *(s.name for s in params.windows)]
     sample = read_sample(job.filesystem, files, columns)
     current_span().set_attributes({"files": len(files), "rows": sample.num_rows})
-    return audit_batch(job.clean, job.partition, sample, params.windows, params.roles,
+    return audit_batch(job.clean, sample, params.windows, params.roles,
                        set(params.label_time_columns), params.max_label_delay, job.kernel)
-
-
-def _clean_dataset(filesystem: pafs.FileSystem, path: str, partition: str) -> pads.Dataset:
-    return pads.dataset(path, format="parquet", filesystem=filesystem,
-                        partitioning=pads.partitioning(pa.schema([(partition, pa.string())]),
-                                                       flavor="hive"))
 
 
 def _day_partitions(fs: pafs.FileSystem, path: str) -> tuple[str, list[date]]:
