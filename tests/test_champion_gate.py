@@ -233,7 +233,8 @@ def test_an_upgraded_evaluate_re_evaluates_the_champion_without_registering_a_tw
     assert [s["status"] for s in again["stages"]] == ["cached"] * 4 + ["ran"]
     assert (again["model_version"], again["promoted"], again["champion"]) == ("v1", True, "v1")
     assert sorted(path.name for path in _registry(root).glob("v*")) == ["v1"]
-    assert "model trip-duration v1: promoted; champion is v1" in output
+    assert "model trip-duration v1: still the champion; evaluated again, not registered again" \
+        in output
     key = _stage(again, "evaluate")["cache_key"]
     facts = json.loads((root / "stages" / "evaluate" / key / "manifest.json").read_text())["details"]
     assert facts["registration"]["reason"] == (

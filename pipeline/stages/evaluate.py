@@ -97,6 +97,9 @@ class Registration(BaseModel):
     metrics: dict[str, float]
     champion: str | None
     """Where the champion pointed once the evaluation was done."""
+    registered: bool = True
+    """False when the champion's own model was evaluated again (`reason` says so): the registry
+    keeps its version, and no new one is made."""
 
 
 class EvaluateFacts(Facts):
@@ -202,7 +205,8 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
             improvement=improvement(params.task, metrics, baseline), decision=decision, drift=drift,
             registration=Registration(
                 model=entry["model"], version=entry["version"], uri=entry["uri"],
-                promoted=promoted, metrics=metrics, champion=now, reason=reason)),
+                promoted=promoted, metrics=metrics, champion=now, reason=reason,
+                registered=twin is None)),
     )
 
 

@@ -113,8 +113,10 @@ def summary_lines(summary: RunSummary, ray_log: str | None) -> list[str]:
         verdict = "promoted" if model["promoted"] else "not promoted: " + (
             "the gate passed it, but the champion has moved since" if evaluation.decision.passed
             else "the gate rejected it")
-        lines.append(f"model {model['model']} {model['version']}: {verdict}; champion is "
-                     f"{model['champion'] or 'unset'}")
+        champion = f"champion is {model['champion'] or 'unset'}"
+        if not evaluation.registration.registered:  # its checks below inform, they move nothing
+            verdict, champion = "still the champion", "evaluated again, not registered again"
+        lines.append(f"model {model['model']} {model['version']}: {verdict}; {champion}")
         lines.extend(f"  {reason}" for reason in evaluation.decision.reasons)
     ran = sum(s.status == "ran" for s in summary.stages)
     seconds = sum(s.seconds for s in summary.stages)
