@@ -239,7 +239,7 @@ def test_audit_does_not_trust_the_declared_available_at(config, clean):
     picked = pa.array(np.random.default_rng(1).choice(rows.num_rows, 40, replace=False))
     sample = pa.table({dataset.row_key: rows[dataset.row_key],
                        dataset.event_time: rows[dataset.event_time], **leaked}).take(picked)
-    days = DayPartitions.discover(pafs.LocalFileSystem(), validate.files.clean, "day")
+    days = DayPartitions.discover(pafs.LocalFileSystem(), validate.files.clean)
     label_time = {n for n, spec in dataset.columns.items() if spec.known_at == "label"}
     audit = audit_batch(days, sample, leaky, Roles.of(dataset), label_time,
                         config.validate_.max_label_delay, compute_windows)

@@ -29,7 +29,12 @@ class DayPartitions:
     """Day (ISO) → its parquet files."""
 
     @classmethod
-    def discover(cls, filesystem: pafs.FileSystem, root: str, partition: str) -> DayPartitions:
+    def discover(cls, filesystem: pafs.FileSystem, root: str) -> DayPartitions:
+        """The table under `root`; its partition column is named by its folders ("day" when it
+        has none)."""
+        folders = [info.base_name for info in filesystem.get_file_info(pafs.FileSelector(root))
+                   if info.type == pafs.FileType.Directory and "=" in info.base_name]
+        partition = folders[0].split("=", 1)[0] if folders else "day"
         whole = pads.dataset(root, format="parquet", filesystem=filesystem,
                              partitioning=_hive(partition))
         files: dict[str, list[str]] = {}
@@ -54,7 +59,8 @@ class DayPartitions:
 
     def count_rows(self) -> int:
         return pads.dataset([path for paths in self.files.values() for path in paths],
-                            format="parquet", filesystem=self.filesystem).count_rows()
+                            format="parquet", filesystem=self.filesystem,
+                            schema=self.schema).count_rows()
 
 
 def _hive(partition: str) -> pads.Partitioning:

@@ -5,8 +5,9 @@ aggregates only values available in [t - W, t) (see `pipeline.features.windows`)
 proves it on a sample with the time-travel audit (`pipeline.features.audit`) before it publishes.
 
 Data path: one Ray task per time chunk reads that chunk's clean rows plus a lookback halo
-(`pipeline.features.chunks`) from the files of those days only (`pipeline.features.partitions`), computes the features with the numpy kernel and writes one parquet
-file; no rows move between tasks. Output columns: row key, event time, label, label-available time,
+(`pipeline.features.chunks`) from the files of those days only (`pipeline.features.partitions`),
+computes the features with the numpy kernel and writes one parquet file; no rows move between
+tasks. Output columns: row key, event time, label, label-available time,
 entity, numeric and categorical columns as they are, one column per window feature, and `features`,
 a fixed_size_list<float32> of the numeric columns then the window features (null → NaN), so the
 trainer reads one tensor column instead of stacking columns per batch.
@@ -18,7 +19,7 @@ import json
 import posixpath
 import time
 from dataclasses import asdict, dataclass
-from datetime import date, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -169,13 +170,12 @@ def run(ctx: StageContext[FeaturizeParams, FeaturizeFiles]) -> StageResult[Featu
     clean_path = ctx.input(VALIDATE).files.clean
     filesystem = store.arrow_filesystem()
     with ctx.telemetry.span("featurize.plan") as span:
-        partition, days = _day_partitions(filesystem, clean_path)
-        clean = DayPartitions.discover(filesystem, clean_path, partition)
+        clean = DayPartitions.discover(filesystem, clean_path)
         output = ctx.output.data
         store.fs.makedirs(output, exist_ok=True)
         job = Job(clean, output, filesystem, params, compute_windows)
         halo = halo_us(params.windows, params.roles.label_available_at, params.max_label_delay)
-        chunks = plan_chunks(days, to_us(params.chunk), halo)
+        chunks = plan_chunks(clean.days, to_us(params.chunk), halo)
         rows_in = clean.count_rows()
         span.set_attributes({"chunks": len(chunks), "rows": rows_in})
 
@@ -216,8 +216,9 @@ def featurize_chunk(chunk: dict[str, int], job: Job) -> dict[str, Any]:
     chunk = Chunk(**chunk)
     params = job.params
     roles = params.roles
-    clean, partition = job.clean.between(from_us(chunk.halo_start_us).date(),
-                                         from_us(chunk.end_us - 1).date()), job.clean.partition
+    clean = job.clean.between(from_us(chunk.halo_start_us).date(),
+                              from_us(chunk.end_us - 1).date())
+    partition = job.clean.partition
     rows = sort_rows(clean.to_table(
         columns=params.row_columns,
         filter=event_time_filter(roles.event_time, partition, chunk.start_us, chunk.end_us),
@@ -302,16 +303,6 @@ def _audit_task(job: Job, files: list[SampledFile]) -> BatchAudit:
     current_span().set_attributes({"files": len(files), "rows": sample.num_rows})
     return audit_batch(job.clean, sample, params.windows, params.roles,
                        set(params.label_time_columns), params.max_label_delay, job.kernel)
-
-
-def _day_partitions(fs: pafs.FileSystem, path: str) -> tuple[str, list[date]]:
-    """The hive partition column of the clean rows and the UTC days it holds."""
-    names = [info.base_name for info in fs.get_file_info(pafs.FileSelector(path))
-             if info.type == pafs.FileType.Directory and "=" in info.base_name]
-    if not names:
-        return "day", []
-    partition = names[0].split("=", 1)[0]
-    return partition, sorted(date.fromisoformat(name.split("=", 1)[1]) for name in names)
 
 
 def _schema(fs: pafs.FileSystem, output: str) -> dict[str, str]:
