@@ -26,10 +26,11 @@ Memory, sampled every --interval seconds by a thread of this process over the ch
 tree (/proc; psutil is not a dependency): the driver's peak RSS (its VmHWM at the last sample,
 or the largest VmRSS seen) and its peak private memory (RssAnon: in local mode the training
 loop runs in the driver, and RSS then counts every object-store page of the training split it
-read, which are shared, not the driver's); the peak over time of the summed RSS of all Ray processes it started
-(workers, raylet, GCS; shared object-store pages count once per process that maps them, so this
-overstates); the same sum over the workers only (`ray::` processes); and the largest VmHWM of one
-worker. Issue 11 asks for per-stage cost per million rows flat or falling from 10M to 30M and the
+read, which are shared, not the driver's), also per stage (its peak while the stage's span was
+open, from the run's trace: which stage holds the driver's peak); the peak over time of the
+summed RSS of all Ray processes it started (workers, raylet, GCS; shared object-store pages count
+once per process that maps them, so this overstates); the same sum over the workers only (`ray::`
+processes); and the largest VmHWM of one worker. Issue 11 asks for per-stage cost per million rows flat or falling from 10M to 30M and the
 driver's peak flat in rows. The machine is shared, so the JSON records load averages; compare
 ratios between sizes, not seconds.
 """
@@ -94,6 +95,7 @@ class TreeSampler:
         self.driver, self.interval = driver, interval
         self.driver_peak = self.ray_sum_peak = self.workers_sum_peak = self.worker_hwm = 0
         self.driver_private_peak = self.samples = 0
+        self.driver_private: list[tuple[int, int]] = []  # (time.time_ns(), RssAnon) per sample
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -120,6 +122,7 @@ class TreeSampler:
             if pid == self.driver:
                 self.driver_peak = max(self.driver_peak, rss, hwm)
                 self.driver_private_peak = max(self.driver_private_peak, private)
+                self.driver_private.append((time.time_ns(), private))
                 continue
             ray_sum += rss
             if _cmdline(pid).startswith("ray::"):
@@ -128,6 +131,21 @@ class TreeSampler:
         self.ray_sum_peak = max(self.ray_sum_peak, ray_sum)
         self.workers_sum_peak = max(self.workers_sum_peak, workers_sum)
         self.samples += 1
+
+
+def private_peaks_by_part(run_dir: Path, samples: list[tuple[int, int]]) -> dict[str, float]:
+    """The driver's peak private memory (MB) while each part of the run was open (its
+    `stage.<name>` or `ray.start` span in the run's trace): which stage holds the driver's peak."""
+    from pipeline.telemetry.profile import load_run_spans
+
+    peaks = {}
+    for span in load_run_spans(str(run_dir)):
+        part = span["name"].removeprefix("stage.")
+        if part in PARTS and span["end_ns"]:
+            inside = [private for at, private in samples
+                      if span["start_ns"] <= at <= span["end_ns"]]
+            peaks[part] = max([peaks.get(part, 0.0), *(b / 2**20 for b in inside)])
+    return peaks
 
 
 # -- one run ---------------------------------------------------------------------------------
@@ -151,7 +169,10 @@ def run_once(source: Path, rows: int, artifact_root: Path, interval: float,
     if any(s["status"] != "ran" for s in summary["stages"]):
         raise RuntimeError(f"not a first run: {summary['stages']}")
     seconds = {s["name"]: s["seconds"] for s in summary["stages"]}
-    seconds["ray.start"] = span_seconds(artifact_root / "runs" / summary["run_id"], "ray.start")
+    run_dir = artifact_root / "runs" / summary["run_id"]
+    seconds["ray.start"] = span_seconds(run_dir, "ray.start")
+    memory["driver_private_peak_by_part_mb"] = private_peaks_by_part(
+        run_dir, sampler.driver_private)
     return {"wall_s": wall, "seconds": seconds,
             "s_per_m_rows": {part: seconds[part] / (rows / 1e6) for part in PARTS},
             "memory": memory,
@@ -193,6 +214,9 @@ def summarise(rows: int, runs: list[dict], generation_s: float, source_bytes: in
                       for name in ("driver_peak_mb", "driver_private_peak_mb",
                                    "ray_sum_rss_peak_mb", "workers_sum_rss_peak_mb",
                                    "largest_worker_hwm_mb")},
+        "driver_private_peak_by_part_mb": {
+            part: spread([r["memory"]["driver_private_peak_by_part_mb"].get(part, 0.0)
+                          for r in runs]) for part in PARTS},
         "runs": runs,
     }
 
@@ -291,7 +315,10 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{rows:,} rows, run {repeat + 1}: {run['wall_s']:.1f}s wall, "
                       + ", ".join(f"{part} {run['s_per_m_rows'][part]:.1f}" for part in PARTS)
                       + f" s/M rows; driver peak {run['memory']['driver_peak_mb']:,.0f} MB "
-                      f"({run['memory']['driver_private_peak_mb']:,.0f} private), "
+                      f"({run['memory']['driver_private_peak_mb']:,.0f} private; by part "
+                      + ", ".join(f"{part} {mb:,.0f}" for part, mb in
+                                  run['memory']['driver_private_peak_by_part_mb'].items())
+                      + "), "
                       f"Ray sum peak {run['memory']['ray_sum_rss_peak_mb']:,.0f} MB; load "
                       f"{run['load_average'][0]:.1f}", flush=True)
             sizes.append(summarise(rows, runs, generation_s, folder_bytes(source), sets))
