@@ -52,6 +52,7 @@ import ray
 from pipeline.artifacts import ArtifactStore
 from pipeline.config import PipelineConfig, SplitConfig, TrainConfig
 from pipeline.durations import parse_duration
+from pipeline.exchange import PIECE_ROWS, exchange, runs
 from pipeline.model.preprocessing import FitStatistics, Preprocessor
 from pipeline.model.splits import SPLITS, test_period_start, with_splits
 from pipeline.monitoring.drift import Columns, Histogram, training_histograms
@@ -70,11 +71,6 @@ from pipeline.stage import (
 from pipeline.stages.featurize import STAGE as FEATURIZE
 from pipeline.stages.featurize import FeaturizeFacts
 from pipeline.trace_format import fmt
-
-PIECE_ROWS = 20_000
-"""The fewest rows the shuffle deals into one piece (`shuffle`): Ray hands a task result under
-100 KB to the driver's own memory, and pieces of a few hundred rows once put most of a 10M-row
-training split there (930 MB of private memory over 600 days of data, against 390 over 60)."""
 
 logger = logging.getLogger(__name__)
 
@@ -333,27 +329,22 @@ def _encode_part(part: pa.Table, name: str, preprocessor: Preprocessor, label: s
 
 def shuffled(ctx: StageContext, tables: list[ray.ObjectRef], seed: int, rows: int,
              workers: int) -> list[ray.ObjectRef]:
-    """`tables`' rows in a seeded global shuffle, in two rounds of tasks (as Ray Data's
-    `random_shuffle` does it, without its planning): each of `buckets` dealers takes a run of
-    consecutive tables and deals their rows at random among `buckets` buckets; each bucket
-    gathers its pieces from every dealer and permutes them. The same seed and tables give the
-    same order.
+    """`tables`' rows in a seeded global shuffle, an exchange (`pipeline.exchange`) as Ray Data's
+    `random_shuffle` does it, without its planning: dealers over runs of consecutive tables deal
+    their rows at random among the buckets; each bucket gathers its pieces from every dealer and
+    permutes them. The same seed and tables give the same order.
 
-    About sqrt(rows / PIECE_ROWS) buckets, so that a piece holds at least PIECE_ROWS rows however
-    many small tables the split comes in; at least one per training worker (Ray Train deals the
-    blocks among them), at most one per table.
+    About sqrt(rows / PIECE_ROWS) buckets and as many dealers, so that a piece holds about
+    PIECE_ROWS rows however many small tables the split comes in; at least one bucket per
+    training worker (Ray Train deals the blocks among them), at most one per table.
     """
     if not tables:
         return tables
     buckets = min(len(tables), max(1, workers, math.isqrt(rows // PIECE_ROWS)))
-    deal = ctx.task(_deal, None).options(num_returns=buckets)
-    runs = np.array_split(np.arange(len(tables)), buckets)
-    dealt = [deal.remote(buckets, (seed, index), *(tables[i] for i in run))
-             for index, run in enumerate(runs)]
-    dealt = [[refs] if buckets == 1 else refs for refs in dealt]
-    gather = ctx.task(_gather_bucket, None)
-    return [gather.remote((seed, buckets + bucket), *[refs[bucket] for refs in dealt])
-            for bucket in range(buckets)]
+    deals = [(buckets, (seed, index), *(tables[i] for i in run))
+             for index, run in enumerate(runs(len(tables), rows, buckets, least=buckets))]
+    return exchange(ctx.task(_deal, None), ctx.task(_gather_bucket, None), deals, buckets,
+                    lambda bucket: ((seed, buckets + bucket),))
 
 
 def _deal(buckets: int, seed: tuple[int, int], *tables: pa.Table):
