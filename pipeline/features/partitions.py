@@ -57,11 +57,6 @@ class DayPartitions:
                             schema=self.schema, partitioning=_hive(self.partition),
                             partition_base_dir=self.root)
 
-    def count_rows(self) -> int:
-        return pads.dataset([path for paths in self.files.values() for path in paths],
-                            format="parquet", filesystem=self.filesystem,
-                            schema=self.schema).count_rows()
-
 
 def _hive(partition: str) -> pads.Partitioning:
     return pads.partitioning(pa.schema([(partition, pa.string())]), flavor="hive")

@@ -176,7 +176,7 @@ def run(ctx: StageContext[FeaturizeParams, FeaturizeFiles]) -> StageResult[Featu
         job = Job(clean, output, filesystem, params, compute_windows)
         halo = halo_us(params.windows, params.roles.label_available_at, params.max_label_delay)
         chunks = plan_chunks(clean.days, to_us(params.chunk), halo)
-        rows_in = clean.count_rows()
+        rows_in = ctx.input(VALIDATE).artifact.manifest["rows"]["out"]  # the clean rows
         span.set_attributes({"chunks": len(chunks), "rows": rows_in})
 
     # plain tasks, one per chunk: a Ray Data pipeline over the chunk list cost 2-3 s of

@@ -140,7 +140,9 @@ def _check_columns(fs: fsspec.AbstractFileSystem, files: list[str],
     zone included), or holds a kind that cannot be read as the declared type. Return the row
     count (0 is an error), the snapshot's schema (the declared columns as the files type them)
     and each file's uncompressed size from its footer. Footers are read by a thread pool through
-    Arrow's filesystem (native reads locally; on object storage each one is a round trip)."""
+    Arrow's filesystem (native reads locally; on object storage each one is a round trip), and
+    each is dropped once read: only the declared columns' types and two counts stay (a file's
+    arrow schema held 22 KB, 40 MB over 1,800 files)."""
     kinds = {"int": pa.types.is_integer, "float": lambda t: pa.types.is_floating(t)
              or pa.types.is_integer(t), "string": lambda t: pa.types.is_string(t)
              or pa.types.is_large_string(t), "bool": pa.types.is_boolean,
@@ -148,24 +150,28 @@ def _check_columns(fs: fsspec.AbstractFileSystem, files: list[str],
 
     source = arrow_filesystem(fs)
 
-    def footer(path: str) -> pq.FileMetaData:
+    def footer(path: str) -> tuple[dict[str, pa.DataType], int, int]:
+        """The types of the declared columns the file has, its rows and uncompressed bytes."""
         try:
             with source.open_input_file(path) as handle:
-                return pq.ParquetFile(handle).metadata
+                metadata = pq.ParquetFile(handle).metadata
         except (pa.ArrowInvalid, OSError) as exc:
             raise SourceError(f"{path}: not a readable parquet file ({exc})") from None
+        schema = metadata.schema.to_arrow_schema()
+        return ({name: schema.field(name).type for name in declared if name in schema.names},
+                metadata.num_rows,
+                sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)))
 
     with ThreadPoolExecutor(max_workers=_FOOTER_READERS) as pool:
         footers = list(pool.map(footer, files))
     rows, seen = 0, {}  # column -> (type, file) where it was first typed
-    for path, metadata in zip(files, footers):
-        schema = metadata.schema.to_arrow_schema()
-        missing = sorted(set(declared) - set(schema.names))
+    for path, (types, file_rows, _) in zip(files, footers):
+        missing = sorted(set(declared) - set(types))
         if missing:
             raise SourceError(f"{path}: column(s) {', '.join(missing)} missing from the file "
                               "(schema drift: the config's dataset.columns expects them)")
         for name in declared:
-            kind = schema.field(name).type
+            kind = types[name]
             if pa.types.is_null(kind):  # an all-null column reads as any type
                 continue
             if not kinds[declared[name].rstrip("0123456789")](kind):
@@ -175,12 +181,11 @@ def _check_columns(fs: fsspec.AbstractFileSystem, files: list[str],
             if kind != first_kind:
                 raise SourceError(f"{path}: column {name!r} is {kind}, but {first_kind} in "
                                   f"{first_path} (schema drift between source files)")
-        rows += metadata.num_rows
+        rows += file_rows
     if rows == 0:
         raise SourceError(f"source files in range hold 0 rows (all {len(files)} under "
                           f"{posixpath.commonpath(files)} are empty): nothing to snapshot")
-    sizes = [sum(footer.row_group(i).total_byte_size for i in range(footer.num_row_groups))
-             for footer in footers]
+    sizes = [size for _, _, size in footers]
     return rows, pa.schema([(name, seen.get(name, (pa.null(),))[0]) for name in declared]), sizes
 
 
