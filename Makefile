@@ -45,8 +45,7 @@ bench: install-dev
 	$(BIN)/python benchmarks/telemetry_overhead.py
 	$(BIN)/python benchmarks/smoke.py
 	$(BIN)/python benchmarks/ingest.py
-	$(BIN)/python benchmarks/end_to_end.py --repeats 2
-	$(BIN)/python benchmarks/end_to_end.py --rows 10000000
+	$(BIN)/python benchmarks/end_to_end.py --rows 1M,10M --repeats 2
 	$(BIN)/python benchmarks/scaling.py
 
 clean:

@@ -1,8 +1,8 @@
 """A whole retrain: `pipeline run` vs the plain script a team would write without it, in one run.
 
     python benchmarks/end_to_end.py                          # 1M rows → benchmarks/results/end_to_end.{json,png}
-    python benchmarks/end_to_end.py --rows 10000000          # adds the 10M size to the same JSON
-    python benchmarks/end_to_end.py --rows 200000 --repeats 1 --results /tmp/e2e   # a quick check
+    python benchmarks/end_to_end.py --rows 1M,10M --repeats 2  # both sizes of the README, in one run
+    python benchmarks/end_to_end.py --rows 200k --repeats 1 --results /tmp/e2e   # a quick check
 
 The source: configs/local.yaml's ride-share table (`ensure_dataset`, the generator `pipeline run`
 uses when the source is missing) at --rows rows over the config's 60 days, generated once before
@@ -57,7 +57,7 @@ PROCESS_STARTED = time.perf_counter()
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from measure import save, spread  # noqa: E402
+from measure import parse_rows, parse_sizes, save, spread  # noqa: E402
 
 from pipeline.config import PipelineConfig, load_config  # noqa: E402
 
@@ -391,7 +391,8 @@ def chart(results: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rows", default="1M",
+                        help="comma-separated row counts (k and M suffixes), each a size")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--data", type=Path, help="where sources are generated (and reused); "
                         "default: a temporary folder under /var/tmp, deleted afterwards")
@@ -402,28 +403,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.script:  # the child: the plain script, its result as the last line of stdout
-        config = source_config(args.rows, args.source)
+        config = source_config(parse_rows(args.rows), args.source)
         print(json.dumps(plain_script(config, args.source, args.torch_threads)))
         return
 
     args.results.mkdir(parents=True, exist_ok=True)
     data = args.data or Path(tempfile.mkdtemp(prefix="end-to-end-", dir="/var/tmp"))
     work = Path(tempfile.mkdtemp(prefix="end-to-end-runs-", dir="/var/tmp"))
+    sizes = {}
     try:
-        source, generation_s = prepare_source(args.rows, data)
-        load_before = os.getloadavg()
-        script, pipeline = [], []
-        for repeat in range(args.repeats):  # alternated, so drift in load hits both arms
-            script.append(run_script(source, args.rows, args.torch_threads))
-            script[-1]["load_average_after"] = os.getloadavg()
-            pipeline.append(run_pipeline(source, args.rows, work / f"artifacts-{repeat}"))
-            pipeline[-1]["load_average_after"] = os.getloadavg()
-            shutil.rmtree(work / f"artifacts-{repeat}")
-            print(f"{args.rows:,} rows, run {repeat + 1}: script {script[-1]['wall_s']:.1f}s "
-                  f"(RMSE {script[-1]['test_metrics']['rmse']:.3f}), pipeline "
-                  f"{pipeline[-1]['wall_s']:.1f}s (RMSE {pipeline[-1]['test_metrics']['rmse']:.3f})"
-                  f", load {os.getloadavg()[0]:.1f}", flush=True)
-        size = summarise(args.rows, generation_s, script, pipeline, load_before, os.getloadavg())
+        for rows in parse_sizes(args.rows):
+            sizes[str(rows)] = measure_size(rows, data, work, args.repeats, args.torch_threads)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if args.data is None:
@@ -432,10 +422,28 @@ def main(argv: list[str] | None = None) -> None:
     path = args.results / "end_to_end.json"
     results = json.loads(path.read_text()) if path.exists() else {"sizes": {}}
     results.update(config="configs/local.yaml", cpus=os.cpu_count())
-    results["sizes"][str(args.rows)] = size
+    results["sizes"].update(sizes)
     save(results, path, chart)
-    print(json.dumps({k: v for k, v in size.items() if k != "runs"}, indent=2))
+    for size in sizes.values():
+        print(json.dumps({k: v for k, v in size.items() if k != "runs"}, indent=2))
 
+
+def measure_size(rows: int, data: Path, work: Path, repeats: int, torch_threads: int) -> dict:
+    """Both arms at one size, `repeats` times, alternated so that drift in load hits both."""
+    source, generation_s = prepare_source(rows, data)
+    load_before = os.getloadavg()
+    script, pipeline = [], []
+    for repeat in range(repeats):
+        script.append(run_script(source, rows, torch_threads))
+        script[-1]["load_average_after"] = os.getloadavg()
+        pipeline.append(run_pipeline(source, rows, work / f"artifacts-{rows}-{repeat}"))
+        pipeline[-1]["load_average_after"] = os.getloadavg()
+        shutil.rmtree(work / f"artifacts-{rows}-{repeat}")
+        print(f"{rows:,} rows, run {repeat + 1}: script {script[-1]['wall_s']:.1f}s "
+              f"(RMSE {script[-1]['test_metrics']['rmse']:.3f}), pipeline "
+              f"{pipeline[-1]['wall_s']:.1f}s (RMSE {pipeline[-1]['test_metrics']['rmse']:.3f})"
+              f", load {os.getloadavg()[0]:.1f}", flush=True)
+    return summarise(rows, generation_s, script, pipeline, load_before, os.getloadavg())
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,5 @@
-"""What the benchmarks share: the spread of repetitions, and saving a result as JSON plus PNG."""
+"""What the benchmarks share: row counts as typed, the spread of repetitions, and saving a result
+as JSON plus PNG."""
 
 from __future__ import annotations
 
@@ -6,6 +7,21 @@ import json
 import statistics
 from collections.abc import Callable
 from pathlib import Path
+
+SUFFIXES = {"k": 1_000, "m": 1_000_000}
+
+
+def parse_rows(text: str) -> int:
+    """"1M" → 1000000, "200k" → 200000, "5000" → 5000."""
+    text = text.strip().lower()
+    if text[-1:] in SUFFIXES:
+        return round(float(text[:-1]) * SUFFIXES[text[-1]])
+    return int(text)
+
+
+def parse_sizes(text: str) -> list[int]:
+    """"1M,10M" → [1000000, 10000000], ascending."""
+    return sorted(parse_rows(size) for size in text.split(","))
 
 
 def spread(values: list[float]) -> dict[str, float]:

@@ -30,7 +30,8 @@ read, which are shared, not the driver's), also per stage (its peak while the st
 open, from the run's trace: which stage holds the driver's peak); the peak over time of the
 summed RSS of all Ray processes it started (workers, raylet, GCS; shared object-store pages count
 once per process that maps them, so this overstates); the same sum over the workers only (`ray::`
-processes); and the largest VmHWM of one worker. Issue 11 asks for per-stage cost per million rows flat or falling from 10M to 30M and the
+processes); and the largest VmHWM of one worker, and its largest RssAnon (a worker that reads
+blocks from the object store maps them, and VmHWM counts those shared pages). Issue 11 asks for per-stage cost per million rows flat or falling from 10M to 30M and the
 driver's peak flat in rows. The machine is shared, so the JSON records load averages; compare
 ratios between sizes, not seconds.
 """
@@ -53,23 +54,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from end_to_end import CONFIG, REPO, STAGES, child_env, prepare_source, span_seconds
 from featurize import _cmdline, descendants
-from measure import save, spread
+from measure import parse_sizes, save, spread
 
 from pipeline.config import load_config
 
 RESULTS = REPO / "benchmarks" / "results"
 PARTS = ("ray.start", *STAGES)
 LAYOUTS = ("denser", "longer")
-SUFFIXES = {"k": 1_000, "m": 1_000_000}
-
-
-def parse_rows(text: str) -> int:
-    """"1M" → 1000000, "200k" → 200000, "5000" → 5000."""
-    text = text.strip().lower()
-    if text[-1:] in SUFFIXES:
-        return round(float(text[:-1]) * SUFFIXES[text[-1]])
-    return int(text)
-
 
 # -- memory ----------------------------------------------------------------------------------
 def status_bytes(pid: int) -> tuple[int, int, int]:
@@ -94,6 +85,7 @@ class TreeSampler:
     def __init__(self, driver: int, interval: float):
         self.driver, self.interval = driver, interval
         self.driver_peak = self.ray_sum_peak = self.workers_sum_peak = self.worker_hwm = 0
+        self.worker_private_peak = 0
         self.driver_private_peak = self.samples = 0
         self.driver_private: list[tuple[int, int]] = []  # (time.time_ns(), RssAnon) per sample
         self._stop = threading.Event()
@@ -108,7 +100,9 @@ class TreeSampler:
                 "driver_private_peak_mb": self.driver_private_peak / mb,
                 "ray_sum_rss_peak_mb": self.ray_sum_peak / mb,
                 "workers_sum_rss_peak_mb": self.workers_sum_peak / mb,
-                "largest_worker_hwm_mb": self.worker_hwm / mb, "samples": self.samples}
+                "largest_worker_hwm_mb": self.worker_hwm / mb,
+                "largest_worker_private_peak_mb": self.worker_private_peak / mb,
+                "samples": self.samples}
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -128,6 +122,7 @@ class TreeSampler:
             if _cmdline(pid).startswith("ray::"):
                 workers_sum += rss
                 self.worker_hwm = max(self.worker_hwm, hwm)
+                self.worker_private_peak = max(self.worker_private_peak, private)
         self.ray_sum_peak = max(self.ray_sum_peak, ray_sum)
         self.workers_sum_peak = max(self.workers_sum_peak, workers_sum)
         self.samples += 1
@@ -213,7 +208,7 @@ def summarise(rows: int, runs: list[dict], generation_s: float, source_bytes: in
         "memory_mb": {name: spread([r["memory"][name] for r in runs])
                       for name in ("driver_peak_mb", "driver_private_peak_mb",
                                    "ray_sum_rss_peak_mb", "workers_sum_rss_peak_mb",
-                                   "largest_worker_hwm_mb")},
+                                   "largest_worker_hwm_mb", "largest_worker_private_peak_mb")},
         "driver_private_peak_by_part_mb": {
             part: spread([r["memory"]["driver_private_peak_by_part_mb"].get(part, 0.0)
                           for r in runs]) for part in PARTS},
@@ -260,7 +255,9 @@ def chart(results: dict, path: Path) -> None:
                         ("driver_private_peak_mb", "driver peak private (RssAnon)"),
                         ("ray_sum_rss_peak_mb", "all Ray processes, summed RSS peak"),
                         ("workers_sum_rss_peak_mb", "Ray workers, summed RSS peak"),
-                        ("largest_worker_hwm_mb", "largest single worker peak")):
+                        ("largest_worker_hwm_mb", "largest single worker peak"),
+                        ("largest_worker_private_peak_mb",
+                         "largest single worker peak private (RssAnon)")):
         right.plot(rows, [size["memory_mb"][name]["median"] for size in sizes], marker="o",
                    label=label)
     right.set_xscale("log")
@@ -296,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     args.results.mkdir(parents=True, exist_ok=True)
-    sizes_rows = sorted(parse_rows(text) for text in args.sizes.split(","))
+    sizes_rows = parse_sizes(args.sizes)
 
     data = args.data or Path(tempfile.mkdtemp(prefix="scaling-", dir="/var/tmp"))
     work = Path(tempfile.mkdtemp(prefix="scaling-runs-", dir="/var/tmp"))
