@@ -16,7 +16,9 @@ retrain that keeps more history. Each table is generated once per size before an
 JSON records generation seconds and the source's bytes on disk).
 
 Each run is a first `python -m pipeline run -c configs/local.yaml --set dataset.source=... --set
-dataset.generate.rows=N --set artifact_root=<fresh> --json` as a child process. Every size but
+dataset.generate.rows=N --set artifact_root=<fresh> --set train.patience=<train.epochs> --json`
+as a child process: every run trains all its epochs, as early stopping would make train's work
+per row depend on where one shuffle stopped improving. Every size but
 the largest runs --repeats times (default 3; min/median/max quoted, so that the largest size's
 one run is compared with the noise of the smaller ones), the largest once. Per run: each
 stage's seconds (the JSON summary), ray.start (the run's spans, apart from every stage), the wall,
@@ -61,6 +63,9 @@ from pipeline.config import load_config
 RESULTS = REPO / "benchmarks" / "results"
 PARTS = ("ray.start", *STAGES)
 LAYOUTS = ("denser", "longer")
+ALL_EPOCHS = [f"train.patience={load_config(CONFIG).train.epochs}"]
+"""Every run trains every epoch: early stopping would make train's work per row depend on when a
+given shuffle stopped improving (3 to 5 epochs), not on the number of rows."""
 
 # -- memory ----------------------------------------------------------------------------------
 def status_bytes(pid: int) -> tuple[int, int, int]:
@@ -168,7 +173,10 @@ def run_once(source: Path, rows: int, artifact_root: Path, interval: float,
     seconds["ray.start"] = span_seconds(run_dir, "ray.start")
     memory["driver_private_peak_by_part_mb"] = private_peaks_by_part(
         run_dir, sampler.driver_private)
+    train = next(s for s in summary["stages"] if s["name"] == "train")
+    manifest = artifact_root / "stages" / "train" / train["cache_key"] / "manifest.json"
     return {"wall_s": wall, "seconds": seconds,
+            "epochs_run": json.loads(manifest.read_text())["details"]["epochs_run"],
             "s_per_m_rows": {part: seconds[part] / (rows / 1e6) for part in PARTS},
             "memory": memory,
             "rows": {s["name"]: {"in": s["rows_in"], "out": s["rows_out"]}
@@ -212,6 +220,7 @@ def summarise(rows: int, runs: list[dict], generation_s: float, source_bytes: in
         "driver_private_peak_by_part_mb": {
             part: spread([r["memory"]["driver_private_peak_by_part_mb"].get(part, 0.0)
                           for r in runs]) for part in PARTS},
+        "epochs_run": [r["epochs_run"] for r in runs],
         "runs": runs,
     }
 
@@ -306,10 +315,11 @@ def main(argv: list[str] | None = None) -> None:
             runs = []
             for repeat in range(args.repeats if rows < sizes_rows[-1] else 1):
                 root = work / f"artifacts-{rows}-{repeat}"
-                runs.append(run_once(source, rows, root, args.interval, sets))
+                runs.append(run_once(source, rows, root, args.interval, [*sets, *ALL_EPOCHS]))
                 shutil.rmtree(root)
                 run = runs[-1]
                 print(f"{rows:,} rows, run {repeat + 1}: {run['wall_s']:.1f}s wall, "
+                      f"{run['epochs_run']} epochs, "
                       + ", ".join(f"{part} {run['s_per_m_rows'][part]:.1f}" for part in PARTS)
                       + f" s/M rows; driver peak {run['memory']['driver_peak_mb']:,.0f} MB "
                       f"({run['memory']['driver_private_peak_mb']:,.0f} private; by part "
@@ -318,7 +328,8 @@ def main(argv: list[str] | None = None) -> None:
                       + "), "
                       f"Ray sum peak {run['memory']['ray_sum_rss_peak_mb']:,.0f} MB; load "
                       f"{run['load_average'][0]:.1f}", flush=True)
-            sizes.append(summarise(rows, runs, generation_s, folder_bytes(source), sets))
+            sizes.append(summarise(rows, runs, generation_s, folder_bytes(source),
+                                   [*sets, *ALL_EPOCHS]))
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if args.data is None:
