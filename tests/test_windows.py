@@ -259,7 +259,7 @@ specs_strategy = st.lists(
 ).filter(lambda specs: all(s.column or s.agg in ("count", "time_since_last") for s in specs))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=tables(), specs=specs_strategy)
 def test_kernel_agrees_with_reference_and_duckdb(rows, specs):
     check_all_three(rows, specs)
