@@ -18,8 +18,8 @@ JSON records generation seconds and the source's bytes on disk).
 Each run is a first `python -m pipeline run -c configs/local.yaml --set dataset.source=... --set
 dataset.generate.rows=N --set artifact_root=<fresh> --set train.patience=<train.epochs> --json`
 as a child process: every run trains all its epochs, as early stopping would make train's work
-per row depend on where one shuffle stopped improving. Every size but
-the largest runs --repeats times (default 3; min/median/max quoted, so that the largest size's
+per row depend on where one shuffle stopped improving. Every size but the largest runs --repeats
+times (default 3; min/median/max quoted, so that the largest size's
 one run is compared with the noise of the smaller ones), the largest once. Per run: each
 stage's seconds (the JSON summary), ray.start (the run's spans, apart from every stage), the wall,
 and per stage seconds per million source rows.
@@ -33,7 +33,8 @@ open, from the run's trace: which stage holds the driver's peak); the peak over 
 summed RSS of all Ray processes it started (workers, raylet, GCS; shared object-store pages count
 once per process that maps them, so this overstates); the same sum over the workers only (`ray::`
 processes); and the largest VmHWM of one worker, and its largest RssAnon (a worker that reads
-blocks from the object store maps them, and VmHWM counts those shared pages). Issue 11 asks for per-stage cost per million rows flat or falling from 10M to 30M and the
+blocks from the object store maps them, and VmHWM counts those shared pages). Issue 11 asks for
+per-stage cost per million rows flat or falling from 10M to 30M and the
 driver's peak flat in rows. The machine is shared, so the JSON records load averages; compare
 ratios between sizes, not seconds.
 """
@@ -312,10 +313,10 @@ def main(argv: list[str] | None = None) -> None:
             sets = stretched(rows, sizes_rows[0]) if args.layout == "longer" else []
             source, generation_s = prepare_source(
                 rows, data, sets, f"rideshare-{rows}" + (f"-{days(sets)}d" if sets else ""))
-            runs = []
+            run_sets, runs = [*sets, *ALL_EPOCHS], []
             for repeat in range(args.repeats if rows < sizes_rows[-1] else 1):
                 root = work / f"artifacts-{rows}-{repeat}"
-                runs.append(run_once(source, rows, root, args.interval, [*sets, *ALL_EPOCHS]))
+                runs.append(run_once(source, rows, root, args.interval, run_sets))
                 shutil.rmtree(root)
                 run = runs[-1]
                 print(f"{rows:,} rows, run {repeat + 1}: {run['wall_s']:.1f}s wall, "
@@ -328,8 +329,7 @@ def main(argv: list[str] | None = None) -> None:
                       + "), "
                       f"Ray sum peak {run['memory']['ray_sum_rss_peak_mb']:,.0f} MB; load "
                       f"{run['load_average'][0]:.1f}", flush=True)
-            sizes.append(summarise(rows, runs, generation_s, folder_bytes(source),
-                                   [*sets, *ALL_EPOCHS]))
+            sizes.append(summarise(rows, runs, generation_s, folder_bytes(source), run_sets))
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if args.data is None:

@@ -167,7 +167,8 @@ class Job:
 
 def run(ctx: StageContext[FeaturizeParams, FeaturizeFiles]) -> StageResult[FeaturizeFacts]:
     params, store = ctx.params, ctx.store
-    clean_path = ctx.input(VALIDATE).files.clean
+    validated = ctx.input(VALIDATE)
+    clean_path = validated.files.clean
     filesystem = store.arrow_filesystem()
     with ctx.telemetry.span("featurize.plan") as span:
         clean = DayPartitions.discover(filesystem, clean_path)
@@ -176,7 +177,7 @@ def run(ctx: StageContext[FeaturizeParams, FeaturizeFiles]) -> StageResult[Featu
         job = Job(clean, output, filesystem, params, compute_windows)
         halo = halo_us(params.windows, params.roles.label_available_at, params.max_label_delay)
         chunks = plan_chunks(clean.days, to_us(params.chunk), halo)
-        rows_in = ctx.input(VALIDATE).artifact.manifest["rows"]["out"]  # the clean rows
+        rows_in = validated.rows_out  # the clean rows
         span.set_attributes({"chunks": len(chunks), "rows": rows_in})
 
     # plain tasks, one per chunk: a Ray Data pipeline over the chunk list cost 2-3 s of

@@ -179,7 +179,7 @@ def run(ctx: StageContext[ValidateParams, ValidateFiles]) -> StageResult[Validat
     files = sorted(p for p in store.fs.find(snapshot.data) if p.endswith(".parquet"))
     with ctx.telemetry.span("validate.find_duplicates", {"files": len(files)}):
         duplicates = duplicate_rows(ctx, files, params.table.row_key,
-                                    ctx.input(INGEST).artifact.manifest["rows"]["out"])
+                                    ctx.input(INGEST).rows_out)
     store.fs.makedirs(ctx.output.quarantine, exist_ok=True)
     with ctx.telemetry.span("validate.check_files", {"files": len(files)}):
         validate_file = ctx.task(_validate_file, "validate.file")
