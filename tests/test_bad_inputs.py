@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.stages import validate
+from pipeline.quality import duplicates
 from tests.conftest import SMOKE, run_cli
 
 UTC_US = pa.timestamp("us", tz="UTC")
@@ -287,7 +287,7 @@ def test_bad_rows_are_quarantined_with_their_reason(ray_session, tmp_path, smoke
                                                     monkeypatch):
     """Also with validate's keys hashed into more buckets than files (as a large snapshot's
     are): the duplicate of a day-1 trip planted on day 6 is found among them."""
-    monkeypatch.setattr(validate, "KEYS_PER_BUCKET", 10)  # 280 rows in 14 files: 28 buckets
+    monkeypatch.setattr(duplicates, "KEYS_PER_BUCKET", 10)  # 280 rows in 14 files: 28 buckets
     env = Env(tmp_path, smoke_source)
     args = env.source_args(_dirty_source(tmp_path / "dirty"))
     assert run_cli("stage", "ingest", *args)[0] == 0

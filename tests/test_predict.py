@@ -1,7 +1,7 @@
 """`pipeline predict` through the CLI on the shared smoke run.
 
-No train/serve skew: the test period's rows, scored as an input file with history from the source,
-get featurize's stored feature values bit for bit and evaluate's predictions, even when today's
+No train/serve skew: rows of the source, scored as input files with history from the source, get
+featurize's stored feature values bit for bit and the test period evaluate's predictions, even when today's
 config has other features (the model's own spec is used). New events after dataset.end get a finite
 prediction each, with history from the configured source, and `--as-of` keeps later history out.
 Bad input is quarantined or refused in one `error:` line, and no file predict did not write is
@@ -20,11 +20,13 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline import exchange
 from pipeline.artifacts import ArtifactStore
 from pipeline.config import load_config
 from pipeline.datasets import write_partitioned
 from pipeline.datasets.rideshare import generate_rideshare
 from pipeline.predict.output import OutputFile
+from pipeline.quality import duplicates
 from pipeline.quality.rules import RULES
 from pipeline.registry import move_alias, resolve
 from tests.conftest import SMOKE, run_cli
@@ -54,9 +56,24 @@ def new_day_events(tmp_path, rows: int, seed: int) -> tuple[pa.Table, str]:
     return events, folder
 
 
+def as_files(rows: pa.Table, folder, duplicated: pa.Table):
+    """`rows` as a folder of files, one per day of event time, then `duplicated` (rows whose keys
+    came earlier) as the last file: an input of several blocks, read in file order."""
+    folder.mkdir()
+    days = pc.strftime(rows[EVENT_TIME], format="%Y-%m-%d")
+    for index, day in enumerate(sorted(set(days.to_pylist()))):
+        pq.write_table(rows.filter(pc.equal(days, day)), folder / f"part-{index:02d}.parquet")
+    pq.write_table(duplicated, folder / "part-99.parquet")
+
+
 @pytest.mark.parametrize("scored_in", ["driver", "ray tasks"])
-def test_the_test_period_scored_from_a_file_reproduces_featurize_and_evaluate(smoke_copy,
-                                                                               tmp_path, scored_in):
+def test_rows_scored_from_files_reproduce_featurize_and_evaluate(smoke_copy, tmp_path, scored_in,
+                                                                 monkeypatch):
+    """Six days before the test period and the test period itself: two of featurize's 7-day
+    chunks, each handed its rows and halo by the exchange, with keys hashed into many buckets
+    and short runs of blocks (as a large input's would be)."""
+    monkeypatch.setattr(duplicates, "KEYS_PER_BUCKET", 100)
+    monkeypatch.setattr(exchange, "PIECE_ROWS", 500)
     root, overrides = smoke_copy
     if scored_in == "ray tasks":
         overrides = [*overrides, "--set", "predict.score_in_driver_max_rows=0"]
@@ -67,17 +84,24 @@ def test_the_test_period_scored_from_a_file_reproduces_featurize_and_evaluate(sm
     train = store.read_json(f"{lineage['train']['uri']}/manifest.json")["details"]
     test_start = datetime.fromisoformat(train["test_period_start"])
     rows = pads.dataset(f"{lineage['validate']['uri']}/clean", format="parquet",
-                        partitioning="hive").to_table(filter=pc.field(EVENT_TIME) >= test_start)
-    pq.write_table(rows.drop_columns(["day"]), tmp_path / "test-period.parquet")
+                        partitioning="hive").to_table(
+        filter=pc.field(EVENT_TIME) >= test_start - timedelta(days=6)).drop_columns(["day"])
+    repeated = rows.take(np.arange(0, rows.num_rows, 97))  # later copies: quarantined
+    as_files(rows, tmp_path / "input", repeated.set_column(
+        repeated.schema.get_field_index("distance_km"), "distance_km",
+        pc.add(repeated["distance_km"], 1.0)))
     output = tmp_path / "scored.parquet"
 
     code, printed = predict([*overrides, "--set", "features.windows=[]"],  # today's config
-                            "--model", f"{MODEL}@champion", "--input",
-                            str(tmp_path / "test-period.parquet"), "--output", str(output))
+                            "--model", f"{MODEL}@champion", "--input", str(tmp_path / "input"),
+                            "--output", str(output))
 
     assert code == 0, printed
     assert f"predicted {rows.num_rows:,} rows with {MODEL} v1" in printed
-    assert "0 quarantined" in printed
+    assert f"{repeated.num_rows:,} quarantined" in printed
+    quarantined = pq.read_table(tmp_path / "scored.quarantine.parquet")
+    assert set(quarantined["_reason"].to_pylist()) == {"duplicate_row_key"}
+    assert sorted(quarantined[ROW_KEY].to_pylist()) == sorted(repeated[ROW_KEY].to_pylist())
     scored = pq.read_table(output).sort_by(ROW_KEY)
     stored = pads.dataset(f"{lineage['featurize']['uri']}/data", format="parquet").to_table(
         filter=pc.field(ROW_KEY).isin(rows[ROW_KEY])).sort_by(ROW_KEY)
@@ -91,9 +115,10 @@ def test_the_test_period_scored_from_a_file_reproduces_featurize_and_evaluate(sm
     evaluated = pq.read_table(
         f"{root}/stages/evaluate/{entry['evaluate_cache_key']}/predictions.parquet"
     ).sort_by(ROW_KEY)
-    assert scored[ROW_KEY].equals(evaluated[ROW_KEY])
-    np.testing.assert_allclose(scored["prediction"].to_numpy(), evaluated["prediction"].to_numpy(),
-                               rtol=1e-6, atol=1e-9)
+    test_period = scored.filter(pc.field(ROW_KEY).isin(evaluated[ROW_KEY]))
+    assert test_period[ROW_KEY].equals(evaluated[ROW_KEY])
+    np.testing.assert_allclose(test_period["prediction"].to_numpy(),
+                               evaluated["prediction"].to_numpy(), rtol=1e-6, atol=1e-9)
 
 
 def test_new_events_get_finite_predictions_with_history_from_the_source(smoke_run,

@@ -11,10 +11,11 @@ and no task exchanges rows with another (no shuffle).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -52,7 +53,17 @@ def plan_chunks(days: Sequence[date], chunk_us: int, halo: int) -> list[Chunk]:
         day_us = to_us(day)
         first = day_us - day_us % chunk_us
         starts.update(range(first, day_us + US_PER_DAY, chunk_us))
-    return [Chunk(index, start, start + chunk_us, start - halo)
+    return chunks_from(starts, chunk_us, halo)
+
+
+def chunk_starts(times_us: np.ndarray, chunk_us: int) -> np.ndarray:
+    """The starts of the chunks, aligned as `plan_chunks` aligns them, that hold `times_us`."""
+    return np.unique(times_us - times_us % chunk_us)
+
+
+def chunks_from(starts: Iterable[int], chunk_us: int, halo: int) -> list[Chunk]:
+    """The chunks that begin at `starts`, numbered in time order."""
+    return [Chunk(index, int(start), int(start) + chunk_us, int(start) - halo)
             for index, start in enumerate(sorted(starts))]
 
 

@@ -1,11 +1,13 @@
 """Batch prediction: an event table in, the model's predictions out, with featurize's own code.
 
-The input is read through Ray Data: its blocks are checked against validate's rules (`rows`);
-the clean rows are grouped into featurize's time chunks (the model's chunk length, aligned to the
-epoch), and one task per chunk reads its lookback halo from the history source, computes the
-features exactly as a featurize chunk does (`featurize.features_table`: the same kernel, window
-specs and halo) and applies the model's saved preprocessing and network; the driver writes the
-predictions chunk by chunk, in time order (`output`). A small input (`predict.
+The input is read through Ray Data: its blocks are checked against validate's rules (`rows`),
+duplicate keys found as validate finds them (`pipeline.quality.duplicates`). An exchange hands each
+of featurize's time chunks (the model's chunk length, aligned to the epoch) the clean rows in it
+and its lookback halo, and one task per chunk reads the halo's history from the history source,
+computes the features exactly as a featurize chunk does (`featurize.features_table`: the same
+kernel, window specs and halo) and applies the model's saved preprocessing and network; the driver
+writes the predictions chunk by chunk, in time order (`output`). No row key or event time of the
+input passes through the driver: its memory does not grow with the input. A small input (`predict.
 score_in_driver_max_rows`) is scored by the driver instead, which imports torch while Ray starts,
 so that no worker imports it for a few thousand rows: the tasks then compute features only.
 
@@ -27,7 +29,6 @@ from typing import TYPE_CHECKING
 
 import fsspec
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -38,8 +39,9 @@ from pydantic import TypeAdapter, ValidationError
 
 from pipeline.artifacts import ArtifactStore, arrow_filesystem
 from pipeline.config import PipelineConfig, Timestamp
-from pipeline.epoch import US_PER_DAY, from_us, to_us
-from pipeline.features.chunks import Chunk, halo_us, plan_chunks
+from pipeline.epoch import from_us, to_us
+from pipeline.exchange import exchange, runs
+from pipeline.features.chunks import Chunk, chunk_starts, chunks_from, halo_us
 from pipeline.features.windows import micros
 from pipeline.predict.output import OutputFile, quarantine_uri
 from pipeline.predict.rows import (
@@ -52,6 +54,7 @@ from pipeline.predict.rows import (
     without_keys,
 )
 from pipeline.predict.spec import ModelSpec, load_model_spec
+from pipeline.quality.duplicates import copies_in_bucket, later_copies, split_keys
 from pipeline.quality.rules import SchemaError
 from pipeline.ray_cluster import ensure_ray
 from pipeline.schema import TableSchema
@@ -94,16 +97,16 @@ def predict(config: PipelineConfig, reference: str, input_uri: str, output_uri: 
         for part in checked.quarantined:
             batches.write(ray.get(part))
         quarantined = batches.rows
-    if not checked.times.size:
+    if not checked.rows:
         raise ValueError(f"no row of {input_uri} passed validation: {quarantined:,} quarantined "
                          f"(reasons in {quarantine.uri})")
-    as_of_us = int(checked.times.max()) if cutoff is None else to_us(cutoff)
-    job = ChunkJob(spec, history, checked.clean, as_of_us)
+    as_of_us = checked.last_us if cutoff is None else to_us(cutoff)
+    job = ChunkJob(spec, history, checked.keys, as_of_us)
     with predictions.writer({**about, "as_of": from_us(as_of_us).isoformat(),
                              "history_source": history.uri, "quarantined": quarantined}
                             ) as batches:
-        in_driver = checked.times.size <= config.predict.score_in_driver_max_rows
-        for table in _scored(job, store, checked.times, in_driver):
+        in_driver = checked.rows <= config.predict.score_in_driver_max_rows
+        for table in _scored(job, store, checked, in_driver):
             batches.write(table)
         rows = batches.rows
     return (f"predicted {rows:,} rows with {spec.model} {spec.version} as of "
@@ -122,44 +125,71 @@ def _parse_as_of(text: str | None) -> datetime | None:
                          "2026-01-15T08:00:00 (UTC when no offset is given)") from None
 
 
+@dataclass(frozen=True)
+class CleanRows:
+    """What the driver knows of one input block's clean rows: no row, no key."""
+
+    rows: int
+    last_us: int
+    """The latest event time (0 without rows)."""
+    chunk_starts: np.ndarray
+    """The starts of the model's chunks that hold them."""
+
+
 @dataclass
 class CheckedInput:
     clean: list[ray.ObjectRef]
     """Clean rows, one table per input block, in input order."""
+    keys: list[ray.ObjectRef]
+    """The clean rows' keys, one table per block."""
     quarantined: list[ray.ObjectRef]
     """Quarantined rows with their reasons, one table per block."""
-    times: np.ndarray
-    """Event times of the clean rows, microseconds."""
+    blocks: list[CleanRows]
+
+    @property
+    def rows(self) -> int:
+        return sum(block.rows for block in self.blocks)
+
+    @property
+    def last_us(self) -> int:
+        return max(block.last_us for block in self.blocks if block.rows)
+
+    def chunks(self, spec: ModelSpec) -> list[Chunk]:
+        """featurize's chunks (the model's chunk length and halo) that hold clean rows."""
+        params = spec.features
+        halo = halo_us(params.windows, params.roles.label_available_at, params.max_label_delay)
+        starts = np.unique(np.concatenate([block.chunk_starts for block in self.blocks]))
+        return chunks_from(starts, to_us(params.chunk), halo)
 
 
 def _checked_input(uri: str, options: dict, spec: ModelSpec, partition: str) -> CheckedInput:
     """Read the input through Ray Data and hold each block to validate's rules. Duplicates
-    need one global view: the row keys are gathered first (in input order; the first occurrence
-    wins), as validate gathers them."""
+    need one global view: validate's distributed search (`pipeline.quality.duplicates`) over
+    the blocks in input order (the first occurrence wins)."""
     fs, path = fsspec.core.url_to_fs(uri, **options)
     _check_columns(fs, path, uri, spec)
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     blocks = ray.data.read_parquet(path, filesystem=arrow_filesystem(fs),
                                    include_paths=True).to_arrow_refs()
-    surveys = ray.get([_survey.remote(block, spec.table.row_key, partition)
-                       for block in blocks])
-    if not sum(len(survey.keys) for survey in surveys):
+    surveys = ray.get([_survey.remote(block, partition) for block in blocks])
+    rows = sum(survey.rows for survey in surveys)
+    if not rows:
         raise ValueError(f"input {uri} holds no rows")
-    keys = np.concatenate([survey.keys for survey in surveys])
-    duplicate = pd.Series(keys).duplicated(keep="first").to_numpy()
+    duplicates = later_copies(_block_keys, _copies_in_bucket, blocks, rows,
+                              (spec.table.row_key,))
     days = sorted(day for survey in surveys for day in survey.days)
     schema = input_schema(spec, (days[0], days[-1]) if days else None)
-    bounds = np.cumsum([0, *(len(survey.keys) for survey in surveys)])
-    parts = [_check_block.options(num_returns=3).remote(
-        block, duplicate[bounds[i]:bounds[i + 1]], schema, spec.max_label_delay)
+    chunk_us = to_us(spec.features.chunk)
+    parts = [_check_block.options(num_returns=4).remote(
+        block, duplicates[i], schema, spec.max_label_delay, chunk_us)
         for i, block in enumerate(blocks)]
     try:
-        times = ray.get([part[2] for part in parts])
+        summaries = ray.get([part[3] for part in parts])
     except ray.exceptions.RayTaskError:
-        _collect(part[i] for part in parts for i in (0, 1))
+        _collect(part[i] for part in parts for i in range(3))
         raise
-    return CheckedInput([part[0] for part in parts], [part[1] for part in parts],
-                        np.concatenate(times))
+    clean, quarantined, keys = ([part[i] for part in parts] for i in range(3))
+    return CheckedInput(clean, keys, quarantined, summaries)
 
 
 def _collect(refs: Iterable[ray.ObjectRef]) -> None:
@@ -193,23 +223,39 @@ def _check_columns(fs, path: str, uri: str, spec: ModelSpec) -> None:
 class Survey:
     """What the driver needs of one input block before checking it."""
 
-    keys: np.ndarray
+    rows: int
     days: list[str]
     """Its day partitions, if the input is partitioned like the source."""
 
 
 @ray.remote(num_cpus=1)
-def _survey(block: pa.Table, row_key: str, partition: str) -> Survey:
+def _survey(block: pa.Table, partition: str) -> Survey:
     days = pc.unique(block[partition]).drop_null().to_pylist() \
         if partition in block.column_names else []
-    return Survey(block[row_key].to_numpy(zero_copy_only=False), [str(day) for day in days])
+    return Survey(block.num_rows, [str(day) for day in days])
 
 
 @ray.remote(num_cpus=1)
-def _check_block(block: pa.Table, duplicate: np.ndarray, schema: TableSchema,
-                 max_label_delay: timedelta) -> tuple[pa.Table, pa.Table, np.ndarray]:
+def _block_keys(row_key: str, buckets: int, first: int,
+                *blocks: pa.Table) -> pa.Table | list[pa.Table]:
+    return split_keys([block[row_key] for block in blocks], first, buckets)
+
+
+_copies_in_bucket = ray.remote(num_cpus=1)(copies_in_bucket)
+
+
+@ray.remote(num_cpus=1)
+def _check_block(block: pa.Table, duplicates: np.ndarray, schema: TableSchema,
+                 max_label_delay: timedelta,
+                 chunk_us: int) -> tuple[pa.Table, pa.Table, pa.Table, CleanRows]:
+    """(clean rows, quarantined rows, the clean rows' keys, what the driver needs of them);
+    `duplicates`: the positions of the block's rows whose key came earlier in the input."""
+    duplicate = np.zeros(block.num_rows, dtype=bool)
+    duplicate[duplicates] = True
     clean, quarantined = check_rows(block, duplicate, schema, max_label_delay, PATH)
-    return clean, quarantined, micros(clean[schema.event_time])
+    times = micros(clean[schema.event_time])
+    return clean, quarantined, clean.select([schema.row_key]), CleanRows(
+        clean.num_rows, int(times.max(initial=0)), chunk_starts(times, chunk_us))
 
 
 @dataclass(frozen=True)
@@ -218,55 +264,67 @@ class ChunkJob:
 
     spec: ModelSpec
     history: HistorySource
-    clean: list[ray.ObjectRef]
+    keys: list[ray.ObjectRef]
+    """Every clean input row's key: history rows with one of them are left out."""
     as_of_us: int
 
 
-def _scored(job: ChunkJob, store: ArtifactStore, times: np.ndarray,
+def _scored(job: ChunkJob, store: ArtifactStore, checked: CheckedInput,
             in_driver: bool) -> Iterator[pa.Table]:
     """Features then predictions, one plain task per chunk, yielded in chunk order; `in_driver`:
     the tasks compute the features and the driver predicts.
+
+    Each chunk task gets the input rows its chunk and halo hold, and only those: an exchange
+    (`pipeline.exchange`) whose split tasks cut runs of clean blocks by chunk window.
 
     Plain tasks run on Ray's already started workers. The Ray Data pipeline with a one-actor
     pool this replaces planned an execution and started a new process for the model on every
     call: with Ray already running, tests/test_predict.py's two calls on a day of events took
     23.0 s, and take 5.5 s with tasks.
     """
-    chunks = [asdict(chunk) for chunk in _chunks(job.spec, times)]
+    chunks = checked.chunks(job.spec)
+    windows = [(chunk.halo_start_us, chunk.end_us) for chunk in chunks]
+    event_time = job.spec.features.roles.event_time
+    split_args = [(event_time, windows, *(checked.clean[i] for i in run))
+                  for run in runs(len(checked.clean), checked.rows, len(chunks))]
+
+    def per_chunk(task, *args) -> list[ray.ObjectRef]:
+        return exchange(_rows_by_chunk, ray.remote(num_cpus=1)(task), split_args, len(chunks),
+                        lambda index: (asdict(chunks[index]), job, *args))
+
     if not in_driver:
-        task = ray.remote(num_cpus=1)(_score_chunk)
-        for ref in [task.remote(chunk, job, store) for chunk in chunks]:
+        for ref in per_chunk(_score_chunk, store):
             yield ray.get(ref)
         return
     from pipeline.model.predictor import load_predictor
 
-    task = ray.remote(num_cpus=1)(_features_of_chunk)
-    refs = [task.remote(chunk, job) for chunk in chunks]
+    refs = per_chunk(_features_of_chunk)
     predictor = load_predictor(store.fs, job.spec.model_dir)
     for ref in refs:
         yield _predictions(ray.get(ref), job.spec, predictor)
 
 
-def _chunks(spec: ModelSpec, times: np.ndarray) -> list[Chunk]:
-    """featurize's chunks (the model's chunk length and halo) that hold input rows at `times`."""
-    params = spec.features
-    times = np.sort(times)
-    days = sorted({from_us(int(day)).date() for day in np.unique(times - times % US_PER_DAY)})
-    halo = halo_us(params.windows, params.roles.label_available_at, params.max_label_delay)
-    return [chunk for chunk in plan_chunks(days, to_us(params.chunk), halo)
-            if np.searchsorted(times, chunk.end_us) > np.searchsorted(times, chunk.start_us)]
+@ray.remote(num_cpus=1)
+def _rows_by_chunk(event_time: str, windows: list[tuple[int, int]],
+                   *tables: pa.Table) -> pa.Table | list[pa.Table]:
+    """The rows of a run of clean blocks that each chunk reads: event time in [halo start, end)
+    of the chunk (a row in a later chunk's halo goes to it too)."""
+    rows = pa.concat_tables(tables)
+    pieces = [in_time(rows, event_time, start, end) for start, end in windows]
+    return pieces if len(pieces) > 1 else pieces[0]
 
 
-def _score_chunk(chunk: dict[str, int], job: ChunkJob, store: ArtifactStore) -> pa.Table:
+def _score_chunk(chunk: dict[str, int], job: ChunkJob, store: ArtifactStore,
+                 *nearby: pa.Table) -> pa.Table:
     from pipeline.model.predictor import load_predictor  # torch: only where a model runs
 
-    features = _features_of_chunk(chunk, job)
+    features = _features_of_chunk(chunk, job, *nearby)
     predictor = load_predictor(store.fs, job.spec.model_dir) if features.num_rows else None
     return _predictions(features, job.spec, predictor)
 
 
-def _features_of_chunk(chunk: dict[str, int], job: ChunkJob) -> pa.Table:
-    return _chunk_features(Chunk(**chunk), job)
+def _features_of_chunk(chunk: dict[str, int], job: ChunkJob, *nearby: pa.Table) -> pa.Table:
+    return _chunk_features(Chunk(**chunk), job, pa.concat_tables(nearby))
 
 
 def _predictions(features: pa.Table, spec: ModelSpec, predictor: Predictor | None) -> pa.Table:
@@ -282,17 +340,16 @@ def _predictions(features: pa.Table, spec: ModelSpec, predictor: Predictor | Non
     return pa.table(columns)
 
 
-def _chunk_features(chunk: Chunk, job: ChunkJob) -> pa.Table:
+def _chunk_features(chunk: Chunk, job: ChunkJob, nearby: pa.Table) -> pa.Table:
     """The input rows of one chunk with their features, computed as featurize computes a chunk:
-    for every row known in it, over the rows known in it and its halo."""
+    for every row known in it, over the rows known in it and its halo (`nearby`: the input
+    rows there)."""
     spec, params = job.spec, job.spec.features
     event_time, row_key = params.roles.event_time, params.roles.row_key
-    inputs = pa.concat_tables(ray.get(job.clean))
-    nearby = in_time(inputs, event_time, chunk.halo_start_us, chunk.end_us)
     scored = in_time(nearby, event_time, chunk.start_us, chunk.end_us)
     history = without_keys(job.history.rows(spec, chunk.halo_start_us,
                                             min(chunk.end_us, job.as_of_us)),
-                           row_key, inputs[row_key])
+                           row_key, pa.concat_tables(ray.get(job.keys))[row_key])
     sources = sort_rows(known_at(pa.concat_tables([history, nearby]), job.as_of_us, spec),
                         params.roles)
     rows = sort_rows(pa.concat_tables(

@@ -2,11 +2,8 @@
 
 Stops: schema drift, silent nulls, duplicated events, labels before their events and rows dated in the
 future. One Ray task per snapshot file applies the rules of `pipeline.quality.rules`; only duplicate
-detection needs a global view. It is a distributed hash partition of the row-key column
-(`pipeline.exchange`): tasks over runs of files split their keys into buckets by hash, one task per
-bucket finds the later copies (first occurrence in file, then row order, wins, so the result is
-deterministic), and only the positions of duplicates come back to the driver: its memory does not
-grow with the table. Buckets hold about `KEYS_PER_BUCKET` keys each, so neither does a bucket task's.
+detection needs a global view: a hash partition of the row-key column over Ray tasks
+(`pipeline.quality.duplicates`), of which only the positions of duplicates reach the driver.
 
 Rows without a label (`dataset.unlabeled: history`) are clean rows kept as history: they feed
 featurize's windows and train gives them no split; `rows_unlabeled` counts them among rows_out.
@@ -29,7 +26,7 @@ from pydantic import Field
 
 from pipeline.config import Duration, PipelineConfig
 from pipeline.epoch import day_strings
-from pipeline.exchange import exchange, runs
+from pipeline.quality.duplicates import copies_in_bucket, later_copies, split_keys
 from pipeline.quality.rules import (
     column_statistics,
     conform,
@@ -52,11 +49,6 @@ from pipeline.stage import (
 from pipeline.stages.ingest import STAGE as INGEST
 from pipeline.stages.ingest import IngestFiles
 from pipeline.telemetry import current_span
-
-KEYS_PER_BUCKET = 1_000_000
-"""A bucket's keys, hashed in one table: pandas' `duplicated` takes about 100 ns a key up to 1M
-keys, 230 ns at 2M and 435 ns at 15M (each probe then misses the CPU's cache)."""
-MAX_BUCKETS = 256  # runs x buckets objects pass through the object store
 
 
 class ValidateParams(Params):
@@ -95,43 +87,20 @@ class QuarantineThresholdExceeded(RuntimeError):
 
 def _key_buckets(store, row_key: str, buckets: int, first: int,
                  *paths: str) -> pa.Table | list[pa.Table]:
-    """The (file, row, key) triples of a run of files (indices from `first`), split into
-    `buckets` by a hash of the key."""
-    triples = []
-    for index, path in enumerate(paths, start=first):
+    """`split_keys` of a run of snapshot files (indices from `first`)."""
+    keys = []
+    for path in paths:
         with store.fs.open(path, "rb") as handle:
-            keys = pq.read_table(handle, columns=[row_key])[row_key]
-        triples.append(pa.table({"file": pa.array(np.full(len(keys), index, np.int32)),
-                                 "row": pa.array(np.arange(len(keys), dtype=np.int64)),
-                                 "key": keys}))
-    triples = pa.concat_tables(triples)
-    keys = triples["key"].to_numpy(zero_copy_only=False)
-    bucket = pd.util.hash_array(keys) % buckets
-    split = [triples.filter(pa.array(bucket == b)) for b in range(buckets)]
-    return split if buckets > 1 else split[0]
-
-
-def _later_copies(*parts: pa.Table) -> pa.Table:
-    """(file, row) of every key's copies after its first, over one bucket of every file: the
-    parts come in file order, each in row order, so their concatenation is in snapshot order."""
-    rows = pa.concat_tables(parts)
-    later = pd.Series(rows["key"].to_numpy(zero_copy_only=False)).duplicated(keep="first")
-    return rows.filter(pa.array(later.to_numpy())).select(["file", "row"])
+            keys.append(pq.read_table(handle, columns=[row_key])[row_key])
+    return split_keys(keys, first, buckets)
 
 
 def duplicate_rows(ctx: StageContext, files: list[str], row_key: str,
                    rows: int) -> list[np.ndarray]:
-    """Per file, the row positions of keys seen earlier in the snapshot of `rows` rows: an
-    exchange of the key column, hash-partitioned into buckets of about KEYS_PER_BUCKET keys."""
-    cpus = int(ray.available_resources().get("CPU", 1))
-    buckets = max(1, min(len(files), cpus), min(-(-rows // KEYS_PER_BUCKET), MAX_BUCKETS))
-    split_args = [(ctx.store, row_key, buckets, int(run[0]), *(files[i] for i in run))
-                  for run in runs(len(files), rows, buckets, least=cpus)]
-    found = pa.concat_tables(ray.get(exchange(
-        ctx.task(_key_buckets, "validate.key_buckets"),
-        ctx.task(_later_copies, "validate.duplicates"), split_args, buckets)))
-    files_column, rows = found["file"].to_numpy(), found["row"].to_numpy()
-    return [np.sort(rows[files_column == i]) for i in range(len(files))]
+    """Per file, the row positions of keys seen earlier in the snapshot of `rows` rows."""
+    return later_copies(ctx.task(_key_buckets, "validate.key_buckets"),
+                        ctx.task(copies_in_bucket, "validate.duplicates"), files, rows,
+                        (ctx.store, row_key))
 
 
 def _validate_file(store, path: str, index: int, duplicate_positions: np.ndarray,
