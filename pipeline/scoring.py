@@ -97,12 +97,8 @@ def score(ctx: StageContext, features: str, scan: Scan, output: str,
     in Ray tasks, one per file, or `in_driver`."""
     calls = [(scan, path, posixpath.join(output, f"part-{index:05d}.parquet"), joined)
              for index, path in enumerate(_parquet_files(scan.store, features))]
-    if in_driver:
-        work = ctx.traced(_score_file, "evaluate.score_file")
-        parts = [work(*call) for call in calls]
-    else:
-        task = ctx.task(_score_file, "evaluate.score_file")
-        parts = ray.get([task.remote(*call) for call in calls])
+    parts = _per_file(ctx, _score_file, calls, in_driver)
+    parts = parts if in_driver else ray.get(parts)
     return Scored(
         rows=sum(p.rows for p in parts),
         metrics=_per_column([p.metrics for p in parts], RunningMetrics.merge),
@@ -136,16 +132,23 @@ def score_keyed(ctx: StageContext, features: str, scan: Scan,
     """The one model of `scan` on its own features: its predictions by row key, left in the
     object store, and its error breakdown; in Ray tasks, one per file, or `in_driver`."""
     (column,) = scan.models
-    paths = _parquet_files(scan.store, features)
+    keyed = _per_file(ctx, _score_keys, [(scan, path) for path in
+                                         _parquet_files(scan.store, features)], in_driver, 2)
+    breakdowns = [breakdown for _, breakdown in keyed]
+    return JoinedScores(column, scan.row_key, [table for table, _ in keyed],
+                        merge(breakdowns if in_driver else ray.get(breakdowns)))
+
+
+def _per_file(ctx: StageContext, work: Callable, calls: list[tuple], in_driver: bool,
+              returns: int = 1) -> list:
+    """`work(*call)` for each call: in the driver, each in its span, or one Ray task each, whose
+    object refs it returns (`returns` of them per task when more than one)."""
     if in_driver:
-        work = ctx.traced(_score_keys, "evaluate.score_file")
-        keyed = [work(scan, path) for path in paths]
-        return JoinedScores(column, scan.row_key, [table for table, _ in keyed],
-                            merge(breakdown for _, breakdown in keyed))
-    task = ctx.task(_score_keys, "evaluate.score_file").options(num_returns=2)
-    refs = [task.remote(scan, path) for path in paths]
-    return JoinedScores(column, scan.row_key, [table for table, _ in refs],
-                        merge(ray.get([breakdown for _, breakdown in refs])))
+        traced = ctx.traced(work, "evaluate.score_file")
+        return [traced(*call) for call in calls]
+    task = ctx.task(work, "evaluate.score_file")
+    task = task.options(num_returns=returns) if returns > 1 else task
+    return [task.remote(*call) for call in calls]
 
 
 def _parquet_files(store: ArtifactStore, folder: str) -> list[str]:

@@ -171,7 +171,7 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
             return render(report, version)
 
     with ctx.telemetry.span("evaluate.register"):
-        twin = _champion_of(store, params.model_name, upstream)
+        _, twin = _champion_of(store, params.model_name, upstream)
         if twin is not None:  # re-evaluated (evaluate's code or settings changed): one version
             entry, promoted, now = twin, True, twin["version"]
             reason = (f"already the champion: {now} is this model (the same featurize and train "
@@ -297,17 +297,17 @@ def _promote(store: ArtifactStore, model: str, entry: dict, decision: Decision, 
              run_id: str) -> tuple[bool, str | None]:
     """Move the champion to the new version if the gate passed and nobody moved it since it was
     read (move `head`); return (whether the champion serves this model, where it points)."""
-    _, champion = alias_head(store, model, CHAMPION)
-    if champion is not None and _same_model(registry_version(store, model, champion), entry):
-        return True, champion  # a concurrent run promoted this model since `_champion_of` looked
+    champion, twin = _champion_of(store, model, entry["lineage"])
+    if twin is not None:
+        return True, champion  # a concurrent run promoted this model since evaluate looked
     if not decision.passed:
         return False, champion
     try:
         move_alias(store, model, CHAMPION, entry["version"], f"gate passed ({run_id}): "
                    f"{'; '.join(decision.reasons)}", run_id, if_move=head)
     except AliasMoved:
-        _, now = alias_head(store, model, CHAMPION)
-        if now is not None and _same_model(registry_version(store, model, now), entry):
+        now, twin = _champion_of(store, model, entry["lineage"])
+        if twin is not None:
             return True, now
         raise ValueError(f"{CHAMPION} of {model} moved to {now} while {entry['version']} was "
                          f"judged against {decision.champion.version}: not promoted; rerun to "
@@ -315,19 +315,18 @@ def _promote(store: ArtifactStore, model: str, entry: dict, decision: Decision, 
     return True, entry["version"]
 
 
-def _champion_of(store: ArtifactStore, model: str, upstream: dict) -> dict | None:
-    """The champion's entry when the champion is this very model (the same featurize and train
-    outputs): a rerun whose evaluation ran again because evaluate's code or settings changed."""
+def _champion_of(store: ArtifactStore, model: str,
+                 lineage: dict) -> tuple[str | None, dict | None]:
+    """(the champion's version, its entry if it is the model of `lineage`: the same featurize
+    and train outputs, as after a rerun whose evaluation ran again because evaluate's code or
+    settings changed, or a concurrent run that registered and promoted it)."""
     _, champion = alias_head(store, model, CHAMPION)
     if champion is None:
-        return None
+        return None, None
     entry = registry_version(store, model, champion)
-    return entry if _same_model(entry, {"lineage": upstream}) else None
-
-
-def _same_model(a: dict, b: dict) -> bool:
-    return all(a["lineage"][stage]["fingerprint"] == b["lineage"][stage]["fingerprint"]
+    same = all(entry["lineage"][stage]["fingerprint"] == lineage[stage]["fingerprint"]
                for stage in IDENTITY)
+    return champion, entry if same else None
 
 
 def explain(question: RowQuestion) -> list[str]:
