@@ -72,7 +72,7 @@ def test_rows_scored_from_files_reproduce_featurize_and_evaluate(smoke_copy, tmp
     """Six days before the test period and the test period itself: two of featurize's 7-day
     chunks, each handed its rows and halo by the exchange, with keys hashed into many buckets
     and short runs of blocks (as a large input's would be)."""
-    monkeypatch.setattr(duplicates, "KEYS_PER_BUCKET", 100)
+    monkeypatch.setattr(duplicates, "KEYS_PER_BUCKET", 1000)
     monkeypatch.setattr(exchange, "PIECE_ROWS", 500)
     root, overrides = smoke_copy
     if scored_in == "ray tasks":

@@ -5,7 +5,8 @@ The stages already describe their Ray work as worker spans (`ingest.copy_files`,
 attributes. When a run shows progress, the runner puts an inbox's outbox in the stage's carrier;
 each worker span, as it closes, pushes `{"name", "attributes"}` through it
 (`pipeline.telemetry.propagation`), whatever the telemetry exporter. The driver drains the inbox
-a few times a second. A worker never waits on it: a lost event only makes the display lag.
+a few times a second, and once more when the stage's work is done. A worker waits on it only
+where the inbox is an actor, for the actor to take the event (at most `PUSH_WAIT_S`).
 
 Two inboxes, one contract:
 - on a Ray of this machine alone, a UDP socket of the driver on 127.0.0.1: workers send it
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 POLL_SECONDS = 0.5
+PUSH_WAIT_S = 2.0
 _LOOPBACK = "127.0.0.1"
 _DATAGRAM_BYTES = 65_507  # the most one UDP datagram over IPv4 carries
 
@@ -117,7 +119,12 @@ class ActorOutbox:
     actor: Any
 
     def push(self, event: dict) -> None:
-        self.actor.push.remote(event)
+        """Hand the event to the actor before the task returns: a call still in flight when the
+        task's result reached the driver would miss the stage's last drain (seen in the test of
+        progress under load). A busy or lost actor holds the worker at most `PUSH_WAIT_S`."""
+        import ray
+
+        ray.wait([self.actor.push.remote(event)], timeout=PUSH_WAIT_S)
 
 
 class ActorInbox:
