@@ -29,7 +29,7 @@ MAX_BUCKETS = 256  # runs x buckets objects pass through the object store
 
 
 def split_keys(keys: Sequence[pa.Array | pa.ChunkedArray], first: int,
-                buckets: int) -> pa.Table | list[pa.Table]:
+               buckets: int) -> pa.Table | list[pa.Table]:
     """The (input, row, key) triples of a run of inputs' key columns (input indices from
     `first`), split into `buckets` by a hash of the key (one table when `buckets` is 1)."""
     triples = pa.concat_tables([
