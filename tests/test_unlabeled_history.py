@@ -39,10 +39,12 @@ def history_run(ray_session, tmp_path_factory):
         "dataset.unlabeled=history", "dataset.columns.fare.required=false",
         "dataset.columns.pace_min_per_km.required=false", "telemetry.exporter=none")
         for arg in ("--set", assignment)]
+    lines = {}
     for stage in ("ingest", "validate", "featurize", "train", "evaluate"):
         code, output, _ = run_cli("stage", stage, "-c", str(SMOKE), *overrides)
         assert code == 0, output
-    return tmp / "artifacts", overrides
+        lines[stage] = [line for line in output.splitlines() if line.startswith(stage)][-1]
+    return tmp / "artifacts", overrides, lines
 
 
 def _output(root: Path, stage: str) -> tuple[dict, Path]:
@@ -65,6 +67,7 @@ def test_unlabeled_rows_pass_validation_as_history(history_run):
     assert rows["in"] == rows["out"] + rows["quarantined"]
     details = set(_table(folder / "quarantine")["_detail"].to_pylist())
     assert not details & {"duration_min is null", "completed_at is null"}
+    assert f"; {unlabeled.num_rows:,} unlabeled kept as history)" in history_run[2]["validate"]
 
 
 def test_count_windows_count_every_event_and_value_windows_only_labeled_ones(history_run):
@@ -113,7 +116,7 @@ def test_train_gives_unlabeled_rows_no_split(history_run):
 
 
 def test_trace_of_an_unlabeled_row_says_history_only(history_run):
-    root, overrides = history_run
+    root, overrides, _ = history_run
     clean = _table(_output(root, "validate")[1] / "clean")
     key = clean.filter(pc.is_null(clean["duration_min"]))["trip_id"][0].as_py()
     code, output, _ = run_cli("trace", str(key), "-c", str(SMOKE), *overrides)

@@ -78,7 +78,8 @@ class ValidateFacts(Facts):
     files: int
 
     def headline(self) -> str:
-        return top_reasons(self.quarantine_reasons)
+        kept = f"{self.rows_unlabeled:,} unlabeled kept as history" if self.rows_unlabeled else ""
+        return "; ".join(part for part in (top_reasons(self.quarantine_reasons), kept) if part)
 
 
 class QuarantineThresholdExceeded(RuntimeError):
