@@ -87,7 +87,7 @@ def prepare_source(rows: int, data: Path, sets: Sequence[str] = (),
     dataset = source_config(rows, sets=sets).dataset
     started = time.perf_counter()
     ensure_dataset(str(source), dataset.generate.kind, rows, dataset.start, dataset.end,
-                   dataset.generate.seed)
+                   dataset.generate.seed, cancelled_share=dataset.generate.cancelled_share)
     return source, time.perf_counter() - started
 
 

@@ -68,7 +68,7 @@ def prepare_source(workdir: Path) -> Path:
     generate, dataset = config.dataset.generate, config.dataset
     source = workdir / "source"
     ensure_dataset(str(source), generate.kind, generate.rows, dataset.start, dataset.end,
-                   generate.seed)
+                   generate.seed, cancelled_share=generate.cancelled_share)
     return source
 
 

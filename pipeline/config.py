@@ -119,6 +119,15 @@ class GenerateSpec(_Strict):
     kind: Literal["rideshare", "orders"]
     rows: int = Field(gt=0)
     seed: int = 0
+    cancelled_share: float = Field(0.0, ge=0, lt=1, description=(
+        "rideshare: the share of trips cancelled (no label, no completion time)"))
+
+    @model_validator(mode="after")
+    def _cancelled_trips_are_rideshare(self) -> GenerateSpec:
+        if self.cancelled_share and self.kind != "rideshare":
+            raise ValueError(f"cancelled_share: only the rideshare generator cancels trips, "
+                             f"not {self.kind}")
+        return self
 
 
 class DatasetConfig(_Strict):

@@ -319,7 +319,8 @@ class Runner:
         """Generate the configured synthetic dataset when its source is missing."""
         dataset, generate = self.config.dataset, self.config.dataset.generate
         if generate and ensure_dataset(dataset.source, generate.kind, generate.rows, dataset.start,
-                                       dataset.end, generate.seed, dataset.storage_options):
+                                       dataset.end, generate.seed, dataset.storage_options,
+                                       generate.cancelled_share):
             self.display.note(f"generated {generate.rows:,} {generate.kind} rows at "
                               f"{dataset.source}")
 

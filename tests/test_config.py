@@ -38,6 +38,14 @@ def test_bad_type_is_named():
     assert "train.batch_size" in _error(data)
 
 
+def test_cancelled_trips_are_generated_for_rideshare_only():
+    data = _smoke()
+    data["dataset"]["generate"].update(kind="orders", cancelled_share=0.04)
+    assert "dataset.generate: " in _error(data) and "only the rideshare generator" in _error(data)
+    data["dataset"]["generate"]["cancelled_share"] = 1.0
+    assert "dataset.generate.cancelled_share" in _error(data)
+
+
 def test_misspelled_duration_is_named():
     data = _smoke()
     data["features"]["windows"][0]["window"] = "5 hourz"

@@ -308,6 +308,8 @@ def test_ensure_dataset_refuses_a_mismatch_and_unknown_kinds(tmp_path) -> None:
     ensure_dataset(uri, "rideshare", 1_000, START, END, seed=0)
     with pytest.raises(ValueError, match="rows"):
         ensure_dataset(uri, "rideshare", 2_000, START, END, seed=0)
+    with pytest.raises(ValueError, match="cancelled_share"):
+        ensure_dataset(uri, "rideshare", 1_000, START, END, seed=0, cancelled_share=0.1)
     with pytest.raises(ValueError, match="'taxi'.*rideshare"):
         ensure_dataset(str(tmp_path / "other"), "taxi", 1_000, START, END, seed=0)
 
@@ -324,3 +326,15 @@ def test_run_refuses_to_generate_over_a_users_folder(tmp_path, capsys) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(target) in lines[0]
     assert "dataset.generate" in lines[0]
     assert _contents(target) == before
+
+
+def test_ensure_dataset_cancels_the_configured_share_of_trips(tmp_path) -> None:
+    uri = str(tmp_path / "trips")
+    assert ensure_dataset(uri, "rideshare", 4_000, START, END, seed=1, cancelled_share=0.1)
+    assert not ensure_dataset(uri, "rideshare", 4_000, START, END, seed=1, cancelled_share=0.1)
+    trips = open_dataset(uri).to_table()
+    cancelled = trips.filter(pc.and_(pc.is_null(trips["duration_min"]),
+                                     pc.is_null(trips["completed_at"])))
+    assert 0.08 * 4_000 < cancelled.num_rows < 0.12 * 4_000
+    with pytest.raises(ValueError, match="cancelled_share"):
+        ensure_dataset(uri, "rideshare", 4_000, START, END, seed=1)

@@ -26,7 +26,7 @@ from pipeline.datasets.writer import (
 )
 from pipeline.epoch import to_us
 
-GENERATORS: dict[str, Callable[[int, datetime, datetime, int], pa.Table]] = {
+GENERATORS: dict[str, Callable[..., pa.Table]] = {
     "rideshare": generate_rideshare,
     "orders": generate_orders,
 }
@@ -52,10 +52,13 @@ def ensure_dataset(
     end: datetime,
     seed: int,
     storage_options: dict[str, Any] | None = None,
+    cancelled_share: float = 0.0,
 ) -> bool:
     """Generate and publish the ``kind`` table at ``uri`` unless it is already there; True if it
     generated. Only an absent or empty ``uri``, or an unfinished generation of our own, is written;
-    any other folder without the ``_SUCCESS`` marker raises SourceNotEmpty."""
+    any other folder without the ``_SUCCESS`` marker raises SourceNotEmpty. ``cancelled_share``
+    (rideshare) is recorded in the marker only when it is not 0, so a table generated before it
+    existed still matches."""
     if kind not in GENERATORS:
         raise ValueError(f"unknown dataset kind {kind!r}; known kinds: {', '.join(GENERATORS)}")
     wanted = {
@@ -65,6 +68,8 @@ def ensure_dataset(
         "end_us": to_us(end),
         "seed": seed,
     }
+    extras = {"cancelled_share": cancelled_share} if cancelled_share else {}
+    wanted.update(extras)
     published = read_marker(uri, storage_options)
     if published is not None:
         generated = published.get("generated")
@@ -75,6 +80,6 @@ def ensure_dataset(
             )
         return False
     check_target(uri, storage_options=storage_options)  # before the (slow) generation
-    table = GENERATORS[kind](rows, start, end, seed)
+    table = GENERATORS[kind](rows, start, end, seed, **extras)
     write_partitioned(table, uri, storage_options=storage_options, metadata={"generated": wanted})
     return True
