@@ -69,6 +69,14 @@ class ArtifactStore:
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
+    def relative(self, path: str) -> str:
+        """`path` below the root, relative to it: what an artifact records of another one, so
+        that its bytes do not depend on where the root is (a copied root keeps fingerprints)."""
+        prefix = self.root + "/"
+        if not path.startswith(prefix):
+            raise ValueError(f"{path} is not under the artifact root {self.root}")
+        return path[len(prefix):]
+
     def uri(self, path: str) -> str:
         """A URI other libraries (Ray Data, pyarrow) can open; plain paths stay plain."""
         return path if self.is_local else f"{self.protocol}://{path}"

@@ -57,6 +57,26 @@ def test_quarantined_rows_are_kept_with_their_reason(smoke_run):
     quarantine = pq.read_table(root / "stages" / "validate" / validate["cache_key"] / "quarantine")
     assert quarantine.num_rows == validate["rows_quarantined"]
     assert quarantine["_reason"].null_count == 0 and quarantine["_detail"].null_count == 0
+    ingest = next(s for s in summary["stages"] if s["name"] == "ingest")
+    for source_file in set(quarantine["_source_file"].to_pylist()):  # the snapshot's file
+        assert source_file.startswith(f"stages/ingest/{ingest['cache_key']}/data/")
+        assert (root / source_file).is_file()
+
+
+def test_validate_recomputed_in_a_copied_root_keeps_its_fingerprint(smoke_run, smoke_copy):
+    """Nothing validate writes depends on where the artifact root is: recomputed in a copy of the
+    root, its output has the same fingerprint, so featurize and what follows stay cached."""
+    root, overrides = smoke_copy
+    validate = next(s for s in smoke_run.summary["stages"] if s["name"] == "validate")
+    moved = root / "stages" / "validate" / validate["cache_key"]
+    moved.rename(moved.with_name("moved-away"))
+
+    code, output, summary = run_cli("run", "-c", str(SMOKE), *overrides, "--json")
+
+    assert code == 0, output
+    assert [s["status"] for s in summary["stages"]] == ["cached", "ran"] + ["cached"] * 3
+    assert (_manifest(root, "validate", validate["cache_key"])["fingerprint"]
+            == _manifest(smoke_run.root, "validate", validate["cache_key"])["fingerprint"])
 
 
 def test_second_run_is_fully_cached_and_starts_no_ray(smoke_run):

@@ -67,7 +67,8 @@ class ValidateFiles(Files):
     clean = Folder("clean")
     """Clean rows, hive-partitioned by the UTC day of their event time (`day=YYYY-MM-DD`)."""
     quarantine = Folder("quarantine")
-    """Quarantined rows with `_reason`, `_detail` and `_source_file`."""
+    """Quarantined rows with `_reason`, `_detail` and `_source_file` (the snapshot file, relative
+    to the artifact root)."""
 
 
 class ValidateFacts(Facts):
@@ -119,7 +120,7 @@ def _validate_file(store, path: str, index: int, duplicate_positions: np.ndarray
     quarantined = table.filter(pa.array(bad)).append_column(
         "_reason", pa.array(reasons[bad], pa.string())).append_column(
         "_detail", pa.array(details[bad], pa.string())).append_column(
-        "_source_file", pa.array([path] * int(bad.sum()), pa.string()))
+        "_source_file", pa.array([store.relative(path)] * int(bad.sum()), pa.string()))
     _write_clean(store, clean, table_schema.event_time, output.clean, index)
     with store.fs.open(posixpath.join(output.quarantine, f"part-{index:05d}.parquet"),
                        "wb") as handle:
@@ -193,7 +194,7 @@ def explain(question: RowQuestion) -> list[str]:
                      "are null; it feeds windows, never a split)")
     for row in _rows(store, files.quarantine, question).to_pylist():
         lines.append(f"validate quarantined a copy: {row['_reason']} ({row['_detail']}) "
-                     f"from {row['_source_file']}")
+                     f"from {store.uri(store.path(row['_source_file']))}")
     return lines
 
 
