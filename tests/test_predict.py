@@ -156,6 +156,48 @@ def test_new_events_get_finite_predictions_with_history_from_the_source(smoke_ru
     assert drivers_pace.null_count < as_of_midnight.num_rows / 2  # the week before, from the source
 
 
+def test_an_input_row_stands_for_its_event_wherever_the_history_has_it(smoke_run, smoke_source,
+                                                                      tmp_path):
+    """A trip of Jan 3 comes back in the input moved to Jan 12, a week and a chunk later, beside
+    the trips of Jan 4 and 5. Its history copy is stale: the Jan 4-5 trips get the features they
+    get from a history without it, though their chunk's task never sees the moved trip."""
+    source = pads.dataset(str(smoke_source), format="parquet", partitioning="hive").to_table()
+    day = pc.strftime(source[EVENT_TIME], format="%Y-%m-%d")
+    nearby = source.filter(pc.is_in(day, value_set=pa.array(["2026-01-04", "2026-01-05"])))
+    validate = next(s for s in smoke_run.summary["stages"] if s["name"] == "validate")
+    validated = pads.dataset(f"{validate['artifact']}/clean", format="parquet",
+                             partitioning="hive").to_table(filter=pc.field("day") == "2026-01-03")
+    stale = validated.slice(0, 1).select(source.column_names)  # the moved trip's old copy
+    moved = stale
+    for name in (EVENT_TIME, CONFIG.dataset.label_available_at):
+        index = moved.schema.get_field_index(name)
+        later = pc.add(moved[name], pa.scalar(timedelta(days=9)))
+        moved = moved.set_column(index, name, later)
+    driver = stale["driver_id"][0].as_py()
+    assert pc.sum(pc.equal(nearby["driver_id"], driver)).as_py() > 0  # its windows counted it
+    pq.write_table(pa.concat_tables([nearby, moved]).drop_columns(["day"]),
+                   tmp_path / "input.parquet")
+    without = str(tmp_path / "history-without-it")
+    write_partitioned(source.filter(pc.invert(pc.equal(source[ROW_KEY], stale[ROW_KEY][0]))),
+                      without)
+
+    def scored(history: str) -> pa.Table:
+        output = tmp_path / f"{os.path.basename(history)}.parquet"
+        code, printed = predict([*smoke_run.overrides, "--set",
+                                 f"predict.history_source={history}"], "--model", f"{MODEL}@v1",
+                                "--input", str(tmp_path / "input.parquet"), "--output",
+                                str(output))
+        assert code == 0, printed
+        rows = pq.read_table(output)
+        return rows.filter(pc.is_in(rows[ROW_KEY], value_set=nearby[ROW_KEY])).sort_by(ROW_KEY)
+
+    with_stale_copy, without_it = scored(str(smoke_source)), scored(without)
+
+    assert with_stale_copy.num_rows > 0
+    for name in with_stale_copy.column_names:
+        assert with_stale_copy[name].equals(without_it[name]), name
+
+
 def test_bad_input_is_one_error_line_and_no_output_is_overwritten(smoke_run, tmp_path, capsys):
     events, folder = new_day_events(tmp_path, rows=300, seed=5)
     bad = tmp_path / "no-distance.parquet"

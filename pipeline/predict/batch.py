@@ -6,8 +6,10 @@ of featurize's time chunks (the model's chunk length, aligned to the epoch) the 
 and its lookback halo, and one task per chunk reads the halo's history from the history source,
 computes the features exactly as a featurize chunk does (`featurize.features_table`: the same
 kernel, window specs and halo) and applies the model's saved preprocessing and network; the driver
-writes the predictions chunk by chunk, in time order (`output`). No row key or event time of the
-input passes through the driver: its memory does not grow with the input. A small input (`predict.
+writes the predictions chunk by chunk, in time order (`output`). An input row stands for its
+event: a history row with its key is left out of every chunk, found by a hash join over Ray tasks.
+No row key or event time of the input passes through the driver, and no task holds every input
+key: their memory does not grow with the input. A small input (`predict.
 score_in_driver_max_rows`) is scored by the driver instead, which imports torch while Ray starts,
 so that no worker imports it for a few thousand rows: the tasks then compute features only.
 
@@ -54,7 +56,13 @@ from pipeline.predict.rows import (
     without_keys,
 )
 from pipeline.predict.spec import ModelSpec, load_model_spec
-from pipeline.quality.duplicates import copies_in_bucket, later_copies, split_keys
+from pipeline.quality.duplicates import (
+    bucket_of,
+    copies_in_bucket,
+    key_buckets,
+    later_copies,
+    split_keys,
+)
 from pipeline.quality.rules import SchemaError
 from pipeline.ray_cluster import ensure_ray
 from pipeline.schema import TableSchema
@@ -101,7 +109,7 @@ def predict(config: PipelineConfig, reference: str, input_uri: str, output_uri: 
         raise ValueError(f"no row of {input_uri} passed validation: {quarantined:,} quarantined "
                          f"(reasons in {quarantine.uri})")
     as_of_us = checked.last_us if cutoff is None else to_us(cutoff)
-    job = ChunkJob(spec, history, checked.keys, as_of_us)
+    job = ChunkJob(spec, history, as_of_us)
     with predictions.writer({**about, "as_of": from_us(as_of_us).isoformat(),
                              "history_source": history.uri, "quarantined": quarantined}
                             ) as batches:
@@ -264,8 +272,6 @@ class ChunkJob:
 
     spec: ModelSpec
     history: HistorySource
-    keys: list[ray.ObjectRef]
-    """Every clean input row's key: history rows with one of them are left out."""
     as_of_us: int
 
 
@@ -275,7 +281,8 @@ def _scored(job: ChunkJob, store: ArtifactStore, checked: CheckedInput,
     the tasks compute the features and the driver predicts.
 
     Each chunk task gets the input rows its chunk and halo hold, and only those: an exchange
-    (`pipeline.exchange`) whose split tasks cut runs of clean blocks by chunk window.
+    (`pipeline.exchange`) whose split tasks cut runs of clean blocks by chunk window; and the keys
+    of the history rows it reads that the input holds too (`_history_in_input`).
 
     Plain tasks run on Ray's already started workers. The Ray Data pipeline with a one-actor
     pool this replaces planned an execution and started a new process for the model on every
@@ -288,9 +295,11 @@ def _scored(job: ChunkJob, store: ArtifactStore, checked: CheckedInput,
     split_args = [(event_time, windows, *(checked.clean[i] for i in run))
                   for run in runs(len(checked.clean), checked.rows, len(chunks))]
 
+    known = _history_in_input(job, chunks, checked)
+
     def per_chunk(task, *args) -> list[ray.ObjectRef]:
         return exchange(_rows_by_chunk, ray.remote(num_cpus=1)(task), split_args, len(chunks),
-                        lambda index: (asdict(chunks[index]), job, *args))
+                        lambda index: (asdict(chunks[index]), job, known[index], *args))
 
     if not in_driver:
         for ref in per_chunk(_score_chunk, store):
@@ -304,6 +313,62 @@ def _scored(job: ChunkJob, store: ArtifactStore, checked: CheckedInput,
         yield _predictions(ray.get(ref), job.spec, predictor)
 
 
+def _history_in_input(job: ChunkJob, chunks: list[Chunk],
+                      checked: CheckedInput) -> list[list[ray.ObjectRef]]:
+    """Per chunk, the keys of the history rows it reads that a clean input row has too (an input
+    row stands for its event, wherever the history has it), as one object per key bucket.
+
+    A hash join over Ray tasks: one task per chunk reads its history's keys and one per run of
+    clean blocks their keys, each cut into buckets by hash (`pipeline.quality.duplicates`); one
+    task per bucket keeps the history keys the input has, by chunk. No task holds every input key.
+    """
+    buckets = key_buckets(checked.rows)
+    read = _history_keys.options(num_returns=buckets)
+    history = [read.remote(job, asdict(chunk), buckets) for chunk in chunks]
+    split = _input_keys.options(num_returns=buckets)
+    inputs = [split.remote(buckets, *(checked.keys[i] for i in run))
+              for run in runs(len(checked.keys), checked.rows, buckets)]
+    history, inputs = ([[refs] if buckets == 1 else refs for refs in side]
+                       for side in (history, inputs))
+    join = _keys_in_both.options(num_returns=len(chunks))
+    found = [join.remote(len(inputs), *(refs[bucket] for refs in inputs),
+                         *(refs[bucket] for refs in history)) for bucket in range(buckets)]
+    found = [[refs] if len(chunks) == 1 else refs for refs in found]
+    return [[refs[index] for refs in found] for index in range(len(chunks))]
+
+
+@ray.remote(num_cpus=1)
+def _history_keys(job: ChunkJob, chunk: dict[str, int],
+                  buckets: int) -> pa.Array | list[pa.Array]:
+    """The keys of the history rows a chunk reads, cut into buckets by hash."""
+    chunk = Chunk(**chunk)
+    keys = job.history.keys(job.spec, chunk.halo_start_us, min(chunk.end_us, job.as_of_us))
+    return _by_bucket(keys, buckets)
+
+
+@ray.remote(num_cpus=1)
+def _input_keys(buckets: int, *tables: pa.Table) -> pa.Array | list[pa.Array]:
+    """The keys of a run of clean blocks, cut into buckets by hash."""
+    keys = pa.concat_tables(tables).column(0)
+    return _by_bucket(keys, buckets)
+
+
+def _by_bucket(keys: pa.ChunkedArray, buckets: int) -> pa.Array | list[pa.Array]:
+    keys = keys.combine_chunks()
+    bucket = bucket_of(keys, buckets)
+    pieces = [keys.filter(pa.array(bucket == b)) for b in range(buckets)]
+    return pieces if buckets > 1 else pieces[0]
+
+
+@ray.remote(num_cpus=1)
+def _keys_in_both(inputs: int, *pieces: pa.Array) -> pa.Array | list[pa.Array]:
+    """One bucket: of each chunk's history keys (the pieces after the first `inputs`), those
+    among the input's keys (the first `inputs` pieces)."""
+    input_keys = pa.chunked_array(pieces[:inputs], type=pieces[0].type)
+    found = [keys.filter(pc.is_in(keys, value_set=input_keys)) for keys in pieces[inputs:]]
+    return found if len(found) > 1 else found[0]
+
+
 @ray.remote(num_cpus=1)
 def _rows_by_chunk(event_time: str, windows: list[tuple[int, int]],
                    *tables: pa.Table) -> pa.Table | list[pa.Table]:
@@ -314,17 +379,21 @@ def _rows_by_chunk(event_time: str, windows: list[tuple[int, int]],
     return pieces if len(pieces) > 1 else pieces[0]
 
 
-def _score_chunk(chunk: dict[str, int], job: ChunkJob, store: ArtifactStore,
-                 *nearby: pa.Table) -> pa.Table:
+def _score_chunk(chunk: dict[str, int], job: ChunkJob, known: list[ray.ObjectRef],
+                 store: ArtifactStore, *nearby: pa.Table) -> pa.Table:
     from pipeline.model.predictor import load_predictor  # torch: only where a model runs
 
-    features = _features_of_chunk(chunk, job, *nearby)
+    features = _features_of_chunk(chunk, job, known, *nearby)
     predictor = load_predictor(store.fs, job.spec.model_dir) if features.num_rows else None
     return _predictions(features, job.spec, predictor)
 
 
-def _features_of_chunk(chunk: dict[str, int], job: ChunkJob, *nearby: pa.Table) -> pa.Table:
-    return _chunk_features(Chunk(**chunk), job, pa.concat_tables(nearby))
+def _features_of_chunk(chunk: dict[str, int], job: ChunkJob, known: list[ray.ObjectRef],
+                       *nearby: pa.Table) -> pa.Table:
+    """`known`: the history keys the input holds too (`_history_in_input`); `nearby`: the input
+    rows of the chunk and its halo."""
+    return _chunk_features(Chunk(**chunk), job, pa.concat_tables(nearby),
+                           pa.chunked_array(ray.get(known)))
 
 
 def _predictions(features: pa.Table, spec: ModelSpec, predictor: Predictor | None) -> pa.Table:
@@ -340,16 +409,16 @@ def _predictions(features: pa.Table, spec: ModelSpec, predictor: Predictor | Non
     return pa.table(columns)
 
 
-def _chunk_features(chunk: Chunk, job: ChunkJob, nearby: pa.Table) -> pa.Table:
+def _chunk_features(chunk: Chunk, job: ChunkJob, nearby: pa.Table,
+                    known: pa.ChunkedArray) -> pa.Table:
     """The input rows of one chunk with their features, computed as featurize computes a chunk:
     for every row known in it, over the rows known in it and its halo (`nearby`: the input
-    rows there)."""
+    rows there; history rows with a key in `known` are left out)."""
     spec, params = job.spec, job.spec.features
     event_time, row_key = params.roles.event_time, params.roles.row_key
     scored = in_time(nearby, event_time, chunk.start_us, chunk.end_us)
     history = without_keys(job.history.rows(spec, chunk.halo_start_us,
-                                            min(chunk.end_us, job.as_of_us)),
-                           row_key, pa.concat_tables(ray.get(job.keys))[row_key])
+                                            min(chunk.end_us, job.as_of_us)), row_key, known)
     sources = sort_rows(known_at(pa.concat_tables([history, nearby]), job.as_of_us, spec),
                         params.roles)
     rows = sort_rows(pa.concat_tables(

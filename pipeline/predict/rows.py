@@ -13,6 +13,7 @@ T (`known_at`), which is also what each row's own window [t - W, t) sees at t.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
@@ -89,21 +90,35 @@ class HistorySource:
 
     def rows(self, spec: ModelSpec, start_us: int, end_us: int) -> pa.Table:
         """The rows validate would pass with event time in [start_us, end_us)."""
+        schema = spec.table.model_copy(update={"start": from_us(start_us),
+                                               "end": from_us(end_us)})
+        table = conform(self._days(schema.columns, start_us, end_us), schema,
+                        where=f"history source {self.uri}")
+        keys = table[schema.row_key].to_numpy(zero_copy_only=False)
+        duplicate = pd.Series(keys).duplicated(keep="first").to_numpy()
+        reasons, _ = row_reasons(table, schema, spec.max_label_delay, duplicate)
+        return table.filter(pa.array(~reasons.astype(bool)))
+
+    def keys(self, spec: ModelSpec, start_us: int, end_us: int) -> pa.ChunkedArray:
+        """The keys of the rows with event time in [start_us, end_us), valid or not: every key
+        of `rows`, read from two columns."""
+        table = spec.table
+        schema = table.model_copy(update={"columns": {
+            name: table.columns[name] for name in (table.row_key, table.event_time)}})
+        keyed = conform(self._days(schema.columns, start_us, end_us), schema,
+                        where=f"history source {self.uri}")
+        return in_time(keyed, table.event_time, start_us, end_us)[table.row_key]
+
+    def _days(self, columns: Iterable[str], start_us: int, end_us: int) -> pa.Table:
+        """`columns` of the day partitions that hold [start_us, end_us)."""
         fs, root = fsspec.core.url_to_fs(self.uri, **self.storage_options)
         dataset = pads.dataset(root, format="parquet", filesystem=arrow_filesystem(fs),
                                partitioning=pads.partitioning(
                                    pa.schema([(self.partition, pa.string())]), flavor="hive"))
         first, last = from_us(start_us).date(), from_us(end_us - 1).date()
         day = pads.field(self.partition)
-        raw = dataset.to_table(columns=list(spec.table.columns),
-                               filter=(day >= first.isoformat()) & (day <= last.isoformat()))
-        schema = spec.table.model_copy(update={"start": from_us(start_us),
-                                               "end": from_us(end_us)})
-        table = conform(raw, schema, where=f"history source {self.uri}")
-        keys = table[schema.row_key].to_numpy(zero_copy_only=False)
-        duplicate = pd.Series(keys).duplicated(keep="first").to_numpy()
-        reasons, _ = row_reasons(table, schema, spec.max_label_delay, duplicate)
-        return table.filter(pa.array(~reasons.astype(bool)))
+        return dataset.to_table(columns=list(columns),
+                                filter=(day >= first.isoformat()) & (day <= last.isoformat()))
 
 
 def known_at(rows: pa.Table, as_of_us: int, spec: ModelSpec) -> pa.Table:

@@ -28,6 +28,17 @@ keys, 230 ns at 2M and 435 ns at 15M (each probe then misses the CPU's cache).""
 MAX_BUCKETS = 256  # runs x buckets objects pass through the object store
 
 
+def key_buckets(rows: int, least: int = 1) -> int:
+    """How many buckets `rows` keys are hashed into: about `KEYS_PER_BUCKET` each, at least
+    `least`, at most `MAX_BUCKETS`."""
+    return max(1, least, min(-(-rows // KEYS_PER_BUCKET), MAX_BUCKETS))
+
+
+def bucket_of(keys: pa.Array | pa.ChunkedArray, buckets: int) -> np.ndarray:
+    """Each key's bucket: the same key gets the same bucket in every task and process."""
+    return pd.util.hash_array(keys.to_numpy(zero_copy_only=False)) % buckets
+
+
 def split_keys(keys: Sequence[pa.Array | pa.ChunkedArray], first: int,
                buckets: int) -> pa.Table | list[pa.Table]:
     """The (input, row, key) triples of a run of inputs' key columns (input indices from
@@ -37,7 +48,7 @@ def split_keys(keys: Sequence[pa.Array | pa.ChunkedArray], first: int,
                   "row": pa.array(np.arange(len(column), dtype=np.int64)),
                   "key": column})
         for index, column in enumerate(keys, start=first)])
-    bucket = pd.util.hash_array(triples["key"].to_numpy(zero_copy_only=False)) % buckets
+    bucket = bucket_of(triples["key"], buckets)
     split = [triples.filter(pa.array(bucket == b)) for b in range(buckets)]
     return split if buckets > 1 else split[0]
 
@@ -59,7 +70,7 @@ def later_copies(split, merge, inputs: Sequence, rows: int,
     `copies_in_bucket`.
     """
     cpus = int(ray.available_resources().get("CPU", 1))
-    buckets = max(1, min(len(inputs), cpus), min(-(-rows // KEYS_PER_BUCKET), MAX_BUCKETS))
+    buckets = key_buckets(rows, least=min(len(inputs), cpus))
     split_args = [(*leading, buckets, int(run[0]), *(inputs[i] for i in run))
                   for run in runs(len(inputs), rows, buckets, least=cpus)]
     found = pa.concat_tables(ray.get(exchange(split, merge, split_args, buckets)))
