@@ -2,6 +2,7 @@
 
 - `spec`: the model's feature spec and validation rules, read from its lineage (never today's config)
 - `rows`: the rows to score and the history their windows read, held to validate's rules
+- `reading`: the input's files as blocks of whole row groups, read by Ray tasks
 - `output`: predictions and quarantine written atomically, never over a file predict did not write
-- `batch`: the Ray Data read and the chunk tasks that tie them together
+- `batch`: the checks, the duplicate search, the key join and the chunk tasks that tie them together
 """

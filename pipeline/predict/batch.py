@@ -1,7 +1,7 @@
 """Batch prediction: an event table in, the model's predictions out, with featurize's own code.
 
-The input is read through Ray Data: its blocks are checked against validate's rules (`rows`),
-duplicate keys found as validate finds them (`pipeline.quality.duplicates`). An exchange hands each
+The input is read by Ray tasks (`reading`), its blocks checked against validate's rules (`rows`)
+and duplicate keys found as validate finds them (`pipeline.quality.duplicates`). An exchange hands each
 of featurize's time chunks (the model's chunk length, aligned to the epoch) the clean rows in it
 and its lookback halo, and one task per chunk reads the halo's history from the history source,
 computes the features exactly as a featurize chunk does (`featurize.features_table`: the same
@@ -21,7 +21,6 @@ handed the same sources and rows featurize was, so a row that featurize saw gets
 from __future__ import annotations
 
 import contextlib
-import posixpath
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -33,26 +32,24 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
-import ray.data
 import ray.exceptions
 from pydantic import TypeAdapter, ValidationError
 
-from pipeline.artifacts import ArtifactStore, arrow_filesystem
+from pipeline.artifacts import ArtifactStore
 from pipeline.config import PipelineConfig, Timestamp
 from pipeline.epoch import from_us, to_us
 from pipeline.exchange import exchange, runs
 from pipeline.features.chunks import Chunk, chunk_starts, chunks_from, halo_us
 from pipeline.features.windows import micros
 from pipeline.predict.output import OutputFile, quarantine_uri
+from pipeline.predict.reading import PATH, plan_reads, read_piece
 from pipeline.predict.rows import (
     HistorySource,
     check_rows,
     in_time,
     input_schema,
     known_at,
-    missing_columns,
     without_keys,
 )
 from pipeline.predict.spec import ModelSpec, load_model_spec
@@ -63,7 +60,6 @@ from pipeline.quality.duplicates import (
     later_copies,
     split_keys,
 )
-from pipeline.quality.rules import SchemaError
 from pipeline.ray_cluster import ensure_ray
 from pipeline.schema import TableSchema
 from pipeline.stages.featurize import features_table, sort_rows
@@ -72,7 +68,6 @@ from pipeline.warm_imports import import_in_background
 if TYPE_CHECKING:
     from pipeline.model.predictor import Predictor  # torch
 
-PATH = "path"  # the column Ray Data's include_paths adds: the file each row came from
 PREDICTION = "prediction"
 MODEL, MODEL_VERSION = "model", "model_version"
 
@@ -171,21 +166,19 @@ class CheckedInput:
 
 
 def _checked_input(uri: str, options: dict, spec: ModelSpec, partition: str) -> CheckedInput:
-    """Read the input through Ray Data and hold each block to validate's rules. Duplicates
-    need one global view: validate's distributed search (`pipeline.quality.duplicates`) over
-    the blocks in input order (the first occurrence wins)."""
-    fs, path = fsspec.core.url_to_fs(uri, **options)
-    _check_columns(fs, path, uri, spec)
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    blocks = ray.data.read_parquet(path, filesystem=arrow_filesystem(fs),
-                                   include_paths=True).to_arrow_refs()
-    surveys = ray.get([_survey.remote(block, partition) for block in blocks])
-    rows = sum(survey.rows for survey in surveys)
+    """Read the input (`reading`) and hold each block to validate's rules. Duplicates need one
+    global view: validate's distributed search (`pipeline.quality.duplicates`) over the blocks
+    in input order (the first occurrence wins)."""
+    fs, root = fsspec.core.url_to_fs(uri, **options)
+    pieces = plan_reads(fs, root, uri, spec)
+    rows = sum(piece.rows for piece in pieces)
     if not rows:
         raise ValueError(f"input {uri} holds no rows")
+    blocks = [read_piece.remote(fs, piece) for piece in pieces]
     duplicates = later_copies(_block_keys, _copies_in_bucket, blocks, rows,
                               (spec.table.row_key,))
-    days = sorted(day for survey in surveys for day in survey.days)
+    days = sorted({piece.partitions[partition] for piece in pieces
+                   if partition in piece.partitions})
     schema = input_schema(spec, (days[0], days[-1]) if days else None)
     chunk_us = to_us(spec.features.chunk)
     parts = [_check_block.options(num_returns=4).remote(
@@ -206,41 +199,6 @@ def _collect(refs: Iterable[ray.ObjectRef]) -> None:
     for ref in refs:
         with contextlib.suppress(ray.exceptions.RayTaskError):
             ray.get(ref)
-
-
-def _check_columns(fs, path: str, uri: str, spec: ModelSpec) -> None:
-    """Every input file must hold the columns the model reads (label-time ones aside): checked
-    from the files' footers, before Ray reads a row."""
-    if not fs.exists(path):
-        raise ValueError(f"input {uri} does not exist (--input)")
-    files = [path] if fs.isfile(path) else sorted(
-        found for found in fs.find(path) if found.endswith(".parquet")
-        and not posixpath.basename(found).startswith(("_", ".")))
-    if not files:
-        raise ValueError(f"input {uri} holds no parquet files (--input)")
-    for file in files:
-        with fs.open(file, "rb") as handle:
-            names = pq.read_schema(handle).names
-        missing = missing_columns(names, spec)
-        if missing:
-            raise SchemaError(f"{file}: column(s) {', '.join(missing)} missing (model "
-                              f"{spec.model} {spec.version} reads them)")
-
-
-@dataclass(frozen=True)
-class Survey:
-    """What the driver needs of one input block before checking it."""
-
-    rows: int
-    days: list[str]
-    """Its day partitions, if the input is partitioned like the source."""
-
-
-@ray.remote(num_cpus=1)
-def _survey(block: pa.Table, partition: str) -> Survey:
-    days = pc.unique(block[partition]).drop_null().to_pylist() \
-        if partition in block.column_names else []
-    return Survey(block.num_rows, [str(day) for day in days])
 
 
 @ray.remote(num_cpus=1)
