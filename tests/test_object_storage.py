@@ -181,6 +181,24 @@ def test_one_stage_alone_reads_its_inputs_from_s3(runs, s3):
     assert (outcome["status"], outcome["cache_key"]) == ("cached", featurize["cache_key"])
 
 
+def test_predict_reads_its_input_and_writes_its_output_on_s3(runs, s3):
+    """`pipeline predict` with input, history and output on S3: its read tasks open the input
+    with the configured storage options."""
+    import pyarrow.parquet as pq
+
+    endpoint, fs = s3
+    first, _ = runs
+    day = f"{BUCKET}/source/day=2026-01-14"
+    code, output, _ = run_cli("predict", *_args(endpoint)[:-1], "--model",
+                              f"trip-duration@{first['model_version']}", "--input", f"s3://{day}",
+                              "--output", f"s3://{BUCKET}/predictions/2026-01-14.parquet")
+    assert code == 0, output
+    written = [pq.ParquetFile(fs.open(f"{BUCKET}/predictions/2026-01-14{suffix}.parquet"))
+               .metadata.num_rows for suffix in ("", ".quarantine")]
+    assert written[0] > 0 and f"predicted {written[0]:,} rows" in output
+    assert sum(written) == _parquet_rows(fs, day)
+
+
 def test_no_credential_reaches_s3(runs, s3):
     from pipeline.telemetry import REDACTED
 
