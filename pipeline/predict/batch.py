@@ -7,7 +7,7 @@ and its lookback halo, and one task per chunk reads the halo's history from the 
 computes the features exactly as a featurize chunk does (`featurize.features_table`: the same
 kernel, window specs and halo) and applies the model's saved preprocessing and network; the driver
 writes the predictions chunk by chunk, in time order (`output`). An input row stands for its
-event: a history row with its key is left out of every chunk, found by a hash join over Ray tasks.
+event: a history row with its key is left out of every chunk, found by a hash join (`join`).
 No row key or event time of the input passes through the driver, and no task holds every input
 key: their memory does not grow with the input. A small input (`predict.
 score_in_driver_max_rows`) is scored by the driver instead, which imports torch while Ray starts,
@@ -42,6 +42,7 @@ from pipeline.epoch import from_us, to_us
 from pipeline.exchange import exchange, runs
 from pipeline.features.chunks import Chunk, chunk_starts, chunks_from, halo_us
 from pipeline.features.windows import micros
+from pipeline.predict.join import history_in_input
 from pipeline.predict.output import OutputFile, quarantine_uri
 from pipeline.predict.reading import PATH, plan_reads, read_piece
 from pipeline.predict.rows import (
@@ -54,9 +55,7 @@ from pipeline.predict.rows import (
 )
 from pipeline.predict.spec import ModelSpec, load_model_spec
 from pipeline.quality.duplicates import (
-    bucket_of,
     copies_in_bucket,
-    key_buckets,
     later_copies,
     split_keys,
 )
@@ -240,7 +239,7 @@ def _scored(job: ChunkJob, store: ArtifactStore, checked: CheckedInput,
 
     Each chunk task gets the input rows its chunk and halo hold, and only those: an exchange
     (`pipeline.exchange`) whose split tasks cut runs of clean blocks by chunk window; and the keys
-    of the history rows it reads that the input holds too (`_history_in_input`).
+    of the history rows it reads that the input holds too (`join`).
 
     Plain tasks run on Ray's already started workers. The Ray Data pipeline with a one-actor
     pool this replaces planned an execution and started a new process for the model on every
@@ -253,7 +252,8 @@ def _scored(job: ChunkJob, store: ArtifactStore, checked: CheckedInput,
     split_args = [(event_time, windows, *(checked.clean[i] for i in run))
                   for run in runs(len(checked.clean), checked.rows, len(chunks))]
 
-    known = _history_in_input(job, chunks, checked)
+    known = history_in_input(job.history, job.spec, job.as_of_us, chunks, checked.keys,
+                             checked.rows)
 
     def per_chunk(task, *args) -> list[ray.ObjectRef]:
         return exchange(_rows_by_chunk, ray.remote(num_cpus=1)(task), split_args, len(chunks),
@@ -269,62 +269,6 @@ def _scored(job: ChunkJob, store: ArtifactStore, checked: CheckedInput,
     predictor = load_predictor(store.fs, job.spec.model_dir)
     for ref in refs:
         yield _predictions(ray.get(ref), job.spec, predictor)
-
-
-def _history_in_input(job: ChunkJob, chunks: list[Chunk],
-                      checked: CheckedInput) -> list[list[ray.ObjectRef]]:
-    """Per chunk, the keys of the history rows it reads that a clean input row has too (an input
-    row stands for its event, wherever the history has it), as one object per key bucket.
-
-    A hash join over Ray tasks: one task per chunk reads its history's keys and one per run of
-    clean blocks their keys, each cut into buckets by hash (`pipeline.quality.duplicates`); one
-    task per bucket keeps the history keys the input has, by chunk. No task holds every input key.
-    """
-    buckets = key_buckets(checked.rows)
-    read = _history_keys.options(num_returns=buckets)
-    history = [read.remote(job, asdict(chunk), buckets) for chunk in chunks]
-    split = _input_keys.options(num_returns=buckets)
-    inputs = [split.remote(buckets, *(checked.keys[i] for i in run))
-              for run in runs(len(checked.keys), checked.rows, buckets)]
-    history, inputs = ([[refs] if buckets == 1 else refs for refs in side]
-                       for side in (history, inputs))
-    join = _keys_in_both.options(num_returns=len(chunks))
-    found = [join.remote(len(inputs), *(refs[bucket] for refs in inputs),
-                         *(refs[bucket] for refs in history)) for bucket in range(buckets)]
-    found = [[refs] if len(chunks) == 1 else refs for refs in found]
-    return [[refs[index] for refs in found] for index in range(len(chunks))]
-
-
-@ray.remote(num_cpus=1)
-def _history_keys(job: ChunkJob, chunk: dict[str, int],
-                  buckets: int) -> pa.Array | list[pa.Array]:
-    """The keys of the history rows a chunk reads, cut into buckets by hash."""
-    chunk = Chunk(**chunk)
-    keys = job.history.keys(job.spec, chunk.halo_start_us, min(chunk.end_us, job.as_of_us))
-    return _by_bucket(keys, buckets)
-
-
-@ray.remote(num_cpus=1)
-def _input_keys(buckets: int, *tables: pa.Table) -> pa.Array | list[pa.Array]:
-    """The keys of a run of clean blocks, cut into buckets by hash."""
-    keys = pa.concat_tables(tables).column(0)
-    return _by_bucket(keys, buckets)
-
-
-def _by_bucket(keys: pa.ChunkedArray, buckets: int) -> pa.Array | list[pa.Array]:
-    keys = keys.combine_chunks()
-    bucket = bucket_of(keys, buckets)
-    pieces = [keys.filter(pa.array(bucket == b)) for b in range(buckets)]
-    return pieces if buckets > 1 else pieces[0]
-
-
-@ray.remote(num_cpus=1)
-def _keys_in_both(inputs: int, *pieces: pa.Array) -> pa.Array | list[pa.Array]:
-    """One bucket: of each chunk's history keys (the pieces after the first `inputs`), those
-    among the input's keys (the first `inputs` pieces)."""
-    input_keys = pa.chunked_array(pieces[:inputs], type=pieces[0].type)
-    found = [keys.filter(pc.is_in(keys, value_set=input_keys)) for keys in pieces[inputs:]]
-    return found if len(found) > 1 else found[0]
 
 
 @ray.remote(num_cpus=1)
@@ -348,7 +292,7 @@ def _score_chunk(chunk: dict[str, int], job: ChunkJob, known: list[ray.ObjectRef
 
 def _features_of_chunk(chunk: dict[str, int], job: ChunkJob, known: list[ray.ObjectRef],
                        *nearby: pa.Table) -> pa.Table:
-    """`known`: the history keys the input holds too (`_history_in_input`); `nearby`: the input
+    """`known`: the history keys the input holds too (`join`); `nearby`: the input
     rows of the chunk and its halo."""
     return _chunk_features(Chunk(**chunk), job, pa.concat_tables(nearby),
                            pa.chunked_array(ray.get(known)))
