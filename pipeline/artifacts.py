@@ -37,6 +37,9 @@ import fsspec
 import pyarrow.fs as pafs
 
 MANIFEST = "manifest.json"
+MODEL_JSON = "model.json"
+"""A saved model's description (`pipeline.model.predictor`), which readers that do not load the
+model read without importing torch."""
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,10 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.artifacts import ArtifactStore
+from pipeline.artifacts import MODEL_JSON, ArtifactStore
 from pipeline.registry import CHAMPION, alias_head, decision, version
 from pipeline.stages.featurize import STAGE as FEATURIZE
 
-MODEL_JSON = "model.json"  # pipeline.model.predictor's, which imports torch
 IDENTITY = ("featurize", "train")  # the upstream outputs that make a candidate what it is
 
 

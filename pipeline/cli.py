@@ -127,11 +127,14 @@ def _predict(config: PipelineConfig, args: argparse.Namespace) -> str:
     import ray.exceptions
 
     from pipeline.predict.batch import predict
+    from pipeline.ray_cluster import disconnect_ray
 
     try:
         return predict(config, args.model, args.input, args.output, args.as_of)
     except ray.exceptions.RayTaskError as exc:
         raise exc.cause if isinstance(exc.cause, Exception) else exc from None
+    finally:
+        disconnect_ray()  # a local Ray it started stops a second sooner than at exit
 
 
 def entry() -> None:

@@ -24,10 +24,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from pipeline.artifacts import MODEL_JSON
 from pipeline.model.network import NetworkSpec, TabularNet
 from pipeline.model.preprocessing import Preprocessor
 
-MODEL_JSON = "model.json"
 WEIGHTS = "weights.pt"
 PREPROCESSING = "preprocessing.json"
 HISTORY = "history.json"

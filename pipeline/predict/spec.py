@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from pipeline.artifacts import MANIFEST, ArtifactStore
-from pipeline.model.predictor import MODEL_JSON
+from pipeline.artifacts import MANIFEST, MODEL_JSON, ArtifactStore
 from pipeline.registry import parse_reference, resolve
 from pipeline.schema import TableSchema
 from pipeline.stages.featurize import FeaturizeParams
