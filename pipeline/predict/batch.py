@@ -169,15 +169,15 @@ def _checked_input(uri: str, options: dict, spec: ModelSpec, partition: str) -> 
     global view: validate's distributed search (`pipeline.quality.duplicates`) over the blocks
     in input order (the first occurrence wins)."""
     fs, root = fsspec.core.url_to_fs(uri, **options)
-    pieces = plan_reads(fs, root, uri, spec)
+    pieces = plan_reads(fs, root, uri, spec, least=int(ray.available_resources().get("CPU", 1)))
     rows = sum(piece.rows for piece in pieces)
     if not rows:
         raise ValueError(f"input {uri} holds no rows")
-    blocks = [read_piece.remote(fs, piece) for piece in pieces]
+    reads = [read_piece.remote(fs, piece, partition) for piece in pieces]
+    blocks = [block for block, _ in reads]
+    days = sorted({day for found in ray.get([days for _, days in reads]) for day in found})
     duplicates = later_copies(_block_keys, _copies_in_bucket, blocks, rows,
                               (spec.table.row_key,))
-    days = sorted({piece.partitions[partition] for piece in pieces
-                   if partition in piece.partitions})
     schema = input_schema(spec, (days[0], days[-1]) if days else None)
     chunk_us = to_us(spec.features.chunk)
     parts = [_check_block.options(num_returns=4).remote(

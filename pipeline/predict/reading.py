@@ -1,9 +1,12 @@
 """Reading predict's input: its parquet files in name order, as blocks of whole row groups.
 
-Plain Ray tasks, not Ray Data: `ray.data.read_parquet(...).to_arrow_refs()` made the same blocks
-after 1.8 to 3.0 s of execution set-up on a one-file input (2-core machine, Ray already running),
-most of a small input's prediction. The driver reads every file's footer anyway, to refuse a file
-that lacks a column before any row is read; the footers also give the row groups to cut files by.
+Plain Ray tasks, not Ray Data: `ray.data.read_parquet(...).to_arrow_refs()` spent 1.8 to 3.0 s
+setting up its execution for a one-file input (2-core machine, Ray already running), most of a
+small input's prediction. The driver reads every file's footer anyway, to refuse a file that lacks
+a column before any row is read; the footers also give the row groups to cut large files by and
+the row counts to pack small files together by. Measured against the Ray Data read (session 12,
+same outputs): 2M rows in 14 daily files 23.3 vs 37.7 s for the whole prediction, 300k rows in
+3,000 files 29.4 vs 97.7 s.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
@@ -27,8 +31,8 @@ READ_ROWS = 1_000_000
 
 
 @dataclass(frozen=True)
-class Piece:
-    """Consecutive row groups of one input file, read by one task into one block."""
+class Part:
+    """Consecutive row groups of one input file."""
 
     path: str
     row_groups: tuple[int, ...]
@@ -37,9 +41,22 @@ class Piece:
     """The `key=value` folders between the input's root and the file (hive partitions)."""
 
 
-def plan_reads(fs, root: str, uri: str, spec: ModelSpec) -> list[Piece]:
-    """The pieces of the input at `root` (a file, or a folder of them), in file then row order;
-    every file must hold the columns the model reads (label-time ones aside)."""
+@dataclass(frozen=True)
+class Piece:
+    """Consecutive parts, read by one task into one block."""
+
+    parts: tuple[Part, ...]
+
+    @property
+    def rows(self) -> int:
+        return sum(part.rows for part in self.parts)
+
+
+def plan_reads(fs, root: str, uri: str, spec: ModelSpec, least: int = 1) -> list[Piece]:
+    """The pieces of the input at `root` (a file, or a folder of them), in file then row order:
+    at most READ_ROWS rows each, and at least `least` pieces where the input has as many row
+    groups (small files share a piece). Every file must hold the columns the model reads
+    (label-time ones aside)."""
     if not fs.exists(root):
         raise ValueError(f"input {uri} does not exist (--input)")
     files = [root] if fs.isfile(root) else sorted(
@@ -47,7 +64,7 @@ def plan_reads(fs, root: str, uri: str, spec: ModelSpec) -> list[Piece]:
         and not posixpath.basename(found).startswith(("_", ".")))
     if not files:
         raise ValueError(f"input {uri} holds no parquet files (--input)")
-    pieces = []
+    parts = []
     for file in files:
         with fs.open(file, "rb") as handle:
             metadata = pq.read_metadata(handle)
@@ -57,9 +74,11 @@ def plan_reads(fs, root: str, uri: str, spec: ModelSpec) -> list[Piece]:
                               f"{spec.model} {spec.version} reads them)")
         partitions = _hive_values(posixpath.relpath(file, root)) if file != root else {}
         groups = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
-        pieces.extend(Piece(file, run, sum(groups[i] for i in run), partitions)
-                      for run in _runs(groups))
-    return pieces
+        parts.extend(Part(file, tuple(run), sum(groups[i] for i in run), partitions)
+                     for run in _runs(groups, READ_ROWS))
+    limit = min(READ_ROWS, max(1, -(-sum(part.rows for part in parts) // least)))
+    return [Piece(tuple(parts[i] for i in run))
+            for run in _runs([part.rows for part in parts], limit)]
 
 
 def _hive_values(relative: str) -> dict[str, str]:
@@ -67,24 +86,33 @@ def _hive_values(relative: str) -> dict[str, str]:
     return dict(unquote(folder).split("=", 1) for folder in folders if "=" in folder)
 
 
-def _runs(groups: list[int]) -> list[tuple[int, ...]]:
-    """Consecutive row-group indices of at most READ_ROWS rows each (a larger group alone)."""
-    runs, run, rows = [], [], 0
-    for index, count in enumerate(groups):
-        if run and rows + count > READ_ROWS:
-            runs.append(tuple(run))
-            run, rows = [], 0
+def _runs(sizes: list[int], limit: int) -> list[list[int]]:
+    """Consecutive indices whose sizes add up to at most `limit` (a larger one alone)."""
+    runs, run, total = [], [], 0
+    for index, size in enumerate(sizes):
+        if run and total + size > limit:
+            runs.append(run)
+            run, total = [], 0
         run.append(index)
-        rows += count
-    return [*runs, tuple(run)] if run else runs
+        total += size
+    return [*runs, run] if run else runs
 
 
-@ray.remote(num_cpus=1)
-def read_piece(fs, piece: Piece) -> pa.Table:
-    """One block: the piece's rows, its partition values as string columns, and `PATH`."""
-    with fs.open(piece.path, "rb") as handle:
-        table = pq.ParquetFile(handle).read_row_groups(list(piece.row_groups))
-    for name, value in piece.partitions.items():
-        if name not in table.column_names:
-            table = table.append_column(name, pa.array([value] * table.num_rows, pa.string()))
-    return table.append_column(PATH, pa.array([piece.path] * table.num_rows, pa.string()))
+@ray.remote(num_cpus=1, num_returns=2)
+def read_piece(fs, piece: Piece, partition: str) -> tuple[pa.Table, list[str]]:
+    """One block: the piece's rows, each file's partition values as string columns, and `PATH`;
+    and the block's values of the `partition` column (a hive folder or a column of the files),
+    which bound the input's event times."""
+    tables = []
+    for part in piece.parts:
+        with fs.open(part.path, "rb") as handle:
+            table = pq.ParquetFile(handle).read_row_groups(list(part.row_groups))
+        for name, value in part.partitions.items():
+            if name not in table.column_names:
+                table = table.append_column(name, pa.array([value] * table.num_rows, pa.string()))
+        tables.append(table.append_column(PATH, pa.array([part.path] * table.num_rows,
+                                                         pa.string())))
+    block = pa.concat_tables(tables, promote_options="permissive")
+    days = pc.unique(block[partition]).drop_null().to_pylist() \
+        if partition in block.column_names else []
+    return block, sorted(str(day) for day in days)
