@@ -200,6 +200,27 @@ def test_an_input_row_stands_for_its_event_wherever_the_history_has_it(smoke_run
         assert with_stale_copy[name].equals(without_it[name]), name
 
 
+def test_a_day_column_of_the_input_files_bounds_their_event_times(smoke_run, tmp_path):
+    """A day's events in one file that holds the `day` column itself, not in a `day=` folder:
+    rows dated outside that day are quarantined all the same."""
+    events, _ = new_day_events(tmp_path, rows=600, seed=3)
+    pq.write_table(events, tmp_path / "with-day-column.parquet")
+    assert "day" in events.column_names
+
+    code, printed = predict(smoke_run.overrides, "--model", f"{MODEL}@v1", "--input",
+                            str(tmp_path / "with-day-column.parquet"), "--output",
+                            str(tmp_path / "scored.parquet"))
+
+    assert code == 0, printed
+    quarantined = pq.read_table(tmp_path / "scored.quarantine.parquet")
+    outside = quarantined.filter(pc.equal(quarantined["_reason"], "event_time_outside_range"))
+    assert outside.num_rows > 0
+    times = outside[EVENT_TIME]
+    assert pc.all(pc.or_(pc.less(times, pa.scalar(NEW_DAY, times.type)),
+                         pc.greater_equal(times, pa.scalar(NEW_DAY + timedelta(days=1),
+                                                           times.type)))).as_py()
+
+
 def test_bad_input_is_one_error_line_and_no_output_is_overwritten(smoke_run, tmp_path, capsys):
     events, folder = new_day_events(tmp_path, rows=300, seed=5)
     bad = tmp_path / "no-distance.parquet"
