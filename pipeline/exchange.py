@@ -29,13 +29,24 @@ def runs(inputs: int, rows: int, buckets: int, least: int = 1) -> list[np.ndarra
     return np.array_split(np.arange(inputs), count)
 
 
+def returned(values: list):
+    """What a task called with `num_returns=len(values)` returns: Ray stores a single return as
+    one object, so one value is returned bare."""
+    return values if len(values) > 1 else values[0]
+
+
+def refs_of(refs, count: int) -> list[ray.ObjectRef]:
+    """The object refs of a task called with `num_returns=count`, as a list even for one."""
+    return [refs] if count == 1 else refs
+
+
 def exchange(split, merge, split_args: Sequence[tuple], buckets: int,
              merge_args: Callable[[int], tuple] = lambda bucket: ()) -> list[ray.ObjectRef]:
     """One merge result per bucket: `split.remote(*args)` for each of `split_args` returns
-    `buckets` pieces (a single object when `buckets` is 1); `merge.remote(*merge_args(bucket),
+    `buckets` pieces (`returned`); `merge.remote(*merge_args(bucket),
     *pieces)` gets that bucket's piece of every split, in order."""
     split = split.options(num_returns=buckets)
     pieces = [split.remote(*args) for args in split_args]
-    pieces = [[refs] if buckets == 1 else refs for refs in pieces]
+    pieces = [refs_of(refs, buckets) for refs in pieces]
     return [merge.remote(*merge_args(bucket), *(refs[bucket] for refs in pieces))
             for bucket in range(buckets)]

@@ -39,7 +39,7 @@ from pydantic import TypeAdapter, ValidationError
 from pipeline.artifacts import ArtifactStore
 from pipeline.config import PipelineConfig, Timestamp
 from pipeline.epoch import from_us, to_us
-from pipeline.exchange import exchange, runs
+from pipeline.exchange import exchange, returned, runs
 from pipeline.features.chunks import Chunk, chunk_starts, chunks_from, halo_us
 from pipeline.features.windows import micros
 from pipeline.predict.join import history_in_input
@@ -277,8 +277,9 @@ def _rows_by_chunk(event_time: str, windows: list[tuple[int, int]],
     """The rows of a run of clean blocks that each chunk reads: event time in [halo start, end)
     of the chunk (a row in a later chunk's halo goes to it too)."""
     rows = pa.concat_tables(tables)
-    pieces = [in_time(rows, event_time, start, end) for start, end in windows]
-    return pieces if len(pieces) > 1 else pieces[0]
+    times = micros(rows[event_time])
+    return returned([rows.filter(pa.array((times >= start) & (times < end)))
+                     for start, end in windows])
 
 
 def _score_chunk(chunk: dict[str, int], job: ChunkJob, known: list[ray.ObjectRef],

@@ -5,6 +5,9 @@ clean input row is left out of every chunk, also of a chunk the input row is not
 event moved to another time). One task per chunk hashes the keys of the history it reads into
 buckets, one task per run of clean blocks the input's keys, and one task per bucket keeps, chunk
 by chunk, the history keys the input has. No task holds every input key, and the driver none.
+The key tasks read the history's key and event-time columns apart from the chunk tasks' read of
+whole rows: two columns read twice, so that no chunk's history waits in the object store between
+the two rounds.
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from pipeline.exchange import runs
+from pipeline.exchange import refs_of, returned, runs
 from pipeline.features.chunks import Chunk
 from pipeline.predict.rows import HistorySource
 from pipeline.predict.spec import ModelSpec
-from pipeline.quality.duplicates import bucket_of, key_buckets
+from pipeline.quality.duplicates import by_bucket, key_buckets
 
 
 def history_in_input(history: HistorySource, spec: ModelSpec, as_of_us: int,
@@ -33,12 +36,12 @@ def history_in_input(history: HistorySource, spec: ModelSpec, as_of_us: int,
     split = _input_keys.options(num_returns=buckets)
     input_side = [split.remote(buckets, *(keys[i] for i in run))
                   for run in runs(len(keys), rows, buckets)]
-    history_side, input_side = ([[refs] if buckets == 1 else refs for refs in side]
+    history_side, input_side = ([refs_of(refs, buckets) for refs in side]
                                 for side in (history_side, input_side))
     join = _keys_in_both.options(num_returns=len(chunks))
     found = [join.remote(len(input_side), *(refs[bucket] for refs in input_side),
                          *(refs[bucket] for refs in history_side)) for bucket in range(buckets)]
-    found = [[refs] if len(chunks) == 1 else refs for refs in found]
+    found = [refs_of(refs, len(chunks)) for refs in found]
     return [[refs[index] for refs in found] for index in range(len(chunks))]
 
 
@@ -46,20 +49,15 @@ def history_in_input(history: HistorySource, spec: ModelSpec, as_of_us: int,
 def _history_keys(history: HistorySource, spec: ModelSpec, start_us: int, end_us: int,
                   buckets: int) -> pa.Array | list[pa.Array]:
     """The keys of the history rows in [start_us, end_us), cut into buckets by hash."""
-    return _by_bucket(history.keys(spec, start_us, end_us), buckets)
+    keys = history.keys(spec, start_us, end_us).combine_chunks()
+    return returned(by_bucket(keys, keys, buckets))
 
 
 @ray.remote(num_cpus=1)
 def _input_keys(buckets: int, *tables: pa.Table) -> pa.Array | list[pa.Array]:
     """The keys of a run of clean blocks, cut into buckets by hash."""
-    return _by_bucket(pa.concat_tables(tables).column(0), buckets)
-
-
-def _by_bucket(keys: pa.ChunkedArray, buckets: int) -> pa.Array | list[pa.Array]:
-    keys = keys.combine_chunks()
-    bucket = bucket_of(keys, buckets)
-    pieces = [keys.filter(pa.array(bucket == b)) for b in range(buckets)]
-    return pieces if buckets > 1 else pieces[0]
+    keys = pa.concat_tables(tables).column(0).combine_chunks()
+    return returned(by_bucket(keys, keys, buckets))
 
 
 @ray.remote(num_cpus=1)
@@ -67,5 +65,5 @@ def _keys_in_both(inputs: int, *pieces: pa.Array) -> pa.Array | list[pa.Array]:
     """One bucket: of each chunk's history keys (the pieces after the first `inputs`), those
     among the input's keys (the first `inputs` pieces)."""
     input_keys = pa.chunked_array(pieces[:inputs], type=pieces[0].type)
-    found = [keys.filter(pc.is_in(keys, value_set=input_keys)) for keys in pieces[inputs:]]
-    return found if len(found) > 1 else found[0]
+    return returned([keys.filter(pc.is_in(keys, value_set=input_keys))
+                     for keys in pieces[inputs:]])

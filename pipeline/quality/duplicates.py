@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import ray
 
-from pipeline.exchange import exchange, runs
+from pipeline.exchange import exchange, returned, runs
 
 KEYS_PER_BUCKET = 1_000_000
 """A bucket's keys, hashed in one table: pandas' `duplicated` takes about 100 ns a key up to 1M
@@ -34,9 +34,15 @@ def key_buckets(rows: int, least: int = 1) -> int:
     return max(1, least, min(-(-rows // KEYS_PER_BUCKET), MAX_BUCKETS))
 
 
-def bucket_of(keys: pa.Array | pa.ChunkedArray, buckets: int) -> np.ndarray:
+def _bucket_of(keys: pa.Array | pa.ChunkedArray, buckets: int) -> np.ndarray:
     """Each key's bucket: the same key gets the same bucket in every task and process."""
     return pd.util.hash_array(keys.to_numpy(zero_copy_only=False)) % buckets
+
+
+def by_bucket(values, keys: pa.Array | pa.ChunkedArray, buckets: int) -> list:
+    """`values` (a table or an array) cut into `buckets` by the bucket of each row's key."""
+    bucket = _bucket_of(keys, buckets)
+    return [values.filter(pa.array(bucket == b)) for b in range(buckets)]
 
 
 def split_keys(keys: Sequence[pa.Array | pa.ChunkedArray], first: int,
@@ -48,9 +54,7 @@ def split_keys(keys: Sequence[pa.Array | pa.ChunkedArray], first: int,
                   "row": pa.array(np.arange(len(column), dtype=np.int64)),
                   "key": column})
         for index, column in enumerate(keys, start=first)])
-    bucket = bucket_of(triples["key"], buckets)
-    split = [triples.filter(pa.array(bucket == b)) for b in range(buckets)]
-    return split if buckets > 1 else split[0]
+    return returned(by_bucket(triples, triples["key"], buckets))
 
 
 def copies_in_bucket(*parts: pa.Table) -> pa.Table:

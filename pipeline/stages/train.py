@@ -52,7 +52,7 @@ import ray
 from pipeline.artifacts import ArtifactStore
 from pipeline.config import PipelineConfig, SplitConfig, TrainConfig
 from pipeline.durations import parse_duration
-from pipeline.exchange import PIECE_ROWS, exchange, runs
+from pipeline.exchange import PIECE_ROWS, exchange, returned, runs
 from pipeline.model.preprocessing import FitStatistics, Preprocessor
 from pipeline.model.splits import SPLITS, test_period_start, with_splits
 from pipeline.monitoring.drift import Columns, Histogram, training_histograms
@@ -351,7 +351,7 @@ def _deal(buckets: int, seed: tuple[int, int], *tables: pa.Table):
     table = pa.concat_tables(tables)
     bucket = np.random.default_rng(seed).integers(buckets, size=table.num_rows)
     pieces = [table.filter(pa.array(bucket == index)) for index in range(buckets)]
-    return pieces[0] if buckets == 1 else pieces
+    return returned(pieces)
 
 
 def _gather_bucket(seed: tuple[int, int], *pieces: pa.Table) -> pa.Table:
