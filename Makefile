@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= configs/local.yaml
 
-.PHONY: run test test-cluster test-container install install-dev lint bench clean
+.PHONY: run test test-cluster test-container install install-dev lint bench bench-smoke bench-table clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,14 +39,24 @@ test-container: install-dev
 lint: install-dev
 	$(BIN)/ruff check pipeline tests benchmarks
 
+# Every benchmark, full size (the 10M-row ones take many minutes each; the end-to-end one an
+# hour on 2 cores), then the table in docs/benchmarks.md from their JSON results.
+BENCHMARKS := smoke train_ingest featurize audit_cost telemetry_overhead ingest end_to_end scaling
+
 bench: install-dev
-	$(BIN)/python benchmarks/featurize.py
-	$(BIN)/python benchmarks/train_ingest.py
-	$(BIN)/python benchmarks/telemetry_overhead.py
-	$(BIN)/python benchmarks/smoke.py
-	$(BIN)/python benchmarks/ingest.py
-	$(BIN)/python benchmarks/end_to_end.py --rows 1M,10M --repeats 2
-	$(BIN)/python benchmarks/scaling.py
+	for name in $(BENCHMARKS); do $(BIN)/python benchmarks/$$name.py || exit 1; done
+	$(BIN)/python benchmarks/featurize.py --scaling
+	$(BIN)/python benchmarks/table.py
+
+# Every benchmark at a tiny size through the same code (minutes in all; CI runs it): a change
+# that breaks one fails here. The numbers go to temporary folders, never to benchmarks/results.
+bench-smoke: install-dev
+	for name in $(BENCHMARKS); do $(BIN)/python benchmarks/$$name.py --smoke || exit 1; done
+	$(BIN)/python benchmarks/featurize.py --scaling --smoke
+	$(BIN)/python benchmarks/table.py --check
+
+bench-table: install-dev
+	$(BIN)/python benchmarks/table.py
 
 clean:
 	rm -rf .artifacts data

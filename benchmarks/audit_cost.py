@@ -1,87 +1,66 @@
-"""What the featurize audit costs: this checkout's stage vs a baseline commit's, in one run.
+"""What does featurize's proof cost? The stage with its time-travel audit against without, in one run.
 
-    git worktree add /tmp/baseline 17a1bf6   # the commit before the perturbation check
-    python benchmarks/audit_cost.py --baseline /tmp/baseline --rows 2000000 --repeats 3
-    # → benchmarks/results/featurize_audit_cost.json
+    python benchmarks/audit_cost.py             # 2M trips, 3 runs of each arm
+    python benchmarks/audit_cost.py --smoke     # 50k trips, one run each
 
-Each run is `benchmarks/featurize.py --engine stage` of one checkout (its own code and its own copy
-of the benchmark, on the same clean rows) in a fresh process; runs alternate baseline, this
-checkout, baseline, ... so that a machine shared with other work slows both alike. Reported: the
-stage's wall and CPU seconds and the audit's seconds (from its manifest facts), medians, and the
-ratio of this checkout's stage seconds to the baseline's.
+Both arms are `pipeline stage featurize --json` (see benchmarks/featurize.py) on the same
+validated rows, each on a fresh artifact root: `features.audit_sample` as configured (the audit
+recomputes that many sampled rows from only the data that existed at their time, and perturbs
+their label-time values) against `features.audit_sample=0` (no audit). Arms alternate. Reported:
+the stage's wall and CPU seconds per arm (medians), the audit's own seconds from the manifest,
+and the ratio of the audited stage's seconds to the unaudited one's.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from featurize import CONFIG, stage_arms
+from measure import REPO, Measurement, Summary, parse_rows, results_folder, spread
 
-def run_stage(checkout: Path, args: argparse.Namespace) -> dict:
-    """One stage run of `checkout` in a fresh interpreter; its benchmark's JSON line."""
-    with tempfile.TemporaryDirectory(prefix="audit-cost-") as work:
-        command = [sys.executable, str(checkout / "benchmarks" / "featurize.py"),
-                   "--engine", "stage", "--rows", str(args.rows), "--data", str(args.data),
-                   "--work", work]
-        # Ray puts the driver's working directory first on its workers' path: the checkout's
-        done = subprocess.run(command, capture_output=True, text=True, check=False,
-                              cwd=checkout, env={**os.environ, "PYTHONPATH": str(checkout)})
-    if done.returncode:
-        raise RuntimeError(f"{checkout} failed:\n{done.stderr[-4000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"seconds": result["seconds"], "cpu_seconds": result["cpu_seconds"],
-            "audit_seconds": result["audit"]["seconds"], "rows": result["rows"],
-            "audit": result["audit"]}
-
-
-def summary(runs: list[dict]) -> dict:
-    return {f"median_{name}": statistics.median(run[name] for run in runs)
-            for name in ("seconds", "cpu_seconds", "audit_seconds")}
+from pipeline.config import load_config
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--baseline", type=Path, required=True,
-                        help="a checkout of the baseline commit (e.g. a git worktree)")
-    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--rows", type=parse_rows, default=2_000_000)
+    parser.add_argument("--rows-per-day", type=parse_rows, default=50_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data", type=Path, default=REPO / "data" / "benchmarks")
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--results", type=Path, help="default: benchmarks/results")
+    parser.add_argument("--smoke", action="store_true", help="50k trips, one run of each arm")
     args = parser.parse_args(argv)
-    args.data.mkdir(parents=True, exist_ok=True)
-    checkouts = {"baseline": args.baseline.resolve(), "current": REPO}
-    runs: dict[str, list[dict]] = {name: [] for name in checkouts}
-    for repeat in range(args.repeats):
-        for name, checkout in checkouts.items():
-            runs[name].append(run_stage(checkout, args))
-            last = runs[name][-1]
-            print(f"{repeat + 1}/{args.repeats} {name:>8}: stage {last['seconds']:.1f} s "
-                  f"({last['cpu_seconds']:.0f} CPU s), audit {last['audit_seconds']:.1f} s",
-                  flush=True)
-    medians = {name: summary(found) for name, found in runs.items()}
-    commit = subprocess.run(["git", "-C", str(args.baseline), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True, check=False).stdout.strip()
-    results = {
-        "rows": runs["current"][0]["rows"], "rows_generated": args.rows,
-        "cpus": os.cpu_count(), "baseline_commit": commit, "repeats": args.repeats,
-        "runs": runs, "medians": medians,
-        "stage_seconds_ratio": medians["current"]["median_seconds"]
-        / medians["baseline"]["median_seconds"],
-        "stage_cpu_seconds_ratio": medians["current"]["median_cpu_seconds"]
-        / medians["baseline"]["median_cpu_seconds"],
-        "acceptance": "stage_seconds_ratio <= 1.05",
-    }
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "featurize_audit_cost.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps({k: v for k, v in results.items() if k != "runs"}, indent=2))
+    if args.smoke:
+        args.rows, args.rows_per_day, args.repeats = 50_000, 25_000, 1
+        args.data = Path(tempfile.mkdtemp(prefix="audit-smoke-data-"))
+    results_dir = results_folder(args.results, args.smoke)
+    measurement = Measurement()
+    sample = load_config(CONFIG).features.audit_sample
+    runs = stage_arms(args.rows, args.rows_per_day, args.repeats,
+                      {"audited": [], "unaudited": ["features.audit_sample=0"]}, args.data)
+    medians = {arm: {"seconds": spread([r["seconds"] for r in found]),
+                     "cpu_seconds": spread([r["cpu_seconds"] for r in found])}
+               for arm, found in runs.items()}
+    audit_seconds = statistics.median(r["audit"]["seconds"] for r in runs["audited"])
+    ratio = medians["audited"]["seconds"]["median"] / medians["unaudited"]["seconds"]["median"]
+    cpu_ratio = (medians["audited"]["cpu_seconds"]["median"]
+                 / medians["unaudited"]["cpu_seconds"]["median"])
+    results = {"rows": runs["audited"][0]["rows"], "rows_generated": args.rows,
+               "audit_sample": sample, "repeats": args.repeats, "arms": medians,
+               "audit_seconds": audit_seconds, "stage_seconds_ratio": ratio,
+               "stage_cpu_seconds_ratio": cpu_ratio, "runs": runs}
+    measurement.save(results, results_dir / "featurize_audit_cost.json", None, Summary(
+        benchmark=f"featurize audit cost, {results['rows']:,} trips, {sample} sampled rows",
+        peer="the same stage with features.audit_sample=0",
+        result=f"the audited stage takes {ratio:.2f}x the wall and {cpu_ratio:.2f}x the CPU "
+               f"seconds of the unaudited one (audit {audit_seconds:.1f} s, median of "
+               f"{args.repeats} alternating runs)"))
 
 
 if __name__ == "__main__":

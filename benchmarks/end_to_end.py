@@ -1,42 +1,43 @@
 """A whole retrain: `pipeline run` vs the plain script a team would write without it, in one run.
 
-    python benchmarks/end_to_end.py                          # 1M rows → benchmarks/results/end_to_end.{json,png}
-    python benchmarks/end_to_end.py --rows 1M,10M --repeats 2  # both sizes of the README, in one run
-    python benchmarks/end_to_end.py --rows 200k --repeats 1 --results /tmp/e2e   # a quick check
+    python benchmarks/end_to_end.py                          # 1M and 10M trips, 3 runs each
+    python benchmarks/end_to_end.py --rows 1M --repeats 1    # a quicker check
+    python benchmarks/end_to_end.py --smoke                  # 20k trips, one run each
 
 The source: configs/local.yaml's ride-share table (`ensure_dataset`, the generator `pipeline run`
 uses when the source is missing) at --rows rows over the config's 60 days, generated once before
 any timing, outside both arms, under --data (a fresh folder in /var/tmp unless given; a given one
 is reused, so a later benchmark on the same rows skips generation).
 
-Both arms run as child processes of this one, timed from spawn to exit, alternated per repetition:
+Both arms run as child processes of this one, timed from spawn to exit, in alternating order, and
+both train every epoch (`train.patience` = `train.epochs`: neither stops early, so both do the
+same training work; the best epoch's weights are kept by both):
 
 - pipeline: `python -m pipeline run -c configs/local.yaml --set dataset.source=... --set
   dataset.generate.rows=N --set artifact_root=<fresh> --json`, a first run. Per phase: ray.start
-  from the run's spans (timed apart from every stage), each stage's seconds from the JSON summary,
-  and "other" (interpreter, imports, config, run record, exit) = wall - the rest. Its test metrics
-  are evaluate's, from the same summary.
-- script: this file with --script: polars + torch, no Ray, timed per phase in the child. Torch
-  gets --torch-threads threads (default 1, as the pipeline's fit gets, in local mode too: on this
-  shared 2-core machine, 2 threads trained the small MLP 30x slower than 1, 3.8k vs 123k rows/s,
-  in their spin-waits). read + clean: the source's day partitions in [dataset.start, dataset.end),
-  then validate's rules (pipeline/quality/rules.py): nulls in any declared column, non-finite
-  floats, later copies of a row key, out-of-range values, labels before their events or more than
-  validate.max_label_delay after, events outside the range. features: the seven windows of the
-  config with the polars peer of benchmarks/featurize.py (`_groups`, `_events`: `rolling_*_by`
-  over available-at, `closed="left"`). split: pipeline/model/splits.py's rules in polars (labels
-  available before each cutoff, the embargo). train: pipeline/model/preprocessing.py's transform
-  (training-split mean/std, NaN -> 0 after standardising, vocabulary codes with 0 = unknown,
-  standardised label) and loop.py's loop (the same TabularNet, AdamW with train.lr and
-  weight_decay, MSE, batch 1024, train.epochs with train.patience on validation loss, best weights
-  kept). score: RMSE and MAE on the test period in label units.
+  (timed apart from every stage), each stage's seconds from the JSON summary, and "other"
+  (interpreter, imports, config, run record, exit) = wall - the rest. Its test metrics are
+  evaluate's; its epochs and torch threads are the train manifest's. The pipeline trains with one
+  torch thread per worker (in local mode too), which keeps its weights the same on any machine.
+- script: this file with --script: polars + torch, no Ray, timed per phase in the child, with
+  torch's default threads (every core: what a script gets unless it says otherwise, and on an
+  idle machine its fastest). read + clean: the source's day partitions in [dataset.start,
+  dataset.end), then validate's rules (pipeline/quality/rules.py): nulls in any declared column,
+  non-finite floats, later copies of a row key, out-of-range values, labels before their events
+  or more than validate.max_label_delay after, events outside the range. features: the config's
+  windows with the polars peer of benchmarks/featurize.py (benchmarks/window_peers.py). split:
+  pipeline/model/splits.py's rules in polars (labels available before each cutoff, the embargo).
+  train: pipeline/model/preprocessing.py's transform (training-split mean/std, NaN -> 0 after
+  standardising, vocabulary codes with 0 = unknown, standardised label), the same TabularNet,
+  AdamW with train.lr and weight_decay, MSE, the batch size, every epoch, the best epoch's weights
+  on validation loss, and the stage's shuffle (benchmarks/plain_torch.py). score: RMSE and MAE on
+  the test period in label units.
 
 The phases compared side by side: start-up (pipeline: ray.start + other; script: interpreter and
 imports), read + clean (ingest + validate), features (featurize, with its audit), split + train
 (train), score (evaluate, with its report and registry); and scoring alone (`scoring_s`): the
-script's score phase against evaluate's `evaluate.score` span. The wall ratio is pipeline / script per
-repetition and of the medians. The machine is shared, so the JSON records the load average before
-and after each size; quote ratios, not seconds.
+script's score phase against evaluate's `evaluate.score` span. The wall ratio is pipeline / script
+per repetition and of the medians, with and without Ray's start (the script starts none).
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,14 +57,28 @@ PROCESS_STARTED = time.perf_counter()
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from measure import parse_rows, parse_sizes, save, spread  # noqa: E402
+from measure import (  # noqa: E402
+    Measurement,
+    Summary,
+    alternated,
+    parse_rows,
+    parse_sizes,
+    pipeline_cli,
+    results_folder,
+    span_seconds,
+    spread,
+    stage_manifest,
+    timed,
+)
 
 from pipeline.config import PipelineConfig, load_config  # noqa: E402
 
-RESULTS = REPO / "benchmarks" / "results"
 CONFIG = REPO / "configs" / "local.yaml"
 STAGES = ("ingest", "validate", "featurize", "train", "evaluate")
 PHASES = ("start-up", "read + clean", "features", "split + train", "score")
+ARMS = ("script", "pipeline")
+TARGETS = {1_000_000: 1.2, 10_000_000: 0.7}
+"""Pipeline wall / script wall at most this at these sizes, test RMSE no worse."""
 PIPELINE_PHASES = {"start-up": ("ray.start", "other"), "read + clean": ("ingest", "validate"),
                    "features": ("featurize",), "split + train": ("train",),
                    "score": ("evaluate",)}
@@ -91,45 +105,36 @@ def prepare_source(rows: int, data: Path, sets: Sequence[str] = (),
     return source, time.perf_counter() - started
 
 
-def child_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
-
-
 # -- the pipeline arm ------------------------------------------------------------------------
+def every_epoch() -> list[str]:
+    """Both arms train every epoch: no early stop, so both do the same training work."""
+    return [f"train.patience={load_config(CONFIG).train.epochs}"]
+
+
 def run_pipeline(source: Path, rows: int, artifact_root: Path) -> dict:
     """One first `pipeline run` as a child process: wall, per-phase seconds, test metrics."""
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", "-c", str(CONFIG),
-         "--set", f"dataset.source={source}", "--set", f"dataset.generate.rows={rows}",
-         "--set", f"artifact_root={artifact_root}", "--json"],
-        cwd=REPO, env=child_env(), capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - started
-    if done.returncode not in (0, 3):
-        raise RuntimeError(f"pipeline run failed:\n{done.stderr[-4000:]}")
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    wall, summary = pipeline_cli(["run"], CONFIG, [
+        f"dataset.source={source}", f"dataset.generate.rows={rows}",
+        f"artifact_root={artifact_root}", *every_epoch()])
     if any(s["status"] != "ran" for s in summary["stages"]):
         raise RuntimeError(f"not a first run: {summary['stages']}")
     seconds = {s["name"]: s["seconds"] for s in summary["stages"]}
     run_dir = artifact_root / "runs" / summary["run_id"]
-    seconds["ray.start"] = span_seconds(run_dir, "ray.start")
+    seconds["ray.start"] = summary["ray_start_seconds"] or 0.0
     seconds["other"] = wall - sum(seconds.values())
     rows_of = {s["name"]: s for s in summary["stages"]}
-    return {"wall_s": wall, "seconds": seconds,
+    train = stage_manifest(summary, "train")["details"]
+    return {"wall_s": wall, "wall_without_ray_start_s": wall - seconds["ray.start"],
+            "seconds": seconds,
             "scoring_s": span_seconds(run_dir, "evaluate.score"),
             "phases_s": {phase: sum(seconds[p] for p in parts)
                          for phase, parts in PIPELINE_PHASES.items()},
             "rows": {"clean": rows_of["validate"]["rows_out"],
-                     "train_stage_out": rows_of["train"]["rows_out"],
+                     "train": train["splits"]["train"], "validation": train["splits"]["validation"],
                      "test": rows_of["evaluate"]["rows_out"]},
+            "best_epoch": train["best_epoch"], "epochs_run": train["epochs_run"],
+            "torch_threads": train["torch_threads"],
             "test_metrics": summary["test_metrics"], "run_id": summary["run_id"]}
-
-
-def span_seconds(run_dir: Path, name: str) -> float:
-    """The wall seconds of a run's spans called `name`, summed."""
-    from pipeline.telemetry.profile import load_run_spans, wall_seconds
-
-    return sum(wall_seconds(s) for s in load_run_spans(str(run_dir)) if s["name"] == name)
 
 
 # -- the script arm (runs in a child: `--script`) ---------------------------------------------
@@ -147,18 +152,18 @@ class Phases:
 
 
 def plain_script(config: PipelineConfig, source: Path, torch_threads: int) -> dict:
-    """The retrain without the pipeline: polars for data and windows, a torch loop for the MLP."""
+    """The retrain without the pipeline: polars for data and windows, a torch loop for the MLP
+    (`torch_threads` 0: torch's default)."""
     import numpy as np
     import polars as pl
     import torch
-
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from featurize import _events, _groups
+    from window_peers import events, groups
 
     from pipeline.features.windows import window_specs
     from pipeline.model.network import NetworkSpec, TabularNet
 
-    torch.set_num_threads(torch_threads)
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
     phases = Phases(PROCESS_STARTED)
     phases.done("start-up")
 
@@ -166,8 +171,8 @@ def plain_script(config: PipelineConfig, source: Path, torch_threads: int) -> di
     phases.done("read + clean")
 
     features = clean.lazy().select(config.dataset.row_key)
-    for (entity, available_at), specs in _groups(window_specs(config)).items():
-        group = _events(pl, clean.lazy(), entity, available_at, specs, config)
+    for (entity, available_at), specs in groups(window_specs(config)).items():
+        group = events(pl, clean.lazy(), entity, available_at, specs, config)
         features = features.join(group, on=config.dataset.row_key, how="left")
     table = clean.join(features.collect(), on=config.dataset.row_key, how="left")
     phases.done("features")
@@ -205,7 +210,8 @@ def plain_script(config: PipelineConfig, source: Path, torch_threads: int) -> di
                          "score": seconds["score"]},
             "rows": {"clean": clean.height, "train": splits["train"].height,
                      "validation": splits["validation"].height, "test": splits["test"].height},
-            "best_epoch": best_epoch, "epochs_run": epochs, "torch_threads": torch_threads,
+            "best_epoch": best_epoch, "epochs_run": epochs,
+            "torch_threads": torch.get_num_threads(),
             "test_metrics": metrics}
 
 
@@ -283,22 +289,18 @@ def preprocess(np, torch, config: PipelineConfig, splits: dict, numeric: list[st
 
 
 def fit(torch, network, tensors: dict, train) -> tuple[int, int]:
-    """AdamW on MSE, shuffled batches, early stopping on validation loss; keeps the best weights."""
-    features, codes, label = tensors["train"]
+    """AdamW on MSE, the stage's shuffle, train.patience on validation loss; keeps the best
+    weights. Returns (best epoch, epochs run)."""
+    from plain_torch import in_one_order, train_epoch
+
+    rows = in_one_order(tensors["train"], train.seed)
     optimizer = torch.optim.AdamW(network.parameters(), lr=train.lr,
                                   weight_decay=train.weight_decay)
     loss_fn = torch.nn.MSELoss()
     generator = torch.Generator().manual_seed(train.seed)
     best_loss, best_epoch, best_weights, waited, epoch = float("inf"), 0, None, 0, 0
     for epoch in range(1, train.epochs + 1):
-        network.train()
-        order = torch.randperm(len(label), generator=generator)
-        for start in range(0, len(label), train.batch_size):
-            batch = order[start:start + train.batch_size]
-            loss = loss_fn(network(features[batch], codes[batch]), label[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        train_epoch(network, optimizer, loss_fn, rows, train.batch_size, generator)
         network.eval()
         with torch.no_grad():
             validation = loss_fn(network(*tensors["validation"][:2]),
@@ -316,48 +318,49 @@ def fit(torch, network, tensors: dict, train) -> tuple[int, int]:
 
 def run_script(source: Path, rows: int, torch_threads: int) -> dict:
     """The plain script as a child process (this file with --script), timed from spawn to exit."""
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, __file__, "--script", "--source", str(source),
-                           "--rows", str(rows), "--torch-threads", str(torch_threads)],
-                          cwd=REPO, env=child_env(), capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - started
-    if done.returncode:
-        raise RuntimeError(f"plain script failed:\n{done.stderr[-4000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    wall, stdout = timed([sys.executable, __file__, "--script", "--source", str(source),
+                          "--rows", str(rows), "--torch-threads", str(torch_threads)])
+    result = json.loads(stdout.strip().splitlines()[-1])
     result["wall_s"] = wall
     result["phases_s"]["start-up"] += wall - sum(result["phases_s"].values())  # exit included
     return result
 
 
 # -- report ----------------------------------------------------------------------------------
-def summarise(rows: int, generation_s: float, script: list[dict], pipeline: list[dict],
-              load_before: tuple, load_after: tuple) -> dict:
-    arms = {"script": script, "pipeline": pipeline}
-    medians = {arm: spread([r["wall_s"] for r in runs]) for arm, runs in arms.items()}
+def summarise(rows: int, generation_s: float, runs: dict[str, list[dict]],
+              load: dict[str, tuple]) -> dict:
+    script, pipeline = runs["script"], runs["pipeline"]
+    medians = {arm: spread([r["wall_s"] for r in found]) for arm, found in runs.items()}
+    without_start = spread([r["wall_without_ray_start_s"] for r in pipeline])
+    rmse = {arm: spread([r["test_metrics"]["rmse"] for r in found])["median"]
+            for arm, found in runs.items()}
+    ratio = medians["pipeline"]["median"] / medians["script"]["median"]
+    target = TARGETS.get(rows)
     return {
         "rows": rows,
         "generation_s": generation_s,
         "repeats": len(script),
         "wall_s": medians,
-        "wall_ratio": medians["pipeline"]["median"] / medians["script"]["median"],
+        "wall_ratio": ratio,
         "wall_ratio_per_repeat": [p["wall_s"] / s["wall_s"] for s, p in zip(script, pipeline)],
-        "phases_s": {arm: {phase: spread([r["phases_s"][phase] for r in runs])["median"]
-                           for phase in PHASES} for arm, runs in arms.items()},
+        "wall_without_ray_start_s": without_start,
+        "wall_ratio_without_ray_start": without_start["median"] / medians["script"]["median"],
+        "phases_s": {arm: {phase: spread([r["phases_s"][phase] for r in found])["median"]
+                           for phase in PHASES} for arm, found in runs.items()},
         "scoring_s": {"script": spread([r["phases_s"]["score"] for r in script])["median"],
                       "pipeline": spread([r["scoring_s"] for r in pipeline])["median"],
                       "what": "the script's batched torch inference and metrics against "
                               "evaluate.score (its scoring tasks: read the test rows, predict, "
                               "break errors down, write the predictions), within evaluate"},
-        "test_rmse": {arm: spread([r["test_metrics"]["rmse"] for r in runs])["median"]
-                      for arm, runs in arms.items()},
-        "test_mae": {arm: spread([r["test_metrics"]["mae"] for r in runs])["median"]
-                     for arm, runs in arms.items()},
-        "target": "pipeline wall <= 2.0x script at 1M rows, <= 1.3x at 10M, RMSE no worse "
-                  "(issue 11)",
-        "torch_threads_script": script[0]["torch_threads"],
-        "runs": arms,
-        "load_average_before": load_before,
-        "load_average_after": load_after,
+        "test_rmse": rmse,
+        "test_mae": {arm: spread([r["test_metrics"]["mae"] for r in found])["median"]
+                     for arm, found in runs.items()},
+        "epochs_run": {arm: [r["epochs_run"] for r in found] for arm, found in runs.items()},
+        "torch_threads": {arm: found[0]["torch_threads"] for arm, found in runs.items()},
+        "target_wall_ratio": target,
+        "met": (ratio <= target and rmse["pipeline"] <= rmse["script"]) if target else None,
+        "load_average": load,
+        "runs": runs,
     }
 
 
@@ -375,39 +378,45 @@ def chart(results: dict, path: Path) -> None:
             bars = axis.bar([i + offset for i in range(len(PHASES))], values, width=0.4,
                             color=color,
                             label=f"{arm}: {size['wall_s'][arm]['median']:.1f}s wall, "
-                                  f"RMSE {size['test_rmse'][arm]:.2f}")
+                                  f"RMSE {size['test_rmse'][arm]:.3f}")
             axis.bar_label(bars, fmt="%.1f", fontsize=7)
         axis.set_xticks(range(len(PHASES)), PHASES, fontsize=8)
         axis.set_ylabel("seconds (median of repetitions)")
         axis.set_title(f"{size['rows']:,} rows: pipeline = {size['wall_ratio']:.2f}x the script "
-                       f"(load {size['load_average_before'][0]:.0f} to "
-                     f"{size['load_average_after'][0]:.0f})", fontsize=9)
+                       f"({size['wall_ratio_without_ray_start']:.2f}x without Ray's start)",
+                       fontsize=9)
         axis.legend(fontsize=8)
     figure.suptitle("end to end: `pipeline run` (first run) vs a plain polars + torch script, "
-                    "configs/local.yaml", fontsize=10)
+                    "configs/local.yaml, every epoch trained", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", default="1M",
+    parser.add_argument("--rows", default="1M,10M",
                         help="comma-separated row counts (k and M suffixes), each a size")
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data", type=Path, help="where sources are generated (and reused); "
                         "default: a temporary folder under /var/tmp, deleted afterwards")
-    parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--results", type=Path, help="default: benchmarks/results")
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="the script's torch threads (default 0: torch's default)")
+    parser.add_argument("--smoke", action="store_true", help="20k trips, one run of each arm; "
+                        "writes to a temporary folder")
     parser.add_argument("--script", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--source", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.script:  # the child: the plain script, its result as the last line of stdout
-        config = source_config(parse_rows(args.rows), args.source)
+        config = source_config(parse_rows(args.rows), args.source, every_epoch())
         print(json.dumps(plain_script(config, args.source, args.torch_threads)))
         return
-
-    args.results.mkdir(parents=True, exist_ok=True)
+    if args.smoke:
+        args.rows, args.repeats = "20k", 1
+    results_dir = results_folder(args.results, args.smoke)
+    measurement = Measurement()
     data = args.data or Path(tempfile.mkdtemp(prefix="end-to-end-", dir="/var/tmp"))
     work = Path(tempfile.mkdtemp(prefix="end-to-end-runs-", dir="/var/tmp"))
     sizes = {}
@@ -418,32 +427,47 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(work, ignore_errors=True)
         if args.data is None:
             shutil.rmtree(data, ignore_errors=True)
-
-    path = args.results / "end_to_end.json"
-    results = json.loads(path.read_text()) if path.exists() else {"sizes": {}}
-    results.update(config="configs/local.yaml", cpus=os.cpu_count())
-    results["sizes"].update(sizes)
-    save(results, path, chart)
-    for size in sizes.values():
-        print(json.dumps({k: v for k, v in size.items() if k != "runs"}, indent=2))
+    results = {"config": "configs/local.yaml", "sizes": sizes}
+    judged = [size for size in sizes.values() if size["met"] is not None]
+    measurement.save(results, results_dir / "end_to_end.json", chart, Summary(
+        benchmark="end to end, configs/local.yaml, first run, every epoch trained, "
+                  + " and ".join(f"{int(r):,}" for r in sizes) + " trips",
+        peer="the plain polars + torch script a team would write (same rows, network, epochs, "
+             "shuffle; torch's default threads)",
+        result="; ".join(
+            f"{int(rows):,}: pipeline {size['wall_ratio']:.2f}x the script's wall "
+            f"({size['wall_ratio_without_ray_start']:.2f}x without Ray's start), test RMSE "
+            f"{size['test_rmse']['pipeline']:.3f} vs {size['test_rmse']['script']:.3f}"
+            for rows, size in sizes.items()) + f" (median of {args.repeats})",
+        target="; ".join(f"<= {t}x at {r:,} rows" for r, t in TARGETS.items())
+        + ", RMSE no worse",
+        met=all(size["met"] for size in judged) if judged else None))
 
 
 def measure_size(rows: int, data: Path, work: Path, repeats: int, torch_threads: int) -> dict:
     """Both arms at one size, `repeats` times, alternated so that drift in load hits both."""
     source, generation_s = prepare_source(rows, data)
     load_before = os.getloadavg()
-    script, pipeline = [], []
+    runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
     for repeat in range(repeats):
-        script.append(run_script(source, rows, torch_threads))
-        script[-1]["load_average_after"] = os.getloadavg()
-        pipeline.append(run_pipeline(source, rows, work / f"artifacts-{rows}-{repeat}"))
-        pipeline[-1]["load_average_after"] = os.getloadavg()
-        shutil.rmtree(work / f"artifacts-{rows}-{repeat}")
-        print(f"{rows:,} rows, run {repeat + 1}: script {script[-1]['wall_s']:.1f}s "
-              f"(RMSE {script[-1]['test_metrics']['rmse']:.3f}), pipeline "
-              f"{pipeline[-1]['wall_s']:.1f}s (RMSE {pipeline[-1]['test_metrics']['rmse']:.3f})"
+        for arm in alternated(ARMS, repeat):
+            if arm == "script":
+                runs[arm].append(run_script(source, rows, torch_threads))
+            else:
+                root = work / f"artifacts-{rows}-{repeat}"
+                runs[arm].append(run_pipeline(source, rows, root))
+                shutil.rmtree(root)
+        script, pipeline = runs["script"][-1], runs["pipeline"][-1]
+        if script["rows"]["test"] != pipeline["rows"]["test"]:
+            raise RuntimeError(f"the arms scored other rows: {script['rows']} vs "
+                               f"{pipeline['rows']}")
+        print(f"{rows:,} rows, run {repeat + 1}: script {script['wall_s']:.1f}s "
+              f"(RMSE {script['test_metrics']['rmse']:.3f}), pipeline "
+              f"{pipeline['wall_s']:.1f}s (RMSE {pipeline['test_metrics']['rmse']:.3f})"
               f", load {os.getloadavg()[0]:.1f}", flush=True)
-    return summarise(rows, generation_s, script, pipeline, load_before, os.getloadavg())
+    return summarise(rows, generation_s, runs,
+                     {"before": load_before, "after": os.getloadavg()})
+
 
 if __name__ == "__main__":
     main()

@@ -2,6 +2,7 @@
 
     python benchmarks/ingest.py                  # 1M rows, 3 layouts → benchmarks/results/ingest.{json,png}
     python benchmarks/ingest.py --rows 200000 --repeats 1
+    python benchmarks/ingest.py --smoke          # 20k rows, one run each: does it still run
 
 The source: `generate_rideshare` trips written as hive-partitioned parquet (`day=YYYY-MM-DD/`) in
 three layouts of --rows rows each:
@@ -19,15 +20,15 @@ ingest.copy_files (tasks in parallel: their wall from first start to last end is
 
 Peer, in the same process on the same files: list them, `pyarrow.dataset.dataset(files)
 .to_table(columns=declared)`, then `pq.write_table` into one file. Its threads use the same cores
-as Ray's two CPUs. Stage and peer alternate within each repetition; medians are reported and the
-ratio is stage_s / pyarrow_s (issue 11's target: at most 1.5). The machine is shared with other
-work, so the JSON records the load average; quote ratios, not seconds.
+as Ray's two CPUs. Stage and peer alternate within each repetition, the order reversed every other
+repetition; medians are reported and the ratio is stage_s / pyarrow_s (the target: at most 1.5 on
+every layout). --smoke runs the same measurement on 20,000 rows once and writes to a temporary
+folder.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -43,17 +44,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-from measure import save, spread
+from measure import REPO, Measurement, Summary, alternated, parse_rows, results_folder, spread
 
 from pipeline.config import PipelineConfig, load_config
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 CONFIG = REPO / "configs" / "smoke.yaml"
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 LAYOUTS = {"daily-60": (60, 1), "daily-365": (365, 1), "small-3000": (60, 50)}
 """Layout name → (days, files per day)."""
 CHILD_SPANS = ("ingest.list", "ingest.check_footers", "ingest.copy_files")
+ARMS = ("stage", "pyarrow")
+TARGET = 1.5  # ratio_stage_to_pyarrow, at most, on every layout
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -179,70 +180,77 @@ def chart(results: dict, path: Path) -> None:
     right.set_title("the stage's time by child span (median)")
     right.legend(fontsize=8)
     figure.suptitle(f"ingest, {results['rows_generated']:,} rows per layout, "
-                    f"{results['cpus']} CPUs (shared machine; Ray started once, "
+                    f"{results['provenance']['cpus']} CPUs (Ray started once, "
                     f"{results['ray_init_s']:.1f}s, not counted)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
 
-def main(argv: list[str] | None = None) -> None:
+def measure(args: argparse.Namespace, work: Path) -> dict:
+    """Ray's start, then every layout: stage and peer `args.repeats` times each, alternated."""
     from pipeline.ray_cluster import ensure_ray
 
+    sources = {}
+    for name, (days, per_day) in LAYOUTS.items():
+        sources[name] = work / name
+        write_layout(args.rows, days, per_day, args.seed, sources[name])
+    columns = list(load_config(CONFIG).dataset.columns)
+    started = time.perf_counter()
+    ensure_ray(layout_config(sources["daily-60"], 60, work / "unused").cluster)
+    ray_init_s = time.perf_counter() - started
+    layouts = {}
+    for name, (days, _) in LAYOUTS.items():
+        stage, peer = [], []
+        for repeat in range(args.repeats):
+            root = work / f"{name}-{repeat}"
+            for arm in alternated(ARMS, repeat):
+                if arm == "stage":
+                    stage.append(run_stage(layout_config(sources[name], days, root / "artifacts")))
+                else:
+                    peer.append(run_pyarrow(sources[name], columns, root / "pyarrow"))
+            shutil.rmtree(root)
+        if stage[0]["rows"] != peer[0]["rows"]:
+            raise RuntimeError(f"{name}: stage wrote {stage[0]['rows']} rows, "
+                               f"pyarrow {peer[0]['rows']}")
+        layouts[name] = summarise(name, stage, peer)
+    return {"ray_init_s": ray_init_s, "layouts": layouts}
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rows", type=parse_rows, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--results", type=Path, help="default: benchmarks/results")
+    parser.add_argument("--smoke", action="store_true", help="20k rows, one run of each arm; "
+                        "writes to a temporary folder")
     args = parser.parse_args(argv)
-    args.results.mkdir(parents=True, exist_ok=True)
+    if args.smoke:
+        args.rows, args.repeats = 20_000, 1
+    results_dir = results_folder(args.results, args.smoke)
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    load_before = os.getloadavg()
+    measurement = Measurement()
     work = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
     try:
-        sources = {}
-        for name, (days, per_day) in LAYOUTS.items():
-            sources[name] = work / name
-            write_layout(args.rows, days, per_day, args.seed, sources[name])
-        columns = list(load_config(CONFIG).dataset.columns)
-        started = time.perf_counter()
-        ensure_ray(layout_config(sources["daily-60"], 60, work / "unused").cluster)
-        ray_init_s = time.perf_counter() - started
-        layouts = {}
-        for name, (days, _) in LAYOUTS.items():
-            stage, peer = [], []
-            for repeat in range(args.repeats):  # alternate which arm goes first
-                root = work / f"{name}-{repeat}"
-                for arm in ("stage", "pyarrow") if repeat % 2 == 0 else ("pyarrow", "stage"):
-                    if arm == "stage":
-                        config = layout_config(sources[name], days, root / "artifacts")
-                        stage.append(run_stage(config))
-                    else:
-                        peer.append(run_pyarrow(sources[name], columns, root / "pyarrow"))
-                shutil.rmtree(root)
-            if stage[0]["rows"] != peer[0]["rows"]:
-                raise RuntimeError(f"{name}: stage wrote {stage[0]['rows']} rows, "
-                                   f"pyarrow {peer[0]['rows']}")
-            layouts[name] = summarise(name, stage, peer)
+        measured = measure(args, work)
     finally:
         import ray
 
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
-    results = {
-        "rows_generated": args.rows,
-        "repeats": args.repeats,
-        "cpus": os.cpu_count(),
-        "ray_init_s": ray_init_s,
-        "layouts": layouts,
-        "target": "ratio_stage_to_pyarrow <= 1.5 on every layout (issue 11)",
-        "within_target": {n: r["ratio_stage_to_pyarrow"] <= 1.5 for n, r in layouts.items()},
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
-        "noise": "measured on a machine shared with other engineers' work (see load averages); "
-                 "arms alternate within each repetition; compare ratios, not seconds",
-    }
-    save(results, args.results / "ingest.json", chart)
-    print(json.dumps({k: v for k, v in results.items() if k != "layouts"}, indent=2))
+    layouts = measured["layouts"]
+    within = {name: r["ratio_stage_to_pyarrow"] <= TARGET for name, r in layouts.items()}
+    results = {"rows_generated": args.rows, "repeats": args.repeats, **measured,
+               "within_target": within}
+    ratios = ", ".join(f"{r['ratio_stage_to_pyarrow']:.2f}x on {name} ({r['files']:,} files)"
+                       for name, r in layouts.items())
+    measurement.save(results, results_dir / "ingest.json", chart, Summary(
+        benchmark=f"ingest, {args.rows:,} trips in each of {len(LAYOUTS)} layouts, stage's own "
+                  "clock, Ray started once",
+        peer="pyarrow.dataset read of the declared columns + pq.write_table, same process, "
+             "same files",
+        result=f"stage / pyarrow seconds: {ratios} (median of {args.repeats} runs, arms alternated)",
+        target=f"<= {TARGET}x pyarrow on every layout", met=all(within.values())))
 
 
 if __name__ == "__main__":

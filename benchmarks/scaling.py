@@ -3,7 +3,7 @@
     python benchmarks/scaling.py                             # 1M, 10M, 30M → benchmarks/results/scaling.{json,png}
     python benchmarks/scaling.py --sizes 1M,10M
     python benchmarks/scaling.py --sizes 10M,30M --layout longer  # → scaling-longer.{json,png}
-    python benchmarks/scaling.py --sizes 200k --repeats 1 --results /tmp/scaling   # a quick check
+    python benchmarks/scaling.py --smoke                     # 20k, 40k, one run each: does it still run
 
 Each size is configs/local.yaml's ride-share table (`ensure_dataset`, the generator `pipeline
 run` uses) at that many rows. With `--layout denser` (the default) it spans the config's 60 days,
@@ -33,10 +33,14 @@ open, from the run's trace: which stage holds the driver's peak); the peak over 
 summed RSS of all Ray processes it started (workers, raylet, GCS; shared object-store pages count
 once per process that maps them, so this overstates); the same sum over the workers only (`ray::`
 processes); and the largest VmHWM of one worker, and its largest RssAnon (a worker that reads
-blocks from the object store maps them, and VmHWM counts those shared pages). Issue 11 asks for
-per-stage cost per million rows flat or falling from 10M to 30M and the
-driver's peak flat in rows. The machine is shared, so the JSON records load averages; compare
-ratios between sizes, not seconds.
+blocks from the object store maps them, and VmHWM counts those shared pages).
+
+The largest size against the next smaller one (`largest_vs_previous`): per part, the ratio of
+their median seconds per million rows, and the ratios of the driver's median peak RSS and peak
+private memory (1.0 = flat). The target: every stage's seconds per million rows at the largest
+size at or below its median at the next smaller size (a ratio of at most 1.0); the driver's
+private peak growth is reported beside the growth in rows, not judged. --smoke runs the same
+measurement at 20k and 40k rows, once each, and writes to a temporary folder.
 """
 
 from __future__ import annotations
@@ -50,41 +54,51 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from end_to_end import CONFIG, REPO, STAGES, child_env, prepare_source, span_seconds
-from featurize import _cmdline, descendants
-from measure import parse_sizes, save, spread
+from measure import (
+    REPO,
+    Measurement,
+    Summary,
+    child_env,
+    parse_sizes,
+    results_folder,
+    span_seconds,
+    spread,
+)
+from processes import cmdline, descendants, status_bytes
 
 from pipeline.config import load_config
 
-RESULTS = REPO / "benchmarks" / "results"
+CONFIG = REPO / "configs" / "local.yaml"
+STAGES = ("ingest", "validate", "featurize", "train", "evaluate")
 PARTS = ("ray.start", *STAGES)
 LAYOUTS = ("denser", "longer")
 ALL_EPOCHS = [f"train.patience={load_config(CONFIG).train.epochs}"]
 """Every run trains every epoch: early stopping would make train's work per row depend on when a
 given shuffle stopped improving (3 to 5 epochs), not on the number of rows."""
 
+
+# -- the source ------------------------------------------------------------------------------
+def prepare_source(rows: int, data: Path, sets: Sequence[str] = (),
+                   name: str | None = None) -> tuple[Path, float]:
+    """configs/local.yaml's generated table at `rows` rows, with `sets` applied to its config
+    (reused when already there), and the seconds it took."""
+    from pipeline.datasets import ensure_dataset
+
+    source = data / (name or f"rideshare-{rows}")
+    dataset = load_config(CONFIG, [f"dataset.generate.rows={rows}", *sets]).dataset
+    started = time.perf_counter()
+    ensure_dataset(str(source), dataset.generate.kind, rows, dataset.start, dataset.end,
+                   dataset.generate.seed, cancelled_share=dataset.generate.cancelled_share)
+    return source, time.perf_counter() - started
+
+
 # -- memory ----------------------------------------------------------------------------------
-def status_bytes(pid: int) -> tuple[int, int, int]:
-    """(VmRSS, VmHWM, RssAnon) of one process in bytes; zeros once it is gone. RssAnon is the
-    process's private memory: RSS less the shared object-store pages and mapped files it has
-    touched (a process that reads every block of the training split maps all of them)."""
-    fields = {"VmRSS:": 0, "VmHWM:": 0, "RssAnon:": 0}
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                name = line.split(maxsplit=1)[0]
-                if name in fields:
-                    fields[name] = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return fields["VmRSS:"], fields["VmHWM:"], fields["RssAnon:"]
-
-
 class TreeSampler:
     """Peak memory of a driver process and the Ray processes below it, sampled in a thread."""
 
@@ -125,7 +139,7 @@ class TreeSampler:
                 self.driver_private.append((time.time_ns(), private))
                 continue
             ray_sum += rss
-            if _cmdline(pid).startswith("ray::"):
+            if cmdline(pid).startswith("ray::"):
                 workers_sum += rss
                 self.worker_hwm = max(self.worker_hwm, hwm)
                 self.worker_private_peak = max(self.worker_private_peak, private)
@@ -278,10 +292,41 @@ def chart(results: dict, path: Path) -> None:
     layout = ("60 days, denser with rows" if results["layout"] == "denser"
               else "rows per day fixed, more days with rows")
     figure.suptitle(f"scaling: first `pipeline run -c configs/local.yaml`, {layout} "
-                    f"({results['cpus']} CPUs, load {results['load_average_before'][0]:.0f} at "
-                    "start)", fontsize=10)
+                    f"({results['provenance']['cpus']} CPUs, load "
+                    f"{results['provenance']['load_average_before'][0]:.0f} at start)",
+                    fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
+
+
+def stages_within_target(trend: dict) -> bool | None:
+    """Every stage's s/M rows at the largest size at or below its median at the next smaller
+    size; None with a single size."""
+    if not trend:
+        return None
+    return all(trend["s_per_m_rows_ratio"][stage] <= 1.0 for stage in STAGES)
+
+
+def summary(results: dict) -> Summary:
+    trend = results["largest_vs_previous"]
+    rows = ", ".join(f"{size['rows']:,}" for size in results["sizes"])
+    benchmark = f"scaling, first `pipeline run` at {rows} rows ({results['layout']} layout)"
+    if trend:
+        before, last = trend["compared"]
+        ratios = ", ".join(f"{stage} {trend['s_per_m_rows_ratio'][stage]:.2f}x"
+                           for stage in STAGES)
+        result = (f"s/M rows at {last:,} over {before:,} rows: {ratios}; driver private peak "
+                  f"{trend['driver_private_peak_ratio']:.2f}x (peak RSS "
+                  f"{trend['driver_peak_ratio']:.2f}x) for {last / before:.1f}x the rows")
+    else:
+        result = "one size: nothing to compare"
+    return Summary(
+        benchmark=benchmark,
+        peer="the same pipeline at the next smaller size, in the same run",
+        result=result,
+        target="every stage's s/M rows at the largest size <= its median at the next smaller "
+               "size (driver private peak growth reported, not judged)",
+        met=stages_within_target(trend))
 
 
 def folder_bytes(folder: Path) -> int:
@@ -300,14 +345,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layout", choices=LAYOUTS, default="denser",
                         help="denser: every size over the config's 60 days; longer: the "
                              "smallest size's rows per day, over more days")
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--results", type=Path, help="default: benchmarks/results")
+    parser.add_argument("--smoke", action="store_true", help="20k and 40k rows, one run each; "
+                        "writes to a temporary folder")
     args = parser.parse_args(argv)
-    args.results.mkdir(parents=True, exist_ok=True)
+    if args.smoke:
+        args.sizes, args.repeats = "20k,40k", 1
+    results_dir = results_folder(args.results, args.smoke)
     sizes_rows = parse_sizes(args.sizes)
-
+    measurement = Measurement()
     data = args.data or Path(tempfile.mkdtemp(prefix="scaling-", dir="/var/tmp"))
     work = Path(tempfile.mkdtemp(prefix="scaling-runs-", dir="/var/tmp"))
-    load_before, sizes = os.getloadavg(), []
+    sizes = []
     try:
         for rows in sizes_rows:
             sets = stretched(rows, sizes_rows[0]) if args.layout == "longer" else []
@@ -335,18 +384,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.data is None:
             shutil.rmtree(data, ignore_errors=True)
 
-    results = {"config": "configs/local.yaml", "layout": args.layout, "cpus": os.cpu_count(),
-               "sizes": sizes,
+    results = {"config": "configs/local.yaml", "layout": args.layout, "sizes": sizes,
                "largest_vs_previous": trend(sizes),
-               "target": "per-stage s/M rows at 30M no higher than at 10M (within noise); "
-                         "driver peak memory flat in rows (issue 11)",
                "memory_method": "thread sampling /proc/<pid>/status of the driver and every "
                                 "process below it; RSS counts shared object-store pages once "
-                                "per process that maps them",
-               "load_average_before": load_before, "load_average_after": os.getloadavg()}
+                                "per process that maps them"}
     name = "scaling.json" if args.layout == "denser" else f"scaling-{args.layout}.json"
-    save(results, args.results / name, chart)
-    print(json.dumps({k: v for k, v in results.items() if k != "sizes"}, indent=2))
+    measurement.save(results, results_dir / name, chart, summary(results))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ from pipeline.model.metrics import RunningMetrics
 from pipeline.model.network import NetworkSpec, TabularNet
 
 CHECKPOINT_FILE = "state.pt"
+BATCH_COLUMNS = ("features", "categorical", "label")
+"""The encoded split's columns (`Preprocessor.encode`), in the order the loop uses them."""
 KEPT_CHECKPOINTS = 2
 """Epoch checkpoints kept: Ray Train's CheckpointConfig on the worker path, the loop in local mode."""
 _EPOCH_PREFIX = "epoch-"
@@ -174,7 +176,8 @@ def train_loop_per_worker(train_loop_config: dict[str, Any]) -> dict[str, Any]:
                       "train_rows": int(rows), "train_seconds": seconds,
                       "samples_per_second": rows / seconds if seconds > 0 else 0.0,
                       "validation": validation, "improved": improved,
-                      "attempt": state.restarts, "device": device.type, "world_size": world}
+                      "attempt": state.restarts, "device": device.type, "world_size": world,
+                      "torch_threads": torch.get_num_threads()}
             state.history.append(record)
             span.set_attributes({"train.rows": int(rows), "train.loss": record["train_loss"],
                                  "validation.loss": validation["loss"]})
@@ -202,6 +205,7 @@ def _train_epoch(model, optimizer, loss_fn, shard, config: LoopConfig, epoch: in
     # rows of every fetched chunk anew, so no two epochs step through the same batches. (One fixed
     # order for all epochs cost 1.3% test RMSE at 1M rows against a plain loop that reshuffles.)
     order = torch.Generator().manual_seed(_derive(config.seed, epoch, rank, 1))
+    attributes = {"rank": rank}
     started = last = time.perf_counter()
     for chunk in shard.iter_torch_batches(
         batch_size=fetch,
@@ -211,20 +215,21 @@ def _train_epoch(model, optimizer, loss_fn, shard, config: LoopConfig, epoch: in
     ):
         if first_batch_at is None:
             first_batch_at = time.time()
-        permutation = torch.randperm(chunk["label"].shape[0], generator=order).to(device)
-        chunk = {k: v[permutation] for k, v in chunk.items()}  # one gather, then plain slices
-        for start in range(0, chunk["label"].shape[0], config.batch_size):
-            batch = {k: v[start:start + config.batch_size] for k, v in chunk.items()}
-            output = model(batch["features"], batch["categorical"])
-            loss = loss_fn(output, batch["label"])
+        size = chunk["label"].shape[0]
+        permutation = torch.randperm(size, generator=order).to(device)
+        # one gather a chunk, then plain slices
+        features, codes, label = (chunk[name][permutation] for name in BATCH_COLUMNS)
+        for start in range(0, size, config.batch_size):
+            stop = start + config.batch_size
+            loss = loss_fn(model(features[start:stop], codes[start:stop]), label[start:stop])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            count = batch["label"].shape[0]
-            loss_sum += loss.detach().double() * count  # no .item(): keep the GPU queue full
+            count = min(stop, size) - start
+            loss_sum.add_(loss.detach(), alpha=count)  # no .item(): keep the GPU queue full
             rows += count
             now = time.perf_counter()
-            batch_seconds.record(now - last, {"rank": rank})
+            batch_seconds.record(now - last, attributes)
             last = now
     return float(loss_sum.item()), rows, time.perf_counter() - started, first_batch_at
 

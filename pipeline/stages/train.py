@@ -100,6 +100,9 @@ class TrainFacts(Facts):
     stopped_early: bool
     restarts: int
     samples_per_second: float
+    epoch_samples_per_second: list[float] = []
+    """Training samples/s of each epoch, in order (the first one also warms caches and page
+    mappings; benchmarks/train_ingest.py compares the later ones)."""
     splits: dict[str, int]
     excluded: dict[str, int]
     test_period_start: str
@@ -109,6 +112,8 @@ class TrainFacts(Facts):
     train_rows_consumed: int
     worker_count: int
     device: str
+    torch_threads: int | None = None
+    """Intra-op threads of each worker's torch (one per worker CPU in local mode too)."""
     startup_seconds: float | None
     fit_seconds: float
     weights_sha256: str
@@ -210,6 +215,7 @@ def _facts(state: dict, counts: Counter, params: TrainParams, fit_started: float
         restarts=state["restarts"],
         samples_per_second=(sum(h["train_rows"] for h in history) / train_seconds
                             if train_seconds else 0.0),
+        epoch_samples_per_second=[round(h["samples_per_second"], 1) for h in history],
         splits={name: counts[name] for name in SPLITS},
         excluded={k: v for k, v in counts.items() if k not in SPLITS},
         test_period_start=test_period_start(params.split).isoformat(),
@@ -217,6 +223,7 @@ def _facts(state: dict, counts: Counter, params: TrainParams, fit_started: float
         train_rows_consumed=history[-1]["train_rows"],
         worker_count=params.train.num_workers,
         device=history[-1]["device"],
+        torch_threads=history[-1].get("torch_threads"),
         # None when this fit resumed a run an earlier process had started
         startup_seconds=round(startup, 3) if startup and startup > 0 else None,
         fit_seconds=round(fit_seconds, 3),
