@@ -134,17 +134,17 @@ def _predict(config: PipelineConfig, args: argparse.Namespace) -> str:
     except ray.exceptions.RayTaskError as exc:
         raise exc.cause if isinstance(exc.cause, Exception) else exc from None
     finally:
-        disconnect_ray()  # a local Ray it started stops a second sooner than at exit
+        disconnect_ray()  # a local Ray it started stops sooner here than at exit
 
 
 def entry() -> None:
     """The `pipeline` command: `main`, then leave without tearing the interpreter down.
 
-    After a run, Python's own finalisation (torch, Ray, Arrow and matplotlib modules and their
-    objects) took 2.7-3 s on the 2-core machine, after every artifact, the run record and the
-    summary were written: a tenth of a smoke run. Exit handlers still run (they flush and close
-    what was registered, temporary folders included) and the standard streams are flushed; only
-    the interpreter's teardown is skipped. In-process callers (tests) use `main`."""
+    Python's own finalisation (torch, Ray, Arrow and matplotlib modules and their objects) is
+    slow and comes after every artifact, the run record and the summary are written. Exit
+    handlers still run (they flush and close what was registered, temporary folders included)
+    and the standard streams are flushed; only the interpreter's teardown is skipped. In-process
+    callers (tests) use `main`."""
     import atexit
     import logging
 

@@ -1,7 +1,7 @@
 """A stage's code version: the hash of its module and of every package module it imports.
 
 Each module counts as its syntax tree without docstrings: editing a comment or a docstring is not
-a cache miss, editing a helper is. Parsing and dumping the package's ~75 files cost about 1 s of
+a cache miss, editing a helper is. Parsing and dumping every package file is a noticeable part of
 every run's start, before Ray, even for a run that finds everything cached; so what each file's
 text comes to (its syntax digest and the modules it imports) is kept on disk, keyed by a hash of
 the text itself, not by modification times, which can repeat within a clock tick. An unreadable or

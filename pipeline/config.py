@@ -106,19 +106,21 @@ ColumnType = Literal["int8", "int32", "int64", "float32", "float64", "string", "
 
 
 class ColumnSpec(_Strict):
-    type: ColumnType
+    type: ColumnType = Field(description="the column's type; ingest refuses a file that holds "
+                             "a kind which cannot be read as it")
     known_at: Literal["event", "label"] = Field(
-        "event", description="when the value exists: at the event, or once the label is known"
+        "event", description="when the value exists: at the event, or once the label is known "
+        "(label-time columns are never read at event time)"
     )
-    required: bool = True
-    min: float | None = None
-    max: float | None = None
+    required: bool = Field(True, description="a null value quarantines the row")
+    min: float | None = Field(None, description="smaller values quarantine the row")
+    max: float | None = Field(None, description="larger values quarantine the row")
 
 
 class GenerateSpec(_Strict):
-    kind: Literal["rideshare", "orders"]
-    rows: int = Field(gt=0)
-    seed: int = 0
+    kind: Literal["rideshare", "orders"] = Field(description="which synthetic table")
+    rows: int = Field(gt=0, description="rows to generate over [dataset.start, dataset.end)")
+    seed: int = Field(0, description="the same seed and settings give the same table")
     cancelled_share: float = Field(0.0, ge=0, lt=1, description=(
         "rideshare: the share of trips cancelled (no label, no completion time)"))
 
@@ -132,15 +134,20 @@ class GenerateSpec(_Strict):
 
 class DatasetConfig(_Strict):
     source: str = Field(description="fsspec URI of hive-partitioned parquet (partition column below)")
-    storage_options: dict[str, Any] = {}
-    generate: GenerateSpec | None = None
-    partition: str = "day"
-    start: Timestamp
-    end: Timestamp
-    row_key: str
-    event_time: str
-    label: str
-    label_available_at: str
+    storage_options: dict[str, Any] = Field({}, description="fsspec options for the source "
+                                            "(credentials are never written anywhere)")
+    generate: GenerateSpec | None = Field(None, description=(
+        "generate this synthetic table when the source is missing or empty; a folder it did not "
+        "create is never written over (the run fails instead)"))
+    partition: str = Field("day", description="the hive partition column (the day a row was "
+                           "ingested); ingest prunes partitions to the range")
+    start: Timestamp = Field(description="the range [start, end) to snapshot and train on; "
+                             "ISO 8601, UTC unless it says otherwise")
+    end: Timestamp = Field(description="the end of the range, excluded")
+    row_key: str = Field(description="the column that identifies a row (unique)")
+    event_time: str = Field(description="when a prediction is made for the row")
+    label: str = Field(description="what the model predicts")
+    label_available_at: str = Field(description="when the label becomes known")
     time_unit: Literal["s", "ms", "us", "ns"] = Field(
         "us", description="unit of integer epoch time columns (timestamp columns ignore it)"
     )
@@ -149,21 +156,26 @@ class DatasetConfig(_Strict):
         "event that never got a label): quarantined, or kept as history (it feeds windows, never "
         "a split)"
     )
-    columns: dict[str, ColumnSpec]
+    columns: dict[str, ColumnSpec] = Field(description="the schema: every column the pipeline "
+                                           "reads, with its validation rules")
 
 
 Aggregation = Literal["count", "sum", "mean", "min", "max", "std", "last", "time_since_last"]
 
 
 class WindowFeature(_Strict):
-    entity: list[str]
+    entity: list[str] = Field(description="the column (or columns) whose value groups the "
+                              "window: a row's window holds its own entity's earlier rows")
     column: str | None = Field(None, description="source column; omit to count rows")
-    agg: Aggregation
-    window: PositiveDuration
+    agg: Aggregation = Field(description="what the window computes; with no value in the "
+                             "window, count gives 0 and the others null (std: below two values)")
+    window: PositiveDuration = Field(description="W: the window holds values available in "
+                                     "[t - W, t) for a row at event time t")
     available_at: Literal["event", "label"] | None = Field(
         None, description="when the source value becomes usable; defaults to the column's known_at"
     )
-    name: str | None = None
+    name: str | None = Field(None, description="the feature's column name; default "
+                             "<entity>__<column or rows>__<agg>__<window>")
 
     @field_validator("entity", mode="before")
     @classmethod
@@ -181,12 +193,13 @@ class WindowFeature(_Strict):
 class FeaturesConfig(_Strict):
     numeric: list[str] = Field([], description="event-time numeric columns fed to the model as is")
     categorical: list[str] = Field([], description="event-time columns embedded by the model")
-    windows: list[WindowFeature] = []
+    windows: list[WindowFeature] = Field([], description="point-in-time window features")
     chunk: PositiveDuration = Field(
         parse_duration("7d"), description="time span of one featurize task; each task also reads "
         "a lookback halo of the longest window, so chunks much shorter than it repeat work"
     )
-    audit_sample: int = Field(1000, ge=0)
+    audit_sample: int = Field(1000, ge=0, description="rows the time-travel audit recomputes "
+                              "in every featurize run (0: no audit)")
 
     @property
     def max_window(self) -> timedelta:
@@ -194,7 +207,8 @@ class FeaturesConfig(_Strict):
 
 
 class ValidateConfig(_Strict):
-    max_quarantined_fraction: float = Field(0.05, ge=0, le=1)
+    max_quarantined_fraction: float = Field(0.05, ge=0, le=1, description=(
+        "fail the stage when a larger share of the rows is quarantined"))
     max_label_delay: PositiveDuration = Field(
         parse_duration("1d"), description="labels later than this are implausible (and would "
         "make featurize's lookback unbounded)"
@@ -202,28 +216,39 @@ class ValidateConfig(_Strict):
 
 
 class SplitConfig(_Strict):
-    train_until: Timestamp
-    validation_until: Timestamp
-    embargo: NonNegativeDuration = timedelta(0)
+    train_until: Timestamp = Field(description="training rows have their event and their label "
+                                   "before this")
+    validation_until: Timestamp = Field(description="validation rows have their event from "
+                                        "train_until + embargo and their label before this; the "
+                                        "test period starts at validation_until + embargo")
+    embargo: NonNegativeDuration = Field(timedelta(0), description="a gap left out after each "
+                                         "cutoff, so that no window straddles two splits")
 
 
 class TrainConfig(_Strict):
-    task: Literal["regression", "binary"] = "regression"
-    num_workers: int = Field(1, ge=0)
-    """Ray Train workers; 0 runs the loop in the driver (Ray Train's local mode: no worker
-    actors, no restarts or resume; for laptops, tests and smoke runs)."""
-    use_gpu: bool = False
-    resources_per_worker: dict[str, float] = {}
-    hidden: list[Annotated[int, Field(ge=1)]] = [64, 32]
-    dropout: float = Field(0.0, ge=0, lt=1)
-    embedding_dim: int = Field(8, ge=1)
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(1024, ge=1)
-    epochs: int = Field(5, ge=1)
-    patience: int = Field(2, ge=1)
-    seed: int = 0
-    max_failures: int = Field(1, ge=0)
+    task: Literal["regression", "binary"] = Field("regression", description=(
+        "regression (MSE) or binary (a 0/1 label, log-loss)"))
+    num_workers: int = Field(1, ge=0, description=(
+        "Ray Train workers; 0 runs the loop in the driver (Ray Train's local mode: no worker "
+        "actors to start, no restart inside the run, no GPU placement by Ray; per-epoch "
+        "checkpoints under a local artifact root still let a killed run resume on its rerun)"))
+    use_gpu: bool = Field(False, description="one GPU per worker")
+    resources_per_worker: dict[str, float] = Field({}, description=(
+        "Ray resources of each worker, e.g. {CPU: 4}; its CPUs are its torch threads"))
+    hidden: list[Annotated[int, Field(ge=1)]] = Field([64, 32], description=(
+        "the MLP's hidden layer widths"))
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each hidden layer")
+    embedding_dim: int = Field(8, ge=1, description="width of each categorical embedding")
+    lr: float = Field(3e-3, gt=0, description="AdamW's learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW's weight decay")
+    batch_size: int = Field(1024, ge=1, description="training rows per step (per worker)")
+    epochs: int = Field(5, ge=1, description="at most this many passes over the training split")
+    patience: int = Field(2, ge=1, description="stop after this many epochs without a better "
+                          "validation loss (the best epoch's weights are kept)")
+    seed: int = Field(0, description="seeds every draw: initial weights, shuffles, per epoch "
+                      "and rank")
+    max_failures: int = Field(1, ge=0, description="worker-group restarts from the last "
+                              "checkpoint after a worker dies (workers >= 1)")
 
 
 class DriftConfig(_Strict):
@@ -242,7 +267,7 @@ class DriftConfig(_Strict):
 
 
 class EvaluateConfig(_Strict):
-    model_name: SafeName = "model"
+    model_name: SafeName = Field("model", description="the registry name of the model")
     min_improvement: float = Field(
         0.0, ge=0, description="relative improvement over the baseline needed to promote (0.05 = 5%)"
     )
@@ -251,11 +276,11 @@ class EvaluateConfig(_Strict):
         "to promote (0.01 = 1% better); slightly negative accepts a slightly worse model on "
         "purpose (-0.02 = up to 2% worse), never below -0.1"
     )
-    drift: DriftConfig = DriftConfig()
+    drift: DriftConfig = Field(DriftConfig(), description="drift thresholds")
     score_in_driver_max_rows: int = Field(
         200_000, ge=0, description="a test period of at most this many rows is scored in the "
         "driver process, which has torch loaded, instead of in Ray tasks whose workers each "
-        "import it first (about 2.5 s); 0: always in Ray tasks. The results are the same either "
+        "import it first; 0: always in Ray tasks. The results are the same either "
         "way, so changing it reruns nothing"
     )
 
@@ -272,15 +297,18 @@ class PredictConfig(_Strict):
     score_in_driver_max_rows: int = Field(
         200_000, ge=0, description="an input of at most this many clean rows is scored in the "
         "driver process, which imports torch while Ray starts, and only its features are "
-        "computed in Ray tasks, whose workers would each import torch first (about 2.5 s); 0: "
+        "computed in Ray tasks, whose workers would each import torch first; 0: "
         "always scored in Ray tasks. The predictions are the same either way"
     )
 
 
 class ClusterConfig(_Strict):
     address: str | None = Field(None, description="Ray address; None starts a local Ray")
-    num_cpus: int | None = Field(None, ge=1)
-    runtime_env: dict[str, Any] = {}
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray; default: "
+                                 "the machine's")
+    runtime_env: dict[str, Any] = Field({}, description=(
+        "the job's Ray runtime_env (env_vars values are masked wherever the pipeline writes "
+        "the config; Ray itself logs them, so give nodes their own credentials)"))
     shared_filesystem: bool = Field(
         False, description="local artifact_root and dataset.source paths are one filesystem that "
         "every Ray node mounts (NFS, a shared volume); without it a multi-node cluster refuses them"
@@ -288,28 +316,35 @@ class ClusterConfig(_Strict):
 
 
 class TelemetryConfig(_Strict):
-    exporter: Literal["none", "console", "jsonl", "otlp", "memory"] = "jsonl"
-    endpoint: str | None = None
-    service_name: str = "raypipe"
-    resource_attributes: dict[str, str] = {}
+    exporter: Literal["none", "console", "jsonl", "otlp", "memory"] = Field("jsonl", description=(
+        "jsonl: files in the run folder (what `pipeline profile` reads); otlp: OTLP/HTTP to "
+        "endpoint, with a local copy; console; none; memory (tests)"))
+    endpoint: str | None = Field(None, description="the OTLP/HTTP collector, e.g. "
+                                 "http://127.0.0.1:4318")
+    service_name: str = Field("raypipe", description="service.name of the spans and metrics")
+    resource_attributes: dict[str, str] = Field({}, description="added to every span's resource")
 
 
 class PipelineConfig(_Strict):
     """A whole config. Build it with `load_config` or `parse_config`, which also run
     `cross_check_problems`; validating this model alone checks each field, not how they relate."""
 
-    name: SafeName
-    artifact_root: str
-    storage_options: dict[str, Any] = {}
-    dataset: DatasetConfig
-    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
-    features: FeaturesConfig = FeaturesConfig()
-    split: SplitConfig
-    train: TrainConfig = TrainConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    predict: PredictConfig = PredictConfig()
-    cluster: ClusterConfig = ClusterConfig()
-    telemetry: TelemetryConfig = TelemetryConfig()
+    name: SafeName = Field(description="the config's name, in runs and spans (1-128 letters, "
+                           "digits, '.', '_', '-')")
+    artifact_root: str = Field(description="fsspec URI under which stages, runs and the "
+                               "registry live (.artifacts/local, s3://bucket/raypipe)")
+    storage_options: dict[str, Any] = Field({}, description="fsspec options for the artifact "
+                                            "root (credentials are never written anywhere)")
+    dataset: DatasetConfig = Field(description="the event table and its schema")
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate",
+                                      description="validate's limits")
+    features: FeaturesConfig = Field(FeaturesConfig(), description="the model's inputs")
+    split: SplitConfig = Field(description="the time split")
+    train: TrainConfig = Field(TrainConfig(), description="the network and its training")
+    evaluate: EvaluateConfig = Field(EvaluateConfig(), description="the gate and the registry")
+    predict: PredictConfig = Field(PredictConfig(), description="`pipeline predict`")
+    cluster: ClusterConfig = Field(ClusterConfig(), description="where Ray runs")
+    telemetry: TelemetryConfig = Field(TelemetryConfig(), description="OpenTelemetry export")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -47,6 +47,5 @@ def column_us(times: pa.Array | pa.ChunkedArray | np.ndarray, missing: int) -> n
 
 def day_strings(times: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     """Each timestamp's calendar day as 'YYYY-MM-DD' in the column's time zone: what
-    `pc.strftime(times, format="%Y-%m-%d")` gives, 12x faster (a cast through date32: 0.07
-    against 0.85 s for 515k rows)."""
+    `pc.strftime(times, format="%Y-%m-%d")` gives, much faster (a cast through date32)."""
     return pc.cast(pc.cast(times, pa.date32()), pa.string())

@@ -6,8 +6,7 @@ search (pieces by a hash of the row key) and train's shuffle (pieces at random) 
 
 The number of split tasks is what keeps the driver's memory flat: Ray hands a task result under
 100 KB to the memory of the process that called the task, not to the object store, so pieces of a
-few hundred rows put most of the exchanged table in the driver (930 MB of private memory for a
-10M-row training split over 600 daily tables, against 390 MB over 60). Runs are made long enough
+few hundred rows would put most of the exchanged table in the driver. Runs are made long enough
 that a piece holds about `PIECE_ROWS` rows, whatever the number and size of the inputs.
 """
 

@@ -14,9 +14,9 @@ from pipeline.config import ClusterConfig
 ARROW_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system"}
 _CONNECTED = []  # non-empty once ensure_ray has connected this process (disconnect_ray undoes it)
 
-# Ray tries a cluster's GCS 20 times a second apart, and each try at an address where nothing
-# listens waits about 35 s more: a mistyped address or a missing token cost a user 20 s to minutes.
-# A reachable head answers the first try; a few more cover a head that is still starting.
+# By default Ray retries a cluster's GCS many times, each try at an address where nothing listens
+# waiting long, so a mistyped address or a missing token would hang for minutes. A reachable head
+# answers the first try; a few more cover a head that is still starting.
 _CONNECT_TRIES = "5"
 _PORT_CHECK_S = 3.0
 TOKEN_HELP = ("Ray 2.60 clusters use token auth: give this process RAY_AUTH_MODE=token and the "
@@ -34,7 +34,6 @@ def ensure_ray(cluster: ClusterConfig) -> None:
     if ray.is_initialized():
         return
     # pyarrow's default allocator keeps freed memory per worker; the system one returns it
-    # (measured: featurize's per-worker peak 807 -> 512 MB on 10M rows)
     options = {"include_dashboard": False, "log_to_driver": True}
     if cluster.address or cluster.runtime_env:
         runtime_env = dict(cluster.runtime_env)
@@ -45,7 +44,7 @@ def ensure_ray(cluster: ClusterConfig) -> None:
     else:
         # A local Ray's workers inherit this process's environment. Without a job runtime_env,
         # the workers the raylet prestarts (one per CPU) take the first tasks at once; with one,
-        # the first tasks wait for new workers to start (measured: 0.7 s against 2.2-3.2 s).
+        # the first tasks wait for new workers to start.
         with _environment_all(ARROW_ENV):
             ray.init(num_cpus=cluster.num_cpus, **options)
     _CONNECTED.append(True)
@@ -138,7 +137,7 @@ def disconnect_ray() -> None:
 
 
 def shutdown_ray() -> None:
-    """`ray.shutdown()`, a second faster for a Ray this process started (see below)."""
+    """`ray.shutdown()`, quicker for a Ray this process started (see below)."""
     import ray
 
     _stop_autoscaler_monitor()
@@ -149,10 +148,10 @@ def _stop_autoscaler_monitor() -> None:
     """Kill the autoscaler monitor of a Ray this process started, before `ray.shutdown`.
 
     Ray stops its processes one after the other, the GCS before the monitor, whose SIGTERM
-    handler then tries to report to the stopped GCS until Ray kills it a second later: 1.0 of
-    shutdown's 1.5 s on the 2-core machine. The monitor of a local, single-node Ray autoscales
-    nothing, so it is killed first, by its process handle (Ray 2.60's private `_global_node`;
-    on another version this does nothing and shutdown takes its usual time).
+    handler then tries to report to the stopped GCS until Ray kills it, which is most of
+    shutdown's time. The monitor of a local, single-node Ray autoscales nothing, so it is killed
+    first, by its process handle (Ray 2.60's private `_global_node`; on another version this
+    does nothing and shutdown takes its usual time).
     """
     import ray
 

@@ -3,23 +3,21 @@
 Each task reads its file's test rows with a pyarrow filter (row groups outside the period are
 skipped by their statistics), loads the models only if rows remain, predicts them all in one
 pass, and writes its scored rows as one part of the predictions. Plain tasks start on Ray's
-already running workers; a Ray Data actor pool (the previous design) started its own process per
-run, which dominated evaluate's wall time on small tables. Files are independent, so a large
-table spreads over the cluster, one file per CPU at a time.
+already running workers, where a Ray Data actor pool would start its own process per run, which
+dominates evaluate's wall time on small tables. Files are independent, so a large table spreads
+over the cluster, one file per CPU at a time.
 
 A small test period is scored in the driver instead, file after file by the same function
 (`evaluate.score_in_driver_max_rows`): the driver has torch loaded already, while each Ray
-worker that scores imports it first (3.7 s of a 5.5 s evaluate on the smoke run, where the driver
-scores its 4,400 rows in 0.2 s). The driver then holds one file's test rows at a time, bounded by
-that setting, not by the table.
+worker that scores imports it first, which costs far more than scoring a few thousand rows. The
+driver then holds one file's test rows at a time, bounded by that setting, not by the table.
 
 No rows are gathered in the driver: each task (or call) sends back its row count, running
 metrics per model (`pipeline.model.metrics.RunningMetrics`), an error breakdown
 (`pipeline.monitoring.breakdown`: loss by day and by slice, and a bounded sample) and the drift
-counts of its rows (`pipeline.monitoring.drift`: the test rows binned in the same read, where a
-second round of tasks once read every file again). Gathering the
-scored rows instead grew the driver's memory with the test period (87 MB more at 10M source
-rows, in a probe sampling the driver's private memory during the run).
+counts of its rows (`pipeline.monitoring.drift`: the test rows binned in the same read, so no
+second round of tasks reads every file again). Gathering the scored rows would grow the driver's
+memory with the test period.
 """
 
 from __future__ import annotations

@@ -146,7 +146,7 @@ class StageContext(Generic[P, F]):
     def task(self, work: Callable, span: str | None) -> Any:
         """`work` as a one-CPU Ray task run inside a span of this stage. Stages use plain tasks
         over their part files rather than Ray Data where a pass is one map: a Ray Data
-        execution costs a second or more of planning and start-up, a task milliseconds."""
+        execution pays for planning and start-up that a plain task does not."""
         import ray
 
         return ray.remote(num_cpus=1)(self.traced(work, span))

@@ -120,6 +120,6 @@ def generate_orders(rows: int, start: datetime, end: datetime, seed: int) -> pa.
 
 
 def labelled_ids(prefix: str, numbers: np.ndarray, width: int) -> pa.Array:
-    """'prefix' + zero-padded number, built in Arrow compute: fast at 10M rows, unlike Python."""
+    """'prefix' + zero-padded number, built in Arrow compute: fast on millions of rows, unlike Python."""
     digits = pc.utf8_lpad(pc.cast(pa.array(numbers), pa.string()), width=width, padding="0")
     return pc.binary_join_element_wise(prefix, digits, "")

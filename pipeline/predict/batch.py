@@ -241,10 +241,8 @@ def _scored(job: ChunkJob, store: ArtifactStore, checked: CheckedInput,
     (`pipeline.exchange`) whose split tasks cut runs of clean blocks by chunk window; and the keys
     of the history rows it reads that the input holds too (`join`).
 
-    Plain tasks run on Ray's already started workers. The Ray Data pipeline with a one-actor
-    pool this replaces planned an execution and started a new process for the model on every
-    call: with Ray already running, tests/test_predict.py's two calls on a day of events took
-    23.0 s, and take 5.5 s with tasks.
+    Plain tasks run on Ray's already started workers, where a Ray Data pipeline with a one-actor
+    pool would plan an execution and start a new process for the model on every call.
     """
     chunks = checked.chunks(job.spec)
     windows = [(chunk.halo_start_us, chunk.end_us) for chunk in chunks]

@@ -7,7 +7,7 @@ buckets by a hash of the key, one task per bucket finds the later copies, and on
 come back to the driver: its memory does not grow with the table. Buckets hold about
 `KEYS_PER_BUCKET` keys each, so neither does a bucket task's.
 
-Validate reads its inputs' keys from the snapshot's files, predict from the blocks Ray Data read;
+Validate reads its inputs' keys from the snapshot's files, predict from the blocks its tasks read;
 both search with `later_copies`, splitting with `split_keys` and merging with `copies_in_bucket`.
 """
 
@@ -23,8 +23,8 @@ import ray
 from pipeline.exchange import exchange, returned, runs
 
 KEYS_PER_BUCKET = 1_000_000
-"""A bucket's keys, hashed in one table: pandas' `duplicated` takes about 100 ns a key up to 1M
-keys, 230 ns at 2M and 435 ns at 15M (each probe then misses the CPU's cache)."""
+"""A bucket's keys, hashed in one table: pandas' `duplicated` slows per key once the table
+outgrows the CPU's cache (each probe then misses it), so large inputs are split into buckets."""
 MAX_BUCKETS = 256  # runs x buckets objects pass through the object store
 
 

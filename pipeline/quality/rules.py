@@ -83,7 +83,7 @@ def row_reasons(table: pa.Table, dataset: TableSchema, max_label_delay: timedelt
     kept_unlabeled = {dataset.label: history, dataset.label_available_at: history}
     reasons = np.full(n, None, dtype=object)
     details = np.full(n, None, dtype=object)
-    # rows with a reason so far (casting `reasons` to bool per rule cost 0.5 s a 500k-row file)
+    # rows with a reason so far (cheaper than casting the object array `reasons` to bool per rule)
     flagged = np.zeros(n, bool)
 
     def flag(mask: np.ndarray, reason: str, detail) -> None:

@@ -167,7 +167,7 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
                 evaluate_cache_key=ctx.cache_key, evaluate_code_version=STAGE.code_version))
 
     def report_page(version: str) -> str:
-        with ctx.telemetry.span("evaluate.report"):  # matplotlib: about 0.5 s a figure
+        with ctx.telemetry.span("evaluate.report"):  # matplotlib's figures take a while
             return render(report, version)
 
     with ctx.telemetry.span("evaluate.register"):

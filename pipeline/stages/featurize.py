@@ -180,8 +180,8 @@ def run(ctx: StageContext[FeaturizeParams, FeaturizeFiles]) -> StageResult[Featu
         rows_in = validated.rows_out  # the clean rows
         span.set_attributes({"chunks": len(chunks), "rows": rows_in})
 
-    # plain tasks, one per chunk: a Ray Data pipeline over the chunk list cost 2-3 s of
-    # start-up per run for no gain (a chunk is already the unit of work)
+    # plain tasks, one per chunk: a Ray Data pipeline over the chunk list would add start-up
+    # time for no gain (a chunk is already the unit of work)
     with ctx.telemetry.span("featurize.compute", {"chunks": len(chunks)}):
         task = ctx.task(featurize_chunk, "featurize.chunk")
         shared_job = ray.put(job)
@@ -231,7 +231,7 @@ def featurize_chunk(chunk: dict[str, int], job: Job) -> dict[str, Any]:
     ), roles)
     sources = pa.concat_tables([halo, rows.select(params.source_columns)])
     table, result = features_table(rows, sources, params, job.kernel)
-    if table.num_rows:  # dictionary pages only where values repeat: 2x faster writes
+    if table.num_rows:  # dictionary pages only where values repeat: faster writes
         pq.write_table(table, posixpath.join(job.output, f"part-{chunk.index:05d}.parquet"),
                        filesystem=job.filesystem, use_dictionary=params.repeating_columns)
     current_span().set_attributes({"chunk.index": chunk.index,

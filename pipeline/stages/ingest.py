@@ -236,7 +236,7 @@ def _copy_files(fs: fsspec.AbstractFileSystem, files: list[str], schema: pa.Sche
     """Stream the declared columns of `files`, in order, into the snapshot's part `index`.
     Batches are buffered up to _BATCH_ROWS rows per row group, so a task holds about one row
     group at a time and many small source files still make a few large row groups (a row group
-    per source batch would make 3,000 small files 3,000 tiny groups, slow to write and to read).
+    per source batch would give every small file its own tiny group, slow to write and to read).
     Files are read through Arrow's own filesystem (native I/O locally, fsspec elsewhere)."""
     rows, pending, pending_rows = 0, [], 0
     source = arrow_filesystem(fs)

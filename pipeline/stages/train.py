@@ -9,10 +9,10 @@ order-preserving data, deterministic kernels).
 
 `train.num_workers: 0` is Ray Train's local mode: the same loop runs in the driver process, with no
 controller or worker actors. Those actors (the controller, a worker per rank, and Ray Train's and
-Ray Data's helper actors: six new processes for one worker) took 13-15 s to start on the 2-core
-machine, and a 1M-row local run 80.7 s instead of 49.9 s. Local mode keeps the per-epoch
-checkpoints (under `train_runs/<cache key>/local-mode` with a local artifact root) and resumes
-from them after a kill. It gives up what the actors give: no restart inside the run after a
+Ray Data's helper actors: several new processes even for one worker) are slow to start, a large
+share of a run on one small machine. Local mode keeps the per-epoch checkpoints (under
+`train_runs/<cache key>/local-mode` with a local artifact root) and resumes from them after a
+kill. It gives up what the actors give: no restart inside the run after a
 failure (the rerun resumes), no GPU placement by Ray, no isolation from the driver, one process.
 The default for one machine (configs/local.yaml, smoke); `num_workers >= 1` is the cluster path.
 
@@ -319,7 +319,7 @@ def encode_split(ctx: StageContext[TrainParams, TrainFiles], parts: list[ray.Obj
     if shuffle is not None:
         encoded = shuffled(ctx, encoded, *shuffle)
     ray.wait(encoded, num_returns=len(encoded), fetch_local=False)  # done before fit starts
-    from ray.data import from_arrow_refs  # not at the top: 0.35-0.9 s before Ray's start
+    from ray.data import from_arrow_refs  # not at the top: slow, it would delay Ray's start
 
     return from_arrow_refs(encoded)
 
@@ -405,9 +405,9 @@ def _local_mode_checkpoints(store: ArtifactStore, key: str, local_mode: bool):
 @contextlib.contextmanager
 def _worker_threads(torch, settings: TrainConfig, local_mode: bool) -> Iterator[None]:
     """In local mode, torch gets the threads one Ray Train worker would (its CPUs in
-    `resources_per_worker`, default 1) for the fit, not every core of the driver's machine
-    (measured at 1M rows on 2 cores: fit 12.2 s with one thread, 16.6 s with torch's default
-    two; the plain script's loop under load ran 30x slower with two, benchmarks/end_to_end.py)."""
+    `resources_per_worker`, default 1) for the fit, not every core of the driver's machine: a
+    thread count that follows the machine would make the weights follow it too (kernels sum in
+    another order), and the threads would compete with Ray's own processes."""
     if not local_mode:
         yield
         return

@@ -55,8 +55,8 @@ def worker_providers(spec: TelemetrySpec) -> Providers | None:
     with _WORKER_LOCK:
         if key not in _WORKER_PROVIDERS:
             # No shutdown at exit: every outermost worker_span flushes what it recorded, and a
-            # final OTLP export at exit retried a collector that had gone for 8 s (a local-mode
-            # training loop builds these in the driver, which outlives the run's collector).
+            # final OTLP export at exit would keep retrying a collector that has gone (a
+            # local-mode training loop builds these in the driver, which outlives the collector).
             _WORKER_PROVIDERS[key] = build_providers(spec, "worker")
         return _WORKER_PROVIDERS[key]
 

@@ -122,7 +122,8 @@ def _rows(bars: list[_Bar], lanes: dict[str, Lane]) -> dict[Lane, list[list[_Bar
 
 def render_timeline_png(spans: list[dict], path: str) -> str:
     """One lane per process, grouped by node; bars coloured by stage (hatched when cached, red
-    edge on error). Bars are at least 0.6% of the run wide, so a 2 ms cached stage still shows."""
+    edge on error). Bars are at least 0.6% of the run wide, so a near-instant cached stage still
+    shows."""
     # The object API with Figure (no pyplot): renders with Agg, touches no global backend state.
     import matplotlib
     from matplotlib.figure import Figure

@@ -10,10 +10,9 @@ where the inbox is an actor, for the actor to take the event (at most `PUSH_WAIT
 
 Two inboxes, one contract:
 - on a Ray of this machine alone, a UDP socket of the driver on 127.0.0.1: workers send it
-  datagrams carrying a per-process token (anything else is dropped). No process to start: the
-  actor below took one of the two workers Ray prestarts on the 2-core machine, and starting it
-  competed with the first stage's tasks (smoke run 18.6-19.0 s with it, 16.7-18.8 s without, 3
-  runs each);
+  datagrams carrying a per-process token (anything else is dropped). No process to start: an
+  actor would take one of the few workers Ray prestarts, and starting it would compete with the
+  first stage's tasks;
 - joined to a cluster, whose workers may be on other hosts, an actor (`ProgressInbox`) that the
   workers push to and the driver drains through Ray.
 """
