@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from featurize import CONFIG, stage_arms
 from measure import REPO, Measurement, Summary, parse_rows, results_folder, spread
 
-from pipeline.config import load_config
+from pipeline.core.config import load_config
 
 
 def main(argv: list[str] | None = None) -> None:

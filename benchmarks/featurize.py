@@ -61,7 +61,7 @@ from measure import (
 )
 from processes import TreePeaks
 
-from pipeline.config import PipelineConfig, load_config
+from pipeline.core.config import PipelineConfig, load_config
 from pipeline.features.windows import window_specs
 
 CONFIG = REPO / "configs" / "local.yaml"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, load_config, parse_config
+from pipeline.core.config import ConfigError, load_config, parse_config
 from tests.conftest import REPO, SMOKE
 
 
@@ -221,9 +221,9 @@ def test_set_errors_name_the_set(tmp_path):
 
 
 def test_config_reference_is_generated_from_the_models():
-    """docs/config.md is what `python -m pipeline.config_reference` prints: a key added or
-    described anew in pipeline/config.py reaches the reference, or this fails."""
-    from pipeline.config_reference import reference
+    """docs/config.md is what `python -m pipeline.core.config_reference` prints: a key added or
+    described anew in pipeline/core/config.py reaches the reference, or this fails."""
+    from pipeline.core.config_reference import reference
 
     assert (REPO / "docs" / "config.md").read_text() == reference(), \
-        "docs/config.md is not current: python -m pipeline.config_reference > docs/config.md"
+        "docs/config.md is not current: python -m pipeline.core.config_reference > docs/config.md"

@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.core.timestamps import to_us
 from pipeline.datasets.rideshare import (
     categorical,
     day_strings,
@@ -43,7 +44,6 @@ from pipeline.datasets.rideshare import (
     with_duplicates,
     with_nulls,
 )
-from pipeline.epoch import to_us
 
 WAREHOUSES = [
     "AMS1", "BER1", "BER2", "CDG1", "FRA1", "LHR1", "LHR2", "MAD1", "MIL1", "VIE1", "WAW1", "ZRH1"

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
-from pipeline.epoch import US_PER_DAY, column_us, from_us
+from pipeline.core.timestamps import US_PER_DAY, column_us, from_us
 
 DAY = "day"
 """The dimension of the event time's UTC day (YYYY-MM-DD)."""

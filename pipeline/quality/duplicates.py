@@ -2,7 +2,7 @@
 
 A row whose key was seen earlier in the table is a duplicate; the first occurrence (first input,
 then row order) is kept, so the result is deterministic. The search is a hash partition of the key
-column (`pipeline.exchange`): tasks over runs of inputs split their (input, row, key) triples into
+column (`pipeline.engine.exchange`): tasks over runs of inputs split their (input, row, key) triples into
 buckets by a hash of the key, one task per bucket finds the later copies, and only their positions
 come back to the driver: its memory does not grow with the table. Buckets hold about
 `KEYS_PER_BUCKET` keys each, so neither does a bucket task's.
@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import ray
 
-from pipeline.exchange import exchange, returned, runs
+from pipeline.engine.exchange import exchange, returned, runs
 
 KEYS_PER_BUCKET = 1_000_000
 """A bucket's keys, hashed in one table: pandas' `duplicated` slows per key once the table

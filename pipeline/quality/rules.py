@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.config import ColumnSpec
-from pipeline.epoch import column_us, to_us
-from pipeline.schema import TableSchema
+from pipeline.core.config import ColumnSpec
+from pipeline.core.schema import TableSchema
+from pipeline.core.timestamps import column_us, to_us
 
 CANONICAL_TIME = pa.timestamp("us", tz="UTC")
 _ARROW_TYPES = {

@@ -45,19 +45,16 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
 
-from pipeline.artifacts import ArtifactStore
-from pipeline.config import PipelineConfig, SplitConfig, TrainConfig
-from pipeline.durations import parse_duration
-from pipeline.exchange import PIECE_ROWS, exchange, returned, runs
-from pipeline.model.preprocessing import FitStatistics, Preprocessor
-from pipeline.model.splits import SPLITS, test_period_start, with_splits
-from pipeline.monitoring.drift import Columns, Histogram, training_histograms
-from pipeline.schema import Roles
-from pipeline.stage import (
+from pipeline.core.config import PipelineConfig, SplitConfig, TrainConfig
+from pipeline.core.durations import parse_duration
+from pipeline.core.formatting import fmt
+from pipeline.core.schema import Roles
+from pipeline.engine.artifacts import ArtifactStore
+from pipeline.engine.exchange import PIECE_ROWS, exchange, returned, runs
+from pipeline.engine.stage import (
     Facts,
     Files,
     Folder,
@@ -68,9 +65,11 @@ from pipeline.stage import (
     StageResult,
     top_reasons,
 )
+from pipeline.model.preprocessing import FitStatistics, Preprocessor
+from pipeline.model.splits import SPLITS, test_period_start, with_splits
+from pipeline.monitoring.drift import Columns, Histogram, training_histograms
 from pipeline.stages.featurize import STAGE as FEATURIZE
 from pipeline.stages.featurize import FeaturizeFacts
-from pipeline.trace_format import fmt
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +145,7 @@ def run(ctx: StageContext[TrainParams, TrainFiles]) -> StageResult[TrainFacts]:
     facts: FeaturizeFacts = featurize.facts
     with ctx.telemetry.span("train.splits") as span:
         parts = split_rows(ctx, featurize.files.data, facts)
-        counts, key_type = write_splits(ctx, parts, ctx.output.splits)
+        counts, key_type = write_splits(ctx, parts, ctx.files.splits)
         span.set_attributes({f"rows.{name}": n for name, n in counts.items()})
     if sum(counts.values()) != featurize.rows_out:
         raise ValueError(f"read {sum(counts.values())} rows, featurize published "
@@ -180,7 +179,7 @@ def run(ctx: StageContext[TrainParams, TrainFiles]) -> StageResult[TrainFacts]:
                                weights_only=True)
     state, best = saved["state"], saved["best_network"]
     checksum = weights_checksum(best)
-    save_model(store.fs, ctx.output.model, loop.network, best, preprocessor,
+    save_model(store.fs, ctx.files.model, loop.network, best, preprocessor,
                {"best_epoch": state["best_epoch"], "row_key": params.roles.row_key,
                 "event_time": params.roles.event_time, "weights_sha256": checksum},
                history=state["history"])
@@ -243,7 +242,7 @@ def split_rows(ctx: StageContext[TrainParams, TrainFiles], path: str,
     roles = ctx.params.roles
     columns = list(dict.fromkeys([roles.row_key, roles.event_time, roles.label_available_at,
                                   roles.label, facts.packed_column, *facts.categorical_columns]))
-    files = sorted(p for p in ctx.store.fs.find(path) if p.endswith(".parquet"))
+    files = ctx.store.parquet_files(path)
     read = ctx.task(_read_with_splits, "train.read_file")
     return [read.remote(ctx.store, file, columns, ctx.params) for file in files]
 
@@ -336,7 +335,7 @@ def _encode_part(part: pa.Table, name: str, preprocessor: Preprocessor, label: s
 
 def shuffled(ctx: StageContext, tables: list[ray.ObjectRef], seed: int, rows: int,
              workers: int) -> list[ray.ObjectRef]:
-    """`tables`' rows in a seeded global shuffle, an exchange (`pipeline.exchange`) as Ray Data's
+    """`tables`' rows in a seeded global shuffle, an exchange (`pipeline.engine.exchange`) as Ray Data's
     `random_shuffle` does it, without its planning: dealers over runs of consecutive tables deal
     their rows at random among the buckets; each bucket gathers its pieces from every dealer and
     permutes them. The same seed and tables give the same order.
@@ -458,8 +457,7 @@ def explain(question: RowQuestion) -> list[str]:
     """The split the row fell into and the rule that put it there."""
     params: TrainParams = question.params
     split = params.split
-    splits = pads.dataset(question.output.files.splits, filesystem=question.store.arrow_filesystem(),
-                          format="parquet").to_table(filter=question.where())
+    splits = question.rows(question.output.files.splits)
     why = {
         "train": f"event and label both before train_until {fmt(split.train_until)}",
         "validation": f"event in [train_until + embargo {fmt(split.embargo)}, validation_until "

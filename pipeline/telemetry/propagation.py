@@ -112,7 +112,7 @@ def worker_span(
 
 def _report_progress(outbox, name: str, span: trace.Span) -> None:
     """Tell the driver's progress display that this span's work is done (`outbox` is a
-    `pipeline.terminal.progress.Outbox`; a lost event only makes the display lag)."""
+    `pipeline.engine.progress.Outbox`; a lost event only makes the display lag)."""
     attributes = dict(getattr(span, "attributes", None) or {})
     outbox.push({"name": name, "attributes": attributes})
 

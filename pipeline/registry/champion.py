@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.artifacts import MODEL_JSON, ArtifactStore
-from pipeline.registry import CHAMPION, alias_head, decision, version
-from pipeline.stages.featurize import STAGE as FEATURIZE
+from pipeline.engine.artifacts import MODEL_JSON, ArtifactStore
+from pipeline.registry.store import CHAMPION, alias_head, decision, version
+
+if TYPE_CHECKING:
+    from pipeline.engine.stage import Stage
 
 IDENTITY = ("featurize", "train")  # the upstream outputs that make a candidate what it is
 
@@ -56,8 +58,9 @@ class ChampionPlan:
 
 
 def plan(store: ArtifactStore, model: str, champion: str, current_spec: dict[str, Any],
-         current_features: str, label: str, task: str) -> ChampionPlan:
-    """Where the champion can be scored: on the current features, on its own, or nowhere."""
+         current_features: str, label: str, task: str, featurize: Stage) -> ChampionPlan:
+    """Where the champion can be scored: on the current features, on its own (the output of
+    the `featurize` stage its lineage names), or nowhere."""
     model_dir = store.registry_path(model, champion, "model")
     meta = store.read_json(posixpath.join(model_dir, MODEL_JSON))
     if (meta.get("label"), meta.get("task")) != (label, task):
@@ -66,7 +69,7 @@ def plan(store: ArtifactStore, model: str, champion: str, current_spec: dict[str
             f"({task})"))
     categorical = tuple(meta.get("categorical_columns", ()))
     entry = version(store, model, champion)
-    own = store.find(FEATURIZE.name, entry.get("lineage", {}).get("featurize", {})
+    own = store.find(featurize.name, entry.get("lineage", {}).get("featurize", {})
                      .get("cache_key", ""))
     spec = entry.get("features") or (feature_spec(own.manifest["params"]) if own else None)
     if spec is None:
@@ -80,7 +83,7 @@ def plan(store: ArtifactStore, model: str, champion: str, current_spec: dict[str
         return ChampionPlan(champion, model_dir, not_scored=(
             f"its features differ from the current ones ({difference}) and its own featurize "
             "output is no longer in the artifact store"))
-    return ChampionPlan(champion, model_dir, FEATURIZE.output(own).files.data, categorical,
+    return ChampionPlan(champion, model_dir, featurize.output(own).files.data, categorical,
                         scored_on=f"its own features (featurize {own.manifest['cache_key']}; "
                                   f"{difference})")
 

@@ -10,7 +10,7 @@ A stage declares
 - `explain`: what its own output says about one row, which `pipeline trace` assembles.
 
 Its code version is derived, never declared: the hash of its module and of every module of the
-package that module imports, transitively (`pipeline.code_version`). Everything cross-cutting
+package that module imports, transitively (`pipeline.engine.code_version`). Everything cross-cutting
 (cache keys, manifests, atomic publish, spans, row accounting) belongs to the runner, so no stage
 can forget it.
 """
@@ -22,16 +22,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.code_version import code_version
-from pipeline.node_credentials import naming_node
+from pipeline.engine.code_version import code_version
+from pipeline.engine.node_credentials import naming_node
 from pipeline.telemetry import traced
 
 if TYPE_CHECKING:
-    from pipeline.artifacts import Artifact, ArtifactStore
-    from pipeline.config import PipelineConfig
+    from pipeline.core.config import PipelineConfig
+    from pipeline.engine.artifacts import Artifact, ArtifactStore
     from pipeline.telemetry import Telemetry
 
 
@@ -60,6 +61,12 @@ class Facts(BaseModel):
     def headline(self) -> str:
         """A few words for the stage's result line (the top quarantine reasons, ...); '' for none."""
         return ""
+
+    def run_outcome(self, store: ArtifactStore) -> dict[str, Any]:
+        """What this output means for the run as a whole, once the run is done: merged into the
+        run's summary, its JSON and its run record (`rejected: true` there makes `pipeline run`
+        exit 3). Most stages add nothing."""
+        return {}
 
 
 def top_reasons(counts: Mapping[str, int], shown: int = 3) -> str:
@@ -119,7 +126,7 @@ class StageContext(Generic[P, F]):
     params: P
     store: ArtifactStore
     inputs: Mapping[str, Output]
-    output: F
+    files: F
     """The staging directory's layout: what the stage writes, published when run returns."""
     telemetry: Telemetry
     run_id: str
@@ -128,7 +135,7 @@ class StageContext(Generic[P, F]):
     """The external inputs its cache key hashed (`Stage.external_inputs`): the stage works from
     these, not from a second look that could see something newer."""
     progress: Any = None
-    """The outbox of the driver's progress inbox (`pipeline.terminal.progress`), or None: where
+    """The outbox of the driver's progress inbox (`pipeline.engine.progress`), or None: where
     worker spans report."""
 
     def input(self, stage: Stage[Any, Any, Any]) -> Output:
@@ -137,7 +144,7 @@ class StageContext(Generic[P, F]):
     def traced(self, work: Callable, span: str | None) -> Callable:
         """`work` run in Ray (a task, a Ray Data function or class, a Train loop) inside a span
         of this stage (see `pipeline.telemetry.traced`); a node without object-storage
-        credentials is named (`pipeline.node_credentials`)."""
+        credentials is named (`pipeline.engine.node_credentials`)."""
         carrier = self.telemetry.carrier()
         if self.progress is not None:
             carrier["progress"] = self.progress
@@ -170,6 +177,13 @@ class RowQuestion:
         """The filter that picks this row out of a table."""
         return pc.field(self.key_column) == self.key
 
+    def rows(self, path: str, partitioning: str | None = None) -> pa.Table:
+        """Every copy of this row in the parquet file or folder at `path` of the store."""
+        import pyarrow.dataset as pads
+
+        return pads.dataset(path, filesystem=self.store.arrow_filesystem(), format="parquet",
+                            partitioning=partitioning).to_table(filter=self.where())
+
 
 @dataclass(frozen=True, eq=False)
 class Stage(Generic[P, F, D]):
@@ -187,7 +201,7 @@ class Stage(Generic[P, F, D]):
     """Ray resources the stage needs at once (train's worker group), checked before it starts."""
     driver_imports: tuple[str, ...] = ()
     """Modules that take seconds to import and that the stage imports in the driver (torch):
-    imported in the background while Ray starts (`pipeline.warm_imports`)."""
+    imported in the background while Ray starts (`pipeline.engine.warm_imports`)."""
     needs_ray: Callable[[P, Mapping[str, Output]], bool] | None = None
     """Whether computing the stage with these params and upstream outputs uses Ray (None:
     always). The runner starts or joins Ray only before a stage that does: an evaluate that

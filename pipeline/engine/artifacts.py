@@ -107,6 +107,10 @@ class ArtifactStore:
         """registry/, or registry/<model>/..., e.g. registry_path(model, "v3", "entry.json")."""
         return self.path("registry", *parts)
 
+    def parquet_files(self, folder: str) -> list[str]:
+        """The parquet files below `folder`, sorted: the order every reader takes them in."""
+        return sorted(p for p in self.fs.find(folder) if p.endswith(".parquet"))
+
     # -- publish protocol --------------------------------------------------------------------
     def find(self, stage: str, key: str) -> Artifact | None:
         """The published output for this key, or None (an unfinished directory counts as none)."""

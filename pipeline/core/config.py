@@ -32,8 +32,9 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.durations import format_duration, parse_duration
-from pipeline.packed import PACKED
+from pipeline.core.durations import format_duration, parse_duration
+from pipeline.core.exporters import Exporter
+from pipeline.core.packed import PACKED
 
 DEFAULT_CONFIG = "configs/local.yaml"
 
@@ -316,7 +317,7 @@ class ClusterConfig(_Strict):
 
 
 class TelemetryConfig(_Strict):
-    exporter: Literal["none", "console", "jsonl", "otlp", "memory"] = Field("jsonl", description=(
+    exporter: Exporter = Field("jsonl", description=(
         "jsonl: files in the run folder (what `pipeline profile` reads); otlp: OTLP/HTTP to "
         "endpoint, with a local copy; console; none; memory (tests)"))
     endpoint: str | None = Field(None, description="the OTLP/HTTP collector, e.g. "

@@ -2,7 +2,7 @@
 
     registry/<model>/v<N>/model/         weights, preprocessing, architecture (copied from train)
     registry/<model>/v<N>/report.html    the evaluation's report (`pipeline.report`), first
-    registry/<model>/v<N>/decision.json  the gate's decision (`pipeline.gate`), before the entry
+    registry/<model>/v<N>/decision.json  the gate's decision (`pipeline.registry.gate`), before the entry
     registry/<model>/v<N>/entry.json     metrics, the decision's verdict, lineage; written last
     registry/<model>/aliases/<alias>/<move>.json   one file per move of an alias (e.g. champion)
 
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from pipeline.artifacts import Artifact, ArtifactStore
+from pipeline.engine.artifacts import Artifact, ArtifactStore
 
 ENTRY = "entry.json"
 CLAIM = "claim.json"

@@ -36,12 +36,12 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
 
-from pipeline.artifacts import ArtifactStore
+from pipeline.core.packed import PACKED
+from pipeline.engine.artifacts import ArtifactStore
+from pipeline.engine.stage import StageContext
 from pipeline.model.metrics import RunningMetrics
 from pipeline.monitoring.breakdown import BASELINE, Breakdown, merge, summarize
 from pipeline.monitoring.drift import TestPeriodCounter, add_counts
-from pipeline.packed import PACKED
-from pipeline.stage import StageContext
 from pipeline.telemetry import current_span
 
 
@@ -94,7 +94,7 @@ def score(ctx: StageContext, features: str, scan: Scan, output: str,
     model, then `joined`'s column, then the candidate's error) as part files under `output`;
     in Ray tasks, one per file, or `in_driver`."""
     calls = [(scan, path, posixpath.join(output, f"part-{index:05d}.parquet"), joined)
-             for index, path in enumerate(_parquet_files(scan.store, features))]
+             for index, path in enumerate(scan.store.parquet_files(features))]
     parts = _per_file(ctx, _score_file, calls, in_driver)
     parts = parts if in_driver else ray.get(parts)
     return Scored(
@@ -131,7 +131,7 @@ def score_keyed(ctx: StageContext, features: str, scan: Scan,
     object store, and its error breakdown; in Ray tasks, one per file, or `in_driver`."""
     (column,) = scan.models
     keyed = _per_file(ctx, _score_keys, [(scan, path) for path in
-                                         _parquet_files(scan.store, features)], in_driver, 2)
+                                         scan.store.parquet_files(features)], in_driver, 2)
     breakdowns = [breakdown for _, breakdown in keyed]
     return JoinedScores(column, scan.row_key, [table for table, _ in keyed],
                         merge(breakdowns if in_driver else ray.get(breakdowns)))
@@ -147,10 +147,6 @@ def _per_file(ctx: StageContext, work: Callable, calls: list[tuple], in_driver: 
     task = ctx.task(work, "evaluate.score_file")
     task = task.options(num_returns=returns) if returns > 1 else task
     return [task.remote(*call) for call in calls]
-
-
-def _parquet_files(store: ArtifactStore, folder: str) -> list[str]:
-    return sorted(p for p in store.fs.find(folder) if p.endswith(".parquet"))
 
 
 def _score_file(scan: Scan, path: str, output: str, joined: JoinedScores | None) -> Scored:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.artifacts import ArtifactStore
-from pipeline.config import PipelineConfig
-from pipeline.dag import STAGES
-from pipeline.runner import published_outputs
-from pipeline.stage import RowQuestion, Stage
+from pipeline.core.config import PipelineConfig
+from pipeline.engine.artifacts import ArtifactStore
+from pipeline.engine.runner import published_outputs
+from pipeline.engine.stage import RowQuestion, Stage
+from pipeline.stages.dag import STAGES
 
 
 def trace_row(config: PipelineConfig, row_key: str, stages: tuple[Stage, ...] = STAGES) -> str:

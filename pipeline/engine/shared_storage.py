@@ -15,7 +15,7 @@ from pathlib import Path
 
 import fsspec
 
-from pipeline.config import PipelineConfig
+from pipeline.core.config import PipelineConfig
 
 ADVICE = ("use object storage (s3://..., gs://...), or set cluster.shared_filesystem: true if "
           "every node mounts this path")

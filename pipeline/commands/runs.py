@@ -10,9 +10,8 @@ import posixpath
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from pipeline.artifacts import ArtifactStore
-
-RUN_ID_TIME = "%Y%m%dT%H%M%SZ"  # the prefix of every run id (runner.new_run_id)
+from pipeline.engine.artifacts import ArtifactStore
+from pipeline.engine.summary import RUN_ID_TIME
 
 
 @dataclass(frozen=True)

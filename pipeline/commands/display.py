@@ -4,7 +4,7 @@
 `running` line, at most one progress line every `PLAIN_PROGRESS_SECONDS` while it runs, and its
 result line. `LiveDisplay` (a terminal) keeps one live line per running stage, redrawn with rich,
 and leaves the result lines above it. Both are fed by the runner (`note`, `stage_running`,
-`stage_done`) and by the workers' progress events (`pipeline.terminal.progress`).
+`stage_done`) and by the workers' progress events (`pipeline.engine.progress`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
-from pipeline.terminal.progress import ProgressPoller
+from pipeline.engine.observer import RunObserver
+from pipeline.engine.progress import ProgressPoller
 
 if TYPE_CHECKING:
-    from pipeline.runner import RunSummary, StageOutcome
+    from pipeline.engine.summary import RunSummary, StageOutcome
 
 PLAIN_PROGRESS_SECONDS = 10.0
 
@@ -107,17 +108,17 @@ def stage_line(outcome: StageOutcome) -> str:
 
 def summary_lines(summary: RunSummary, ray_log: str | None) -> list[str]:
     """The lines after the stages: the model decision, then the run in one line."""
-    model, evaluation = summary.model, summary.evaluation
+    outcome = summary.outcome
     lines = []
-    if model:
-        verdict = "promoted" if model["promoted"] else "not promoted: " + (
-            "the gate passed it, but the champion has moved since" if evaluation.decision.passed
+    if outcome.get("model_version"):
+        verdict = "promoted" if outcome["promoted"] else "not promoted: " + (
+            "the gate passed it, but the champion has moved since" if outcome["gate"]["passed"]
             else "the gate rejected it")
-        champion = f"champion is {model['champion'] or 'unset'}"
-        if not evaluation.registration.registered:  # its checks below inform, they move nothing
+        champion = f"champion is {outcome['champion'] or 'unset'}"
+        if not outcome["registered"]:  # its checks below inform, they move nothing
             verdict, champion = "still the champion", "evaluated again, not registered again"
-        lines.append(f"model {model['model']} {model['version']}: {verdict}; {champion}")
-        lines.extend(f"  {reason}" for reason in evaluation.decision.reasons)
+        lines.append(f"model {outcome['model']} {outcome['model_version']}: {verdict}; {champion}")
+        lines.extend(f"  {reason}" for reason in outcome["gate"]["reasons"])
     ran = sum(s.status == "ran" for s in summary.stages)
     seconds = sum(s.seconds for s in summary.stages)
     line = (f"run {summary.run_id}: {len(summary.stages)} stages, {ran} ran, "
@@ -128,7 +129,7 @@ def summary_lines(summary: RunSummary, ray_log: str | None) -> list[str]:
     return lines
 
 
-class PlainDisplay:
+class PlainDisplay(RunObserver):
     """Lines only, written through `echo` (by default `print`, or the stream `showing` gives)."""
 
     wants_progress = False

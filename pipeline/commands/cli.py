@@ -15,7 +15,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from pipeline.config import DEFAULT_CONFIG, ConfigError, PipelineConfig, load_config
+from pipeline.core.config import DEFAULT_CONFIG, ConfigError, PipelineConfig, load_config
 
 _SHOWN_LINES = 3  # of a multi-line failure message, before "(+N more lines)"
 EXIT_REJECTED = 3  # ran fine, the gate rejected the model: schedulers tell it from a failure (1)
@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("run", parents=[common, running], help="run the whole DAG")
     stage = commands.add_parser("stage", parents=[common, running],
                                 help="run one stage from the artifacts of the stages before it")
-    stage.add_argument("name", help="the stage to run, e.g. featurize (see `pipeline/dag.py`)")
+    stage.add_argument("name", help="the stage to run, e.g. featurize (see `pipeline/stages/dag.py`)")
     trace = commands.add_parser("trace", parents=[common], help="follow one row through every stage")
     trace.add_argument("row_key")
     profile = commands.add_parser("profile", parents=[common],
@@ -83,8 +83,8 @@ def _add_models_parser(commands, common: argparse.ArgumentParser) -> None:
 
 
 def _models(config: PipelineConfig, args: argparse.Namespace) -> None:
-    from pipeline.artifacts import ArtifactStore
-    from pipeline.registry_view import list_text, set_alias, show_text
+    from pipeline.commands.models import list_text, set_alias, show_text
+    from pipeline.engine.artifacts import ArtifactStore
 
     store = ArtifactStore(config.artifact_root, config.storage_options)
     if args.action == "list":
@@ -99,9 +99,9 @@ def _profile(config, run_id: str | None) -> str:
     """Per-stage table of a finished run; the timeline PNG is written beside its run record."""
     import tempfile
 
-    from pipeline.artifacts import ArtifactStore
-    from pipeline.runs import latest_computing_run
-    from pipeline.telemetry.profile import profile_run
+    from pipeline.commands.profile import profile_run
+    from pipeline.commands.runs import latest_computing_run
+    from pipeline.engine.artifacts import ArtifactStore
 
     store = ArtifactStore(config.artifact_root, config.storage_options)
     if run_id is None:
@@ -126,8 +126,8 @@ def _predict(config: PipelineConfig, args: argparse.Namespace) -> str:
     """Batch prediction; a failure inside a Ray task is reported as the failure it was."""
     import ray.exceptions
 
+    from pipeline.engine.ray_cluster import disconnect_ray
     from pipeline.predict.batch import predict
-    from pipeline.ray_cluster import disconnect_ray
 
     try:
         return predict(config, args.model, args.input, args.output, args.as_of)
@@ -174,13 +174,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("run", "stage"):
         return _run(config, args)
     if args.command == "runs":
-        from pipeline.artifacts import ArtifactStore
-        from pipeline.runs import list_runs, render_runs
+        from pipeline.commands.runs import list_runs, render_runs
+        from pipeline.engine.artifacts import ArtifactStore
 
         print(render_runs(list_runs(ArtifactStore(config.artifact_root, config.storage_options),
                                     args.limit)))
     elif args.command == "trace":
-        from pipeline.trace import trace_row
+        from pipeline.commands.row_trace import trace_row
 
         print(trace_row(config, args.row_key))
     elif args.command == "profile":
@@ -196,15 +196,20 @@ def _run(config: PipelineConfig, args: argparse.Namespace) -> int:
     """The DAG or one stage. Ray's own output goes to the run's `ray.log` (unless --verbose):
     the terminal shows the stages, live at a terminal and as plain lines otherwise, then the
     gate's verdict. Returns the exit code (3: ran fine, the model is not the champion)."""
-    from pipeline.ray_cluster import disconnect_ray
-    from pipeline.runner import Runner  # imports every stage: not paid by --help or profile
-    from pipeline.terminal.display import display_for
-    from pipeline.terminal.ray_output import RayOutputToFile
+    from pipeline.commands.display import display_for
+    from pipeline.commands.ray_output import RayOutputToFile
+    from pipeline.datasets import prepare_source
+    from pipeline.engine.dag import stage_by_name
+    from pipeline.engine.ray_cluster import disconnect_ray
+    from pipeline.engine.runner import Runner
+    from pipeline.stages.dag import STAGES  # every stage: not paid by --help or profile
 
     _check_artifact_root(config)
     display = display_for(sys.stdout, args.json, args.verbose)
-    runner = Runner(config, display=display)
+    runner = Runner(config, STAGES, display=display)
     only = args.name if args.command == "stage" else None
+    if only is None or not stage_by_name(only, STAGES).inputs:
+        prepare_source(config, display.note)
     ray_log = None
     if args.verbose:
         summary = runner.run(only=only)

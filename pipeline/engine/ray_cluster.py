@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from pipeline.config import ClusterConfig
+from pipeline.core.config import ClusterConfig
 
 ARROW_ENV = {"ARROW_DEFAULT_MEMORY_POOL": "system"}
 _CONNECTED = []  # non-empty once ensure_ray has connected this process (disconnect_ray undoes it)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from pipeline.durations import format_duration
+from pipeline.core.durations import format_duration
 
 
 def fmt(value: Any) -> str:

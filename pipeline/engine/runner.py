@@ -7,99 +7,33 @@ import json
 import shutil
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import Artifact, ArtifactStore
-from pipeline.config import PipelineConfig
-from pipeline.dag import STAGES, check_order, stage_by_name
-from pipeline.datasets import ensure_dataset
-from pipeline.node_credentials import find_missing_credentials
-from pipeline.provenance import git_commit, versions
-from pipeline.ray_cluster import ensure_ray, workers_are_local
-from pipeline.registry import CHAMPION, alias_head
-from pipeline.shared_storage import check_storage_is_shared
-from pipeline.stage import Output, Params, Stage, StageContext, StageResult
-from pipeline.stages.evaluate import EvaluateFacts
+from pipeline.core.config import PipelineConfig
+from pipeline.engine.artifacts import Artifact, ArtifactStore
+from pipeline.engine.dag import check_order, stage_by_name
+from pipeline.engine.node_credentials import find_missing_credentials
+from pipeline.engine.observer import RunObserver
+from pipeline.engine.progress import progress_inbox
+from pipeline.engine.provenance import git_commit, versions
+from pipeline.engine.ray_cluster import ensure_ray, workers_are_local
+from pipeline.engine.shared_storage import check_storage_is_shared
+from pipeline.engine.stage import Output, Params, Stage, StageContext, StageResult
+from pipeline.engine.summary import RUN_ID_TIME, RunSummary, StageOutcome
+from pipeline.engine.warm_imports import import_in_background
 from pipeline.telemetry import REDACTED, Telemetry, TelemetrySpec, redact, redact_text
-from pipeline.terminal.display import PlainDisplay
-from pipeline.terminal.progress import progress_inbox
-from pipeline.warm_imports import import_in_background
 
 
 class StageFailed(RuntimeError):
     """A stage could not produce its output; the message says which stage and why."""
 
 
-@dataclass
-class StageOutcome:
-    name: str
-    status: str  # "ran" | "cached"
-    cache_key: str
-    rows_in: int
-    rows_out: int
-    rows_quarantined: int
-    seconds: float
-    artifact: str
-    facts: Any = None
-
-
-@dataclass
-class RunSummary:
-    run_id: str
-    trace_id: str
-    stages: list[StageOutcome]
-    run_record: str
-    champion: str | None = None
-    """Where the evaluated model's champion alias points once the run is done."""
-    ray_start_seconds: float | None = None
-    """Starting or joining Ray, apart from every stage's seconds (None: no stage needed Ray)."""
-
-    @property
-    def evaluation(self) -> EvaluateFacts | None:
-        """What this run's evaluation found or made (None if it did not get there)."""
-        return next((s.facts for s in self.stages if isinstance(s.facts, EvaluateFacts)), None)
-
-    @property
-    def model(self) -> dict[str, Any]:
-        """The registration this run's evaluation made or found (empty if it did not get there),
-        with `promoted` and `champion` as they stand now: a cached evaluation's promotion may
-        since have been rolled back."""
-        if not self.evaluation:
-            return {}
-        made = self.evaluation.registration
-        serves = self.champion == made.version or (made.promoted and self.champion == made.champion)
-        return {**made.model_dump(), "promoted": serves, "champion": self.champion}
-
-    @property
-    def rejected(self) -> bool:
-        """The run reached the gate and the champion does not serve its model (`pipeline run`
-        exits 3: ran fine, not shipped)."""
-        return bool(self.model) and not self.model["promoted"]
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "trace_id": self.trace_id,
-            "stages": [{k: v for k, v in asdict(s).items() if k != "facts"} for s in self.stages],
-            "model_version": self.model.get("version"),
-            "promoted": self.model.get("promoted"),
-            "rejected": self.rejected,
-            "champion": self.model.get("champion"),
-            "gate": {"passed": self.evaluation.decision.passed,
-                     "reasons": self.evaluation.decision.reasons} if self.evaluation else None,
-            "test_metrics": self.model.get("metrics", {}),
-            "run_record": self.run_record,
-            "ray_start_seconds": self.ray_start_seconds,
-        }
-
-
 def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    return datetime.now(timezone.utc).strftime(RUN_ID_TIME) + "-" + uuid.uuid4().hex[:6]
 
 
 @dataclass(frozen=True)
@@ -129,14 +63,14 @@ def stage_key(stage: Stage, config: PipelineConfig, inputs: dict[str, Output],
 
 
 class Runner:
-    def __init__(self, config: PipelineConfig, echo: Callable[[str], None] = print,
-                 stages: tuple[Stage, ...] = STAGES, display: PlainDisplay | None = None):
+    def __init__(self, config: PipelineConfig, stages: tuple[Stage, ...],
+                 display: RunObserver | None = None):
         check_order(stages)
         self.config = config
         self.stages = stages
         self._planned: list[Stage] = list(stages)  # what `run` computes or finds cached
         self.store = ArtifactStore(config.artifact_root, config.storage_options)
-        self.display = display or PlainDisplay(echo)
+        self.display = display or RunObserver()
         self.run_id = new_run_id()
         self._ray_start_seconds: float | None = None
 
@@ -144,8 +78,6 @@ class Runner:
         """Run the whole DAG, or with `only` one stage from its predecessors' published outputs."""
         stages = [stage_by_name(only, self.stages)] if only else self.stages
         self._planned = stages
-        if only is None or not stages[0].inputs:
-            self._prepare_source()
         run_dir = self._run_dir()
         telemetry = Telemetry.start(self._telemetry_spec(run_dir))
         telemetry.span_started = self.display.phase
@@ -171,7 +103,7 @@ class Runner:
         finally:
             telemetry.shutdown()
             summary = RunSummary(self.run_id, trace_id, outcomes, self.store.uri(record_path),
-                                 self._champion(outcomes), self._ray_start_seconds)
+                                 self._ray_start_seconds, self._outcome(outcomes))
             self._write_run_record(record_path, summary, run_dir, error, started_at)
         return summary
 
@@ -315,19 +247,12 @@ class Runner:
             )
         return published
 
-    def _prepare_source(self) -> None:
-        """Generate the configured synthetic dataset when its source is missing."""
-        dataset, generate = self.config.dataset, self.config.dataset.generate
-        if generate and ensure_dataset(dataset.source, generate.kind, generate.rows, dataset.start,
-                                       dataset.end, generate.seed, dataset.storage_options,
-                                       generate.cancelled_share):
-            self.display.note(f"generated {generate.rows:,} {generate.kind} rows at "
-                              f"{dataset.source}")
-
-    def _champion(self, outcomes: list[StageOutcome]) -> str | None:
-        """Where the champion of the model this run evaluated points now."""
-        facts = next((o.facts for o in outcomes if isinstance(o.facts, EvaluateFacts)), None)
-        return alias_head(self.store, facts.registration.model, CHAMPION)[1] if facts else None
+    def _outcome(self, outcomes: list[StageOutcome]) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for outcome in outcomes:
+            if outcome.facts is not None:
+                merged.update(outcome.facts.run_outcome(self.store))
+        return merged
 
     # -- run record --------------------------------------------------------------------------
     def _telemetry_spec(self, run_dir: Path) -> TelemetrySpec:
@@ -389,7 +314,7 @@ def _masked_env_vars(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def published_outputs(config: PipelineConfig, store: ArtifactStore,
-                      stages: tuple[Stage, ...] = STAGES,
+                      stages: tuple[Stage, ...],
                       until: str | None = None) -> dict[str, Output]:
     """The outputs this config's stages have published, in DAG order, up to the first missing one
     (or up to, not including, stage `until`)."""

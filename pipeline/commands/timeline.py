@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from .profile import ROOT_NAME, STAGE_PREFIX, run_trace, stage_of, wall_seconds
+from pipeline.commands.run_spans import ROOT_NAME, STAGE_PREFIX, run_trace, stage_of, wall_seconds
 
 REPEATED = 6  # a span name seen more often than this is labelled only where the label fits
 NUMBERED_BY = ("chunk.index", "epoch", "file.index", "batch.index")

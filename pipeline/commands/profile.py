@@ -7,7 +7,7 @@ Everything else (Ray task spans, chunks, train epochs) is ranked by wall time.
 
 CLI use (`pipeline profile [RUN_ID]`):
     print(profile_run(run_dir, png_path=f"{run_dir}/timeline.png"))  # + timeline.json
-The pictures themselves are `pipeline.telemetry.timeline`.
+The pictures themselves are `pipeline.commands.timeline`.
 """
 
 from __future__ import annotations
@@ -16,16 +16,13 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-from .jsonl import read_jsonl_dir
-
-STAGE_PREFIX = "stage."
-ROOT_NAME = "run"
-
-
-def load_run_spans(run_dir: str) -> list[dict]:
-    """All spans of a run directory (driver.jsonl + worker-*.jsonl), deduplicated, by start time."""
-    rows = {r["span_id"]: r for r in read_jsonl_dir(os.path.join(run_dir, "spans"))}
-    return sorted(rows.values(), key=lambda r: (r["start_ns"], r["end_ns"]))
+from pipeline.commands.run_spans import (
+    STAGE_PREFIX,
+    load_run_spans,
+    run_trace,
+    stage_of,
+    wall_seconds,
+)
 
 
 @dataclass(frozen=True)
@@ -76,36 +73,11 @@ class Profile:
         return d
 
 
-def wall_seconds(span: dict) -> float:
-    return max(0, (span["end_ns"] or span["start_ns"]) - span["start_ns"]) / 1e9
-
-
 def _int(value) -> int | None:
     try:
         return None if value is None else int(value)
     except (TypeError, ValueError):
         return None
-
-
-def stage_of(span: dict, by_id: dict[str, dict]) -> str | None:
-    """Name of the nearest `stage.*` ancestor (or the span itself), following parent ids."""
-    seen = set()
-    while span is not None and span["span_id"] not in seen:
-        seen.add(span["span_id"])
-        if span["name"].startswith(STAGE_PREFIX):
-            return span["attributes"].get("stage.name") or span["name"][len(STAGE_PREFIX) :]
-        span = by_id.get(span.get("parent_span_id"))
-    return None
-
-
-def run_trace(spans: list[dict]) -> tuple[dict | None, list[dict]]:
-    """The latest root `run` span and the spans of its trace (all spans if there is no root)."""
-    roots = [s for s in spans if s["name"] == ROOT_NAME and not s.get("parent_span_id")]
-    roots = roots or [s for s in spans if s["name"] == ROOT_NAME]
-    if not roots:
-        return None, spans
-    root = max(roots, key=lambda s: s["start_ns"])
-    return root, [s for s in spans if s["trace_id"] == root["trace_id"]]
 
 
 def covered_share(span: dict, descendants: list[dict]) -> float:
@@ -270,7 +242,7 @@ def profile_run(run_dir: str, png_path: str | None = None, top: int = 10) -> str
 
     Raises LookupError when the run has no span files (its telemetry.exporter was none/console).
     """
-    from .timeline import render_timeline_png, write_chrome_trace
+    from pipeline.commands.timeline import render_timeline_png, write_chrome_trace
 
     spans = load_run_spans(run_dir)
     if not spans:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.artifacts import ArtifactStore
-from pipeline.registry import (
+from pipeline.engine.artifacts import ArtifactStore
+from pipeline.registry.store import (
     DECISION,
     REPORT,
     alias_history,

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.config import ColumnSpec, DatasetConfig, Timestamp
+from pipeline.core.config import ColumnSpec, DatasetConfig, Timestamp
 
 
 class Roles(BaseModel):
