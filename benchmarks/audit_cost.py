@@ -24,7 +24,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from featurize import CONFIG, stage_arms
 from measure import REPO, Measurement, Summary, parse_rows, results_folder, spread
 
-from pipeline.config import load_config
+from pipeline.core.config import load_config
+
+
+def chart(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = results["arms"]
+    names = list(arms)
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for axis, measure, title in zip(axes, ("seconds", "cpu_seconds"),
+                                    ("stage wall seconds", "CPU seconds, every process")):
+        values = [arms[a][measure]["median"] for a in names]
+        errors = [[v - arms[a][measure]["min"] for a, v in zip(names, values)],
+                  [arms[a][measure]["max"] - v for a, v in zip(names, values)]]
+        bars = axis.bar(names, values, yerr=errors, capsize=6, color=["#3b7dd8", "#999999"])
+        axis.bar_label(bars, fmt="%.1f")
+        axis.set_title(title, fontsize=9)
+    figure.suptitle(f"featurize audit, {results['rows']:,} trips, {results['audit_sample']} "
+                    f"sampled rows: {results['stage_seconds_ratio']:.2f}x the wall "
+                    f"(median, min to max of {results['repeats']})", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
                "audit_sample": sample, "repeats": args.repeats, "arms": medians,
                "audit_seconds": audit_seconds, "stage_seconds_ratio": ratio,
                "stage_cpu_seconds_ratio": cpu_ratio, "runs": runs}
-    measurement.save(results, results_dir / "featurize_audit_cost.json", None, Summary(
+    measurement.save(results, results_dir / "featurize_audit_cost.json", chart, Summary(
         benchmark=f"featurize audit cost, {results['rows']:,} trips, {sample} sampled rows",
         peer="the same stage with features.audit_sample=0",
         result=f"the audited stage takes {ratio:.2f}x the wall and {cpu_ratio:.2f}x the CPU "

@@ -71,7 +71,7 @@ from measure import (  # noqa: E402
     timed,
 )
 
-from pipeline.config import PipelineConfig, load_config  # noqa: E402
+from pipeline.core.config import PipelineConfig, load_config  # noqa: E402
 
 CONFIG = REPO / "configs" / "local.yaml"
 STAGES = ("ingest", "validate", "featurize", "train", "evaluate")

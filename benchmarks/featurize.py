@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -61,7 +62,8 @@ from measure import (
 )
 from processes import TreePeaks
 
-from pipeline.config import PipelineConfig, load_config
+from pipeline.core.config import PipelineConfig, load_config
+from pipeline.core.durations import format_duration
 from pipeline.features.windows import window_specs
 
 CONFIG = REPO / "configs" / "local.yaml"
@@ -313,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {
         "rows": runs["stage"][0]["rows"], "rows_generated": args.rows,
         "days": (config.dataset.end - config.dataset.start).days, "repeats": args.repeats,
-        "cpus": shutil.os.cpu_count(), "chunk": config.features.chunk,
+        "cpus": os.cpu_count(), "chunk": format_duration(config.features.chunk),
         "features": [spec.name for spec in window_specs(config)],
         **summarise(runs),
         "values_differing_from_stage": disagreements,
@@ -336,6 +338,29 @@ def main(argv: list[str] | None = None) -> None:
         met=polars >= TARGET if args.rows >= 10_000_000 else None))
 
 
+def scaling_chart(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = list(results["runs"])
+    figure, axis = plt.subplots(figsize=(6.4, 3.8))
+    for offset, measure, label in ((-0.2, "peak_mb", "process tree (summed PSS)"),
+                                   (0.2, "peak_worker_mb", "largest Ray worker (VmHWM)")):
+        values = [results["runs"][size][measure]["median"] for size in sizes]
+        bars = axis.bar([i + offset for i in range(len(sizes))], values, 0.4, label=label)
+        axis.bar_label(bars, fmt="%.0f")
+    axis.set_xticks(range(len(sizes)), [f"{int(size):,} trips" for size in sizes])
+    axis.set_ylabel("peak memory, MB")
+    axis.set_title(f"featurize at one density: {results['peak_growth']:.2f}x the memory for "
+                   "10x the rows", fontsize=10)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def scaling(args: argparse.Namespace, measurement: Measurement, results_dir: Path) -> None:
     """The stage's peak memory at 1M and 10M rows at one density (so a 10x longer span)."""
     sizes = (20_000, 200_000) if args.smoke else (1_000_000, 10_000_000)
@@ -353,7 +378,7 @@ def scaling(args: argparse.Namespace, measurement: Measurement, results_dir: Pat
                "peak_growth": growth,
                "peak_worker_growth": large["peak_worker_mb"]["median"]
                / small["peak_worker_mb"]["median"]}
-    measurement.save(results, results_dir / "featurize-scaling.json", None, Summary(
+    measurement.save(results, results_dir / "featurize-scaling.json", scaling_chart, Summary(
         benchmark=f"featurize memory, {sizes[0]:,} vs {sizes[1]:,} trips at one density",
         peer="the stage itself on a 10x shorter span",
         result=f"peak memory grows {growth:.2f}x for 10x the rows (chunk + halo bound it)",

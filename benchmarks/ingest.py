@@ -12,7 +12,7 @@ three layouts of --rows rows each:
 - small-3000: the daily-60 rows, each day split into 50 files (3,000 files of a few hundred rows).
 
 Stage: Ray is started once (`ensure_ray`, timed apart as ray_init_s), then each repetition runs
-`Runner(config).run(only="ingest")` on configs/smoke.yaml's columns with a fresh artifact root.
+`Runner(config, STAGES).run(only="ingest")` on configs/smoke.yaml's columns with a fresh artifact root.
 stage_s is the stage's own time (its span: listing, footer checks, copy tasks); runner_s is the
 whole call, adding the cache key (which lists and stats every source file), the run record and
 telemetry. The stage's child spans say where its time goes: ingest.list, ingest.check_footers and
@@ -46,7 +46,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from measure import REPO, Measurement, Summary, alternated, parse_rows, results_folder, spread
 
-from pipeline.config import PipelineConfig, load_config
+from pipeline.core.config import PipelineConfig, load_config
 
 CONFIG = REPO / "configs" / "smoke.yaml"
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -90,9 +90,10 @@ def layout_config(source: Path, days: int, artifact_root: Path) -> PipelineConfi
 # -- the two arms ----------------------------------------------------------------------------
 def run_stage(config: PipelineConfig) -> dict:
     """The ingest stage through the runner, on the already started Ray; its child spans."""
-    from pipeline.runner import Runner
+    from pipeline.engine.runner import Runner
+    from pipeline.stages.dag import STAGES
 
-    runner = Runner(config, echo=lambda line: None)
+    runner = Runner(config, STAGES)
     started = time.perf_counter()
     summary = runner.run(only="ingest")
     runner_s = time.perf_counter() - started
@@ -188,7 +189,7 @@ def chart(results: dict, path: Path) -> None:
 
 def measure(args: argparse.Namespace, work: Path) -> dict:
     """Ray's start, then every layout: stage and peer `args.repeats` times each, alternated."""
-    from pipeline.ray_cluster import ensure_ray
+    from pipeline.engine.ray_cluster import ensure_ray
 
     sources = {}
     for name, (days, per_day) in LAYOUTS.items():

@@ -94,7 +94,7 @@ def stage_manifest(summary: dict, stage: str) -> dict:
 
 def span_seconds(run_dir: Path, name: str) -> float:
     """The wall seconds of a run's spans called `name`, summed."""
-    from pipeline.telemetry.profile import load_run_spans, wall_seconds
+    from pipeline.commands.profile import load_run_spans, wall_seconds
 
     return sum(wall_seconds(s) for s in load_run_spans(str(run_dir)) if s["name"] == name)
 
@@ -134,7 +134,7 @@ class Summary:
 
 def provenance(load_before: tuple[float, float, float], started: float) -> dict:
     """Where and when a result was measured, and the command that reproduces it."""
-    from pipeline.provenance import git_commit
+    from pipeline.engine.provenance import git_commit
 
     return {
         "command": shlex.join(["python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),

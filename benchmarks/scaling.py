@@ -72,7 +72,7 @@ from measure import (
 )
 from processes import cmdline, descendants, status_bytes
 
-from pipeline.config import load_config
+from pipeline.core.config import load_config
 
 CONFIG = REPO / "configs" / "local.yaml"
 STAGES = ("ingest", "validate", "featurize", "train", "evaluate")
@@ -151,7 +151,7 @@ class TreeSampler:
 def private_peaks_by_part(run_dir: Path, samples: list[tuple[int, int]]) -> dict[str, float]:
     """The driver's peak private memory (MB) while each part of the run was open (its
     `stage.<name>` or `ray.start` span in the run's trace): which stage holds the driver's peak."""
-    from pipeline.telemetry.profile import load_run_spans
+    from pipeline.commands.profile import load_run_spans
 
     peaks = {}
     for span in load_run_spans(str(run_dir)):

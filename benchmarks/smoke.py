@@ -16,7 +16,7 @@ followed by the same command again, which finds every stage cached and starts no
 time is the fixed cost of a no-op run (imports, cache keys, source listing, run record).
 
 The peer is the floor, what no pipeline on Ray can skip, in one process timed the same way:
-start the local Ray exactly as the pipeline starts it (`pipeline.ray_cluster.ensure_ray` with the
+start the local Ray exactly as the pipeline starts it (`pipeline.engine.ray_cluster.ensure_ray` with the
 smoke config's cluster settings: no dashboard, the same CPUs and environment) while a thread
 imports torch and pyarrow, as the pipeline imports its stages' modules during Ray's start; then
 stop Ray as the pipeline stops it (`disconnect_ray`). The smoke run is quoted as a ratio to it:
@@ -46,15 +46,15 @@ from measure import (
     timed,
 )
 
-from pipeline.config import load_config
+from pipeline.core.config import load_config
 from pipeline.datasets import ensure_dataset
 
 CONFIG = REPO / "configs" / "smoke.yaml"
 STAGES = ("ingest", "validate", "featurize", "train", "evaluate")
 FLOOR = f"""
 import importlib, threading
-from pipeline.config import load_config
-from pipeline.ray_cluster import disconnect_ray, ensure_ray
+from pipeline.core.config import load_config
+from pipeline.engine.ray_cluster import disconnect_ray, ensure_ray
 imports = threading.Thread(target=lambda: [importlib.import_module(m) for m in ("torch", "pyarrow")])
 imports.start()
 ensure_ray(load_config({str(CONFIG)!r}).cluster)

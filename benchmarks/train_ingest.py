@@ -142,7 +142,7 @@ def plain_loop(args: argparse.Namespace) -> dict:
     from plain_torch import in_one_order, train_epoch
     from torch import nn
 
-    from pipeline.config import load_config
+    from pipeline.core.config import load_config
     from pipeline.model.loop import deterministic_torch
     from pipeline.model.network import NetworkSpec, TabularNet
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from processes import hwm_bytes
 
-from pipeline.config import PipelineConfig
+from pipeline.core.config import PipelineConfig
 from pipeline.features.windows import WindowSpec, window_specs
 
 

@@ -17,7 +17,7 @@ SMOKE = REPO / "configs" / "smoke.yaml"
 def ray_session():
     import ray
 
-    from pipeline.ray_cluster import shutdown_ray
+    from pipeline.engine.ray_cluster import shutdown_ray
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     ray.init(num_cpus=2, include_dashboard=False)
@@ -36,7 +36,7 @@ def ray_address(ray_session) -> str:
 @pytest.fixture(scope="session")
 def smoke_source(tmp_path_factory) -> Path:
     """The smoke dataset, generated once per session and shared read-only by every test."""
-    from pipeline.config import load_config
+    from pipeline.core.config import load_config
     from pipeline.datasets import ensure_dataset
 
     config = load_config(SMOKE)
@@ -68,12 +68,14 @@ def smoke_run(ray_session, smoke_source, tmp_path_factory) -> SmokeRun:
     import contextlib
     import io
 
-    from pipeline.config import load_config
-    from pipeline.runner import Runner
+    from pipeline.commands.display import PlainDisplay
+    from pipeline.core.config import load_config
+    from pipeline.engine.runner import Runner
+    from pipeline.stages.dag import STAGES
 
     root = tmp_path_factory.mktemp("smoke-run") / "artifacts"
     overrides = ["--set", f"dataset.source={smoke_source}", "--set", f"artifact_root={root}"]
-    runner = Runner(load_config(SMOKE, overrides[1::2]))
+    runner = Runner(load_config(SMOKE, overrides[1::2]), STAGES, display=PlainDisplay())
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         summary = runner.run()
@@ -86,7 +88,7 @@ def run_cli(*args: str) -> tuple[int, str, dict | None]:
     import contextlib
     import io
 
-    from pipeline.cli import main
+    from pipeline.commands.cli import main
 
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):

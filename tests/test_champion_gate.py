@@ -136,7 +136,7 @@ def test_exit_codes_tell_a_failure_and_a_bad_config_from_a_rejected_model(smoke_
 
 
 def test_models_commands_import_neither_torch_nor_ray(smoke_run):
-    check = ("import sys; from pipeline.cli import main; "
+    check = ("import sys; from pipeline.commands.cli import main; "
              f"code = main(['models', 'list', '-c', {str(SMOKE)!r}, *{smoke_run.overrides!r}]); "
              "assert code == 0; print(sorted({'torch', 'ray'} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True,
@@ -146,9 +146,9 @@ def test_models_commands_import_neither_torch_nor_ray(smoke_run):
 
 
 def test_a_champion_with_other_features_is_scored_on_its_own_or_the_reason_is_recorded(smoke_copy):
-    from pipeline.artifacts import ArtifactStore
-    from pipeline.champion import plan
-    from pipeline.gate import ChampionScore, decide
+    from pipeline.engine.artifacts import ArtifactStore
+    from pipeline.registry.champion import plan
+    from pipeline.registry.gate import ChampionScore, decide
 
     root, _ = smoke_copy
     store = ArtifactStore(str(root))
@@ -222,11 +222,11 @@ def test_an_upgraded_evaluate_re_evaluates_the_champion_without_registering_a_tw
                                                                                   monkeypatch):
     """A new evaluate code version evaluates the champion's own model again (same featurize and
     train outputs): the registry keeps one version of it, and the run says it is the champion."""
-    import pipeline.stage
+    import pipeline.engine.stage
 
     root, overrides = smoke_copy
-    versions = pipeline.stage.code_version
-    monkeypatch.setattr(pipeline.stage, "code_version", lambda module, upstream=frozenset(): (
+    versions = pipeline.engine.stage.code_version
+    monkeypatch.setattr(pipeline.engine.stage, "code_version", lambda module, upstream=frozenset(): (
         versions(module, upstream) + ("+upgraded" if module.endswith(".evaluate") else "")))
     code, output, again = run_cli("run", "-c", str(SMOKE), *overrides, "--json")
     assert code == 0, output

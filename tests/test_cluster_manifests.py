@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import load_config
+from pipeline.core.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, load_config, parse_config
-from tests.conftest import SMOKE
+from pipeline.core.config import ConfigError, load_config, parse_config
+from tests.conftest import REPO, SMOKE
 
 
 def _smoke() -> dict:
@@ -218,3 +218,12 @@ def test_set_errors_name_the_set(tmp_path):
         load_config(listed, ["train.epochs=3"])
     with pytest.raises(ConfigError, match=r"\(top level\): expected a mapping"):
         load_config(listed)
+
+
+def test_config_reference_is_generated_from_the_models():
+    """docs/config.md is what `python -m pipeline.core.config_reference` prints: a key added or
+    described anew in pipeline/core/config.py reaches the reference, or this fails."""
+    from pipeline.core.config_reference import reference
+
+    assert (REPO / "docs" / "config.md").read_text() == reference(), \
+        "docs/config.md is not current: python -m pipeline.core.config_reference > docs/config.md"

@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from pipeline.artifacts import ArtifactStore
 from pipeline.datasets import read_marker, write_partitioned
+from pipeline.engine.artifacts import ArtifactStore
 from pipeline.monitoring.drift import Histogram, psi
-from pipeline.registry import move_alias, versions
+from pipeline.registry.store import move_alias, versions
 from tests.conftest import SMOKE, run_cli
 
 SHIFT_FROM = "2026-01-12"  # the smoke config's test period starts 2026-01-12 01:00

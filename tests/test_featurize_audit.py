@@ -21,10 +21,13 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
 
-from pipeline.artifacts import ArtifactStore
-from pipeline.config import load_config, parse_config
+from pipeline.core.config import load_config, parse_config
+from pipeline.core.schema import Roles
 from pipeline.datasets import write_partitioned
 from pipeline.datasets.rideshare import generate_rideshare
+from pipeline.engine.artifacts import ArtifactStore
+from pipeline.engine.runner import Runner, published_outputs
+from pipeline.engine.stage import Output, StageContext
 from pipeline.features.audit import (
     AuditFailed,
     SampledFile,
@@ -37,10 +40,8 @@ from pipeline.features.audit import (
 from pipeline.features.partitions import DayPartitions
 from pipeline.features.reference import reference_windows
 from pipeline.features.windows import WindowSpec, compute_windows, window_specs
-from pipeline.runner import Runner, published_outputs
-from pipeline.schema import Roles
-from pipeline.stage import Output, StageContext
 from pipeline.stages import featurize
+from pipeline.stages.dag import STAGES
 from pipeline.telemetry import Telemetry, TelemetrySpec
 from tests.conftest import SMOKE
 
@@ -87,10 +88,10 @@ def clean(ray_session, config, tmp_path_factory) -> tuple[pa.Table, Output]:
                                                             format="%Y-%m-%d")), source)
     config = config.model_copy(update={"dataset": config.dataset.model_copy(
         update={"source": source, "generate": None})})
-    runner = Runner(config, echo=lambda line: None)
+    runner = Runner(config, STAGES)
     runner.run(only="ingest")
     runner.run(only="validate")
-    validate = published_outputs(config, runner.store)["validate"]
+    validate = published_outputs(config, runner.store, STAGES)["validate"]
     published = pads.dataset(validate.files.clean, format="parquet", partitioning="hive")
     return published.to_table().drop_columns(["day"]), validate
 

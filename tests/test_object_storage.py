@@ -141,7 +141,7 @@ def test_every_stage_ran_and_published_on_s3(runs, s3):
 
 
 def test_row_accounting_holds_on_s3(runs, s3):
-    from pipeline.config import load_config
+    from pipeline.core.config import load_config
     from pipeline.stages.ingest import partition_days
 
     first, _ = runs

@@ -7,8 +7,9 @@ from collections import Counter
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.runner import Runner
+from pipeline.core.config import load_config
+from pipeline.engine.runner import Runner
+from pipeline.stages.dag import STAGES as DAG
 from tests.conftest import SMOKE, copy_of_smoke_run, run_cli
 from tests.otlp_receiver import otlp_receiver
 
@@ -80,7 +81,7 @@ def test_a_failing_stage_records_the_exception_on_its_span(ray_session, smoke_so
     config = load_config(SMOKE, [f"dataset.source={smoke_source}", f"artifact_root={tmp_path}",
                                  "telemetry.exporter=memory",
                                  "validate.max_quarantined_fraction=0.001"])
-    runner = Runner(config, echo=lambda line: None)
+    runner = Runner(config, DAG)
     with pytest.raises(Exception, match="over the limit"):
         runner.run()
     failed = next(s for s in runner.telemetry.spans() if s["name"] == "stage.validate")

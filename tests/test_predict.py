@@ -23,14 +23,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import exchange
-from pipeline.artifacts import ArtifactStore
-from pipeline.config import load_config
+from pipeline.core.config import load_config
 from pipeline.datasets import write_partitioned
 from pipeline.datasets.rideshare import generate_rideshare
+from pipeline.engine.artifacts import ArtifactStore
 from pipeline.predict.output import OutputFile
 from pipeline.quality import duplicates
 from pipeline.quality.rules import RULES
-from pipeline.registry import move_alias, resolve
+from pipeline.registry.store import move_alias, resolve
 from tests.conftest import REPO, SMOKE, run_cli
 
 MODEL = "trip-duration"

@@ -115,8 +115,8 @@ def test_the_breakdown_sums_add_up_to_the_whole_period_metric():
 
 
 def test_a_report_that_fails_to_render_leaves_no_version_and_no_report(tmp_path):
-    from pipeline.artifacts import ArtifactStore
-    from pipeline.registry import REPORT, register, versions
+    from pipeline.engine.artifacts import ArtifactStore
+    from pipeline.registry.store import REPORT, register, versions
 
     store = ArtifactStore(str(tmp_path / "artifacts"))
     model_dir = tmp_path / "model"

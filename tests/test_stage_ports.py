@@ -20,12 +20,13 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.code_version import code_version, package_modules
-from pipeline.config import PipelineConfig, load_config
-from pipeline.dag import STAGES, check_order
-from pipeline.runner import Runner
-from pipeline.schema import Roles
-from pipeline.stage import (
+from pipeline.commands.row_trace import trace_row
+from pipeline.core.config import PipelineConfig, load_config
+from pipeline.core.schema import Roles
+from pipeline.engine.code_version import code_version, package_modules
+from pipeline.engine.dag import check_order
+from pipeline.engine.runner import Runner
+from pipeline.engine.stage import (
     Facts,
     Files,
     Folder,
@@ -35,8 +36,8 @@ from pipeline.stage import (
     StageContext,
     StageResult,
 )
+from pipeline.stages.dag import STAGES
 from pipeline.stages.featurize import STAGE as FEATURIZE
-from pipeline.trace import trace_row
 from tests.conftest import SMOKE, run_cli
 
 
@@ -89,7 +90,7 @@ def test_a_stage_depends_on_every_module_it_imports(toy_package):
 
 def test_code_versions_kept_on_disk_equal_fresh_ones_and_a_broken_cache_is_ignored(
         toy_package, tmp_path, monkeypatch):
-    import pipeline.code_version as versions
+    import pipeline.engine.code_version as versions
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(versions, "_DISK", versions._DiskCache())
@@ -112,14 +113,14 @@ def test_upstream_stage_modules_are_not_a_stages_code():
     """Featurize's key covers the modules that name its columns; train's does not cover
     featurize's code (featurize's output fingerprint is in train's key already)."""
     featurize = package_modules("pipeline.stages.featurize")
-    assert {"pipeline.config", "pipeline.durations", "pipeline.features.windows",
-            "pipeline.packed"} <= featurize
+    assert {"pipeline.core.config", "pipeline.core.durations", "pipeline.features.windows",
+            "pipeline.core.packed"} <= featurize
     train = STAGES[3]
     modules = package_modules(train.run.__module__, train.upstream_modules)
     assert "pipeline.model.loop" in modules and "pipeline.model.preprocessing" in modules
     assert not modules & {"pipeline.stages.featurize", "pipeline.features.windows"}
     evaluate = STAGES[4]
-    assert {"pipeline.model.predictor", "pipeline.model.network", "pipeline.registry"} <= \
+    assert {"pipeline.model.predictor", "pipeline.model.network", "pipeline.registry.store"} <= \
         package_modules(evaluate.run.__module__, evaluate.upstream_modules)
 
 
@@ -170,7 +171,7 @@ def _count_days(ctx: StageContext[DailyCountsParams, DailyCountsFiles]) -> Stage
         columns=[event_time])
     days = pc.strftime(rows[event_time], format="%Y-%m-%d")
     counts = pa.table({"day": days}).group_by("day").aggregate([("day", "count")]).sort_by("day")
-    pq.write_table(counts, ctx.output.counts)
+    pq.write_table(counts, ctx.files.counts)
     return StageResult(rows_in=rows.num_rows, rows_out=rows.num_rows,
                        facts=DailyCountsFacts(days=counts.num_rows))
 
@@ -190,14 +191,14 @@ def test_a_sixth_stage_needs_its_module_and_its_place_in_the_dag(smoke_copy, ray
     root, overrides = smoke_copy
     config = load_config(SMOKE, overrides[1::2])
     stages = (*STAGES, DAILY_COUNTS)
-    summary = Runner(config, echo=lambda line: None, stages=stages).run()
+    summary = Runner(config, stages).run()
     assert [(s.name, s.status) for s in summary.stages] == [
         *((stage.name, "cached") for stage in STAGES), ("daily_counts", "ran")]
     toy = summary.stages[-1]
     assert toy.facts == DailyCountsFacts(days=14)
     manifest = Path(root / "stages" / "daily_counts" / toy.cache_key / "manifest.json")
     assert manifest.exists() and '"days": 14' in manifest.read_text()
-    again = Runner(config, echo=lambda line: None, stages=stages).run()
+    again = Runner(config, stages).run()
     assert again.stages[-1].status == "cached"
 
     key = pq.read_table(next((root / "stages" / "featurize").glob("*/data")))["trip_id"][0]

@@ -11,6 +11,13 @@ from pathlib import Path
 import pytest
 import ray
 
+from pipeline.commands.profile import (
+    build_profile,
+    load_run_spans,
+    profile_run,
+    render_table,
+)
+from pipeline.commands.timeline import render_timeline_png
 from pipeline.telemetry import (
     REDACTED,
     Telemetry,
@@ -20,13 +27,6 @@ from pipeline.telemetry import (
     worker_meter,
     worker_span,
 )
-from pipeline.telemetry.profile import (
-    build_profile,
-    load_run_spans,
-    profile_run,
-    render_table,
-)
-from pipeline.telemetry.timeline import render_timeline_png
 
 try:
     from tests.otlp_receiver import otlp_receiver

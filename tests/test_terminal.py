@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from pipeline.telemetry.timeline import chrome_trace
-from pipeline.terminal.display import PlainDisplay
+from pipeline.commands.display import PlainDisplay
+from pipeline.commands.timeline import chrome_trace
 from tests.conftest import REPO, SMOKE, copy_of_smoke_run, run_cli
 
 STAGES = ("ingest", "validate", "featurize", "train", "evaluate")
@@ -151,15 +151,16 @@ def test_worker_spans_reach_the_progress_display(smoke_copy, ray_address, joined
     session's local Ray, through an actor when joined by address (as to a cluster)."""
     import io
 
-    from pipeline.config import load_config
-    from pipeline.runner import Runner
+    from pipeline.core.config import load_config
+    from pipeline.engine.runner import Runner
+    from pipeline.stages.dag import STAGES as DAG
 
     _, overrides = smoke_copy
     address = [f"cluster.address={ray_address}"] if joined else []
     config = load_config(SMOKE, [*overrides[1::2], "features.windows.0.window=3d", *address])
     display = _RecordingDisplay()
     with display.showing(io.StringIO()):
-        Runner(config, display=display).run(only="featurize")
+        Runner(config, DAG, display=display).run(only="featurize")
     chunks = [e for e in display.events if e["name"] == "featurize.chunk"]
     assert len(chunks) == 2 and all(e["attributes"]["rows"] > 0 for e in chunks), display.events
 
@@ -167,7 +168,7 @@ def test_worker_spans_reach_the_progress_display(smoke_copy, ray_address, joined
 def test_the_loopback_inbox_drops_datagrams_without_its_token():
     import socket
 
-    from pipeline.terminal.progress import LoopbackOutbox, progress_inbox
+    from pipeline.engine.progress import LoopbackOutbox, progress_inbox
 
     inbox = progress_inbox(local=True)
     inbox.drain()

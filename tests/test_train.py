@@ -26,14 +26,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.artifacts import ArtifactStore
-from pipeline.config import SplitConfig, load_config
+from pipeline.core.config import SplitConfig, load_config
+from pipeline.engine.artifacts import ArtifactStore
+from pipeline.engine.stage import StageContext
 from pipeline.model.loop import KILL_ENV
 from pipeline.model.metrics import auc, compute_metrics
 from pipeline.model.predictor import load_predictor
 from pipeline.model.preprocessing import fit_preprocessor
 from pipeline.model.splits import assign_splits, with_splits
-from pipeline.stage import StageContext
 from pipeline.telemetry import Telemetry, TelemetrySpec
 from tests.conftest import run_cli
 
@@ -119,10 +119,11 @@ def test_metrics_match_definitions():
 @pytest.fixture(scope="module")
 def featurized(smoke_run):
     """The featurize output the smoke run published, typed as train reads it, and its rows."""
-    from pipeline.runner import published_outputs
+    from pipeline.engine.runner import published_outputs
+    from pipeline.stages.dag import STAGES as DAG
 
     config = load_config(SMOKE, smoke_run.overrides[1::2])
-    featurize = published_outputs(config, ArtifactStore(str(smoke_run.root)))["featurize"]
+    featurize = published_outputs(config, ArtifactStore(str(smoke_run.root)), DAG)["featurize"]
     return featurize, pads.dataset(featurize.files.data, format="parquet").to_table()
 
 
@@ -197,7 +198,7 @@ def test_preprocessing_is_fit_on_the_training_split_only(local_mode, featurized,
         pq.write_table(changed.take(pa.array(part)), tmp_path / f"part-{i}.parquet")
     telemetry = Telemetry.start(TelemetrySpec(exporter="memory"))
     ctx = StageContext(params=TrainParams.from_config(config), store=store, inputs={},
-                       output=None, telemetry=telemetry, run_id="refit", cache_key="refit")
+                       files=None, telemetry=telemetry, run_id="refit", cache_key="refit")
     refit, _ = fit_preprocessing(ctx, split_rows(ctx, str(tmp_path), featurize.facts),
                                  featurize.facts)
     telemetry.shutdown()

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pytest
 
-from pipeline.config import load_config
+from pipeline.core.config import load_config
 from pipeline.datasets import write_partitioned
 from pipeline.datasets.rideshare import generate_rideshare
 from tests.conftest import SMOKE, run_cli
@@ -128,8 +128,8 @@ def test_trace_of_an_unlabeled_row_says_history_only(history_run):
 
 
 def test_only_a_row_missing_both_its_label_and_its_time_is_history():
+    from pipeline.core.schema import TableSchema
     from pipeline.quality.rules import row_reasons
-    from pipeline.schema import TableSchema
 
     config = load_config(SMOKE, ["dataset.unlabeled=history"])
     trips = generate_rideshare(200, config.dataset.start, config.dataset.end, seed=1).slice(0, 3)

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.epoch import day_strings, to_us
+from pipeline.core.timestamps import day_strings, to_us
 from pipeline.features import windows
 from pipeline.features.audit import agree
 from pipeline.features.chunks import halo_us, plan_chunks

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from pipeline.core.timestamps import to_us
 from pipeline.datasets.orders import generate_orders
 from pipeline.datasets.rideshare import generate_rideshare
 from pipeline.datasets.writer import (
@@ -24,7 +25,9 @@ from pipeline.datasets.writer import (
     read_marker,
     write_partitioned,
 )
-from pipeline.epoch import to_us
+
+if TYPE_CHECKING:
+    from pipeline.core.config import PipelineConfig
 
 GENERATORS: dict[str, Callable[..., pa.Table]] = {
     "rideshare": generate_rideshare,
@@ -39,6 +42,7 @@ __all__ = [
     "generate_orders",
     "generate_rideshare",
     "open_dataset",
+    "prepare_source",
     "read_marker",
     "write_partitioned",
 ]
@@ -83,3 +87,13 @@ def ensure_dataset(
     table = GENERATORS[kind](rows, start, end, seed, **extras)
     write_partitioned(table, uri, storage_options=storage_options, metadata={"generated": wanted})
     return True
+
+
+def prepare_source(config: PipelineConfig, note: Callable[[str], None]) -> None:
+    """Generate the configured synthetic table (`dataset.generate`) when its source is missing,
+    saying so through `note`."""
+    dataset, generate = config.dataset, config.dataset.generate
+    if generate and ensure_dataset(dataset.source, generate.kind, generate.rows, dataset.start,
+                                   dataset.end, generate.seed, dataset.storage_options,
+                                   generate.cancelled_share):
+        note(f"generated {generate.rows:,} {generate.kind} rows at {dataset.source}")

@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.core.timestamps import to_us
 from pipeline.datasets.rideshare import (
     categorical,
     day_strings,
@@ -43,7 +44,6 @@ from pipeline.datasets.rideshare import (
     with_duplicates,
     with_nulls,
 )
-from pipeline.epoch import to_us
 
 WAREHOUSES = [
     "AMS1", "BER1", "BER2", "CDG1", "FRA1", "LHR1", "LHR2", "MAD1", "MIL1", "VIE1", "WAW1", "ZRH1"
@@ -120,6 +120,6 @@ def generate_orders(rows: int, start: datetime, end: datetime, seed: int) -> pa.
 
 
 def labelled_ids(prefix: str, numbers: np.ndarray, width: int) -> pa.Array:
-    """'prefix' + zero-padded number, built in Arrow compute: fast at 10M rows, unlike Python."""
+    """'prefix' + zero-padded number, built in Arrow compute: fast on millions of rows, unlike Python."""
     digits = pc.utf8_lpad(pc.cast(pa.array(numbers), pa.string()), width=width, padding="0")
     return pc.binary_join_element_wise(prefix, digits, "")

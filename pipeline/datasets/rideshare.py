@@ -41,7 +41,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pyarrow as pa
 
-from pipeline.epoch import to_us
+from pipeline.core.timestamps import to_us
 
 BASE_PACE = 2.0  # minutes per km in free-flowing traffic: 30 km/h
 SLOT = timedelta(minutes=15)

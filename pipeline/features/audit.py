@@ -36,11 +36,11 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.epoch import day_strings, to_us
+from pipeline.core.schema import Roles
+from pipeline.core.timestamps import day_strings, to_us
 from pipeline.features.partitions import DayPartitions
 from pipeline.features.reference import as_columns, reference_value
 from pipeline.features.windows import WindowResult, WindowSpec, micros
-from pipeline.schema import Roles
 
 REL_TOL = 1e-9  # float features agree to this; counts and "no value" must match exactly
 ABS_TOL = 1e-9

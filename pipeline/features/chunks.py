@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from pipeline.epoch import US_PER_DAY, from_us, to_us
+from pipeline.core.timestamps import US_PER_DAY, from_us, to_us
 from pipeline.features.windows import WindowSpec
 
 

@@ -1,8 +1,7 @@
 """The clean table's day partitions, so that a task opens only the days it reads.
 
 A pyarrow dataset over every file of a long history is slow to ship: a task unpickles all of
-its fragments (0.19 s at 1,800 daily files, 0.05 s at 600), and each scan then prunes every one
-of them. Featurize's chunk and audit tasks each read a few weeks, so each gets the list of files
+its fragments, and each scan then prunes every one of them. Featurize's chunk and audit tasks each read a few weeks, so each gets the list of files
 per day (plain strings, cheap to ship) and opens a dataset of only the days it reads.
 """
 

@@ -23,10 +23,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.epoch import column_us, to_us
+from pipeline.core.timestamps import column_us, to_us
 
 if TYPE_CHECKING:
-    from pipeline.config import PipelineConfig
+    from pipeline.core.config import PipelineConfig
 
 NUMERIC_AGGREGATIONS = {"sum", "mean", "min", "max", "std", "last"}
 NEVER = np.iinfo(np.int64).max  # available-at of a row whose available-at is unknown

@@ -74,10 +74,9 @@ class LoopConfig:
 class PackedCollate(ArrowBatchCollateFn):
     """Arrow batch → dict of tensors, fixed-size lists as (rows, width) without a copy.
 
-    Iterating a materialised dataset in 1024-row batches on a 2-core box, Ray Data's default
-    conversion of fixed_size_list columns ran at ~0.9M rows/s (~1.1 ms a batch, as long as the
-    training step itself); flattening the child array and reshaping ran at ~4.3M rows/s. The
-    tensors share the Arrow buffers, which are read-only: nothing writes into a batch.
+    Ray Data's default conversion of fixed_size_list columns is slow enough to rival a small
+    network's training step; flattening the child array and reshaping is several times faster.
+    The tensors share the Arrow buffers, which are read-only: nothing writes into a batch.
     """
 
     def __call__(self, batch: pa.Table) -> dict[str, torch.Tensor]:
@@ -197,13 +196,12 @@ def _train_epoch(model, optimizer, loss_fn, shard, config: LoopConfig, epoch: in
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     rows, first_batch_at = 0, None
-    # Ray Data costs 0.3-0.7 ms per batch it hands over (slicing blocks, bookkeeping), half a small
-    # network's step: fetch many steps' rows at once and cut them here
-    # (benchmarks/train_ingest.py).
+    # Each batch Ray Data hands over costs slicing and bookkeeping comparable to a small network's
+    # step: fetch many steps' rows at once and cut them here (benchmarks/train_ingest.py).
     fetch = config.batch_size * max(1, config.fetch_rows // config.batch_size)
     # The split arrives in one seeded global order, the same every epoch; each epoch permutes the
-    # rows of every fetched chunk anew, so no two epochs step through the same batches. (One fixed
-    # order for all epochs cost 1.3% test RMSE at 1M rows against a plain loop that reshuffles.)
+    # rows of every fetched chunk anew, so no two epochs step through the same batches (one fixed
+    # order for all epochs gives a less accurate model than reshuffling).
     order = torch.Generator().manual_seed(_derive(config.seed, epoch, rank, 1))
     attributes = {"rank": rank}
     started = last = time.perf_counter()
@@ -238,8 +236,7 @@ def _evaluate(network: TabularNet, shard, config: LoopConfig, device) -> dict[st
     """Validation loss (the training objective) and task metrics in label units.
 
     Batch by batch into sums: in local mode this runs in the driver, and holding every batch's
-    outputs until the end grew its private memory with the split (903 MB at 10M rows and
-    2,093 MB at 30M in benchmarks/scaling.py; 416 and 421 MB streamed).
+    outputs until the end would grow its private memory with the split.
     """
     network.eval()
     loss_sum, metrics = 0.0, RunningMetrics(config.task)
@@ -382,6 +379,6 @@ def deterministic_torch(device) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
     # Some CUDA kernels have no deterministic variant: warn there rather than refuse to train.
-    # torch.use_deterministic_algorithms would also import torch._inductor.config (1-4 s here)
+    # torch.use_deterministic_algorithms would also import torch._inductor.config (slow to import)
     # only to set Inductor's flag; this loop never compiles, so set the kernels' switch alone.
     torch._C._set_deterministic_algorithms(True, warn_only=device.type == "cuda")

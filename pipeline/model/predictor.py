@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.artifacts import MODEL_JSON
+from pipeline.engine.artifacts import MODEL_JSON
 from pipeline.model.network import NetworkSpec, TabularNet
 from pipeline.model.preprocessing import Preprocessor
 

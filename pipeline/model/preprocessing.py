@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.packed import unpack
+from pipeline.core.packed import unpack
 
 FORMAT_VERSION = 1
 

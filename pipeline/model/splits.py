@@ -30,8 +30,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.config import SplitConfig
-from pipeline.epoch import column_us, to_us
+from pipeline.core.config import SplitConfig
+from pipeline.core.timestamps import column_us, to_us
 
 SPLITS = ("train", "validation", "test")
 REASONS = ("label_after_cutoff", "embargo", "missing_time", "unlabeled")

@@ -32,17 +32,16 @@ import pyarrow.compute as pc
 import ray
 from pydantic import BaseModel
 
-from pipeline.artifacts import ArtifactStore
-from pipeline.config import DriftConfig
-from pipeline.packed import unpack
-from pipeline.registry import resolve
-from pipeline.schema import Roles
-from pipeline.stage import StageContext
+from pipeline.core.config import DriftConfig
+from pipeline.core.packed import unpack
+from pipeline.core.schema import Roles
+from pipeline.engine.artifacts import ArtifactStore
+from pipeline.engine.stage import StageContext
+from pipeline.registry.store import CHAMPION, resolve
 
 BINS = 10  # deciles
 SAMPLE_PER_BLOCK = 2_000  # rows per block that set the bins: bounded, whatever the data size
 SMALLEST_SHARE = 1e-4  # an empty bin counts as this share, so PSI stays finite
-CHAMPION = "champion"
 
 
 class Histogram(BaseModel):

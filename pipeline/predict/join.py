@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from pipeline.exchange import refs_of, returned, runs
+from pipeline.engine.exchange import refs_of, returned, runs
 from pipeline.features.chunks import Chunk
 from pipeline.predict.rows import HistorySource
 from pipeline.predict.spec import ModelSpec

@@ -1,12 +1,10 @@
 """Reading predict's input: its parquet files in name order, as blocks of whole row groups.
 
-Plain Ray tasks, not Ray Data: `ray.data.read_parquet(...).to_arrow_refs()` spent 1.8 to 3.0 s
-setting up its execution for a one-file input (2-core machine, Ray already running), most of a
-small input's prediction. The driver reads every file's footer anyway, to refuse a file that lacks
-a column before any row is read; the footers also give the row groups to cut large files by and
-the row counts to pack small files together by. Measured against the Ray Data read (session 12,
-same outputs): 2M rows in 14 daily files 23.3 vs 37.7 s for the whole prediction, 300k rows in
-3,000 files 29.4 vs 97.7 s.
+Plain Ray tasks, not Ray Data: `ray.data.read_parquet(...).to_arrow_refs()` spends seconds setting
+up its execution even for a one-file input, most of a small input's prediction, and is slower
+still on many files. The driver reads every file's footer anyway, to refuse a file that lacks a
+column before any row is read; the footers also give the row groups to cut large files by and the
+row counts to pack small files together by.
 """
 
 from __future__ import annotations

@@ -25,13 +25,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from pipeline.artifacts import arrow_filesystem
-from pipeline.epoch import from_us
+from pipeline.core.schema import TableSchema
+from pipeline.core.timestamps import from_us
+from pipeline.engine.artifacts import arrow_filesystem
 from pipeline.features.audit import blank_unknown
 from pipeline.features.windows import micros
 from pipeline.predict.spec import ModelSpec
 from pipeline.quality.rules import conform, row_reasons
-from pipeline.schema import TableSchema
 
 QUARANTINE_COLUMNS = ("_reason", "_detail", "_source_file")
 UNBOUNDED = (datetime(1, 1, 1, tzinfo=timezone.utc), datetime(9999, 12, 31, tzinfo=timezone.utc))

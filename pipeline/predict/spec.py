@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from pipeline.artifacts import MANIFEST, MODEL_JSON, ArtifactStore
-from pipeline.registry import parse_reference, resolve
-from pipeline.schema import TableSchema
+from pipeline.core.schema import TableSchema
+from pipeline.engine.artifacts import MANIFEST, MODEL_JSON, ArtifactStore
+from pipeline.registry.store import parse_reference, resolve
 from pipeline.stages.featurize import FeaturizeParams
 from pipeline.stages.validate import ValidateParams
 

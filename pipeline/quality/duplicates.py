@@ -2,12 +2,12 @@
 
 A row whose key was seen earlier in the table is a duplicate; the first occurrence (first input,
 then row order) is kept, so the result is deterministic. The search is a hash partition of the key
-column (`pipeline.exchange`): tasks over runs of inputs split their (input, row, key) triples into
+column (`pipeline.engine.exchange`): tasks over runs of inputs split their (input, row, key) triples into
 buckets by a hash of the key, one task per bucket finds the later copies, and only their positions
 come back to the driver: its memory does not grow with the table. Buckets hold about
 `KEYS_PER_BUCKET` keys each, so neither does a bucket task's.
 
-Validate reads its inputs' keys from the snapshot's files, predict from the blocks Ray Data read;
+Validate reads its inputs' keys from the snapshot's files, predict from the blocks its tasks read;
 both search with `later_copies`, splitting with `split_keys` and merging with `copies_in_bucket`.
 """
 
@@ -20,11 +20,11 @@ import pandas as pd
 import pyarrow as pa
 import ray
 
-from pipeline.exchange import exchange, returned, runs
+from pipeline.engine.exchange import exchange, returned, runs
 
 KEYS_PER_BUCKET = 1_000_000
-"""A bucket's keys, hashed in one table: pandas' `duplicated` takes about 100 ns a key up to 1M
-keys, 230 ns at 2M and 435 ns at 15M (each probe then misses the CPU's cache)."""
+"""A bucket's keys, hashed in one table: pandas' `duplicated` slows per key once the table
+outgrows the CPU's cache (each probe then misses it), so large inputs are split into buckets."""
 MAX_BUCKETS = 256  # runs x buckets objects pass through the object store
 
 

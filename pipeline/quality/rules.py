@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.config import ColumnSpec
-from pipeline.epoch import column_us, to_us
-from pipeline.schema import TableSchema
+from pipeline.core.config import ColumnSpec
+from pipeline.core.schema import TableSchema
+from pipeline.core.timestamps import column_us, to_us
 
 CANONICAL_TIME = pa.timestamp("us", tz="UTC")
 _ARROW_TYPES = {
@@ -83,7 +83,7 @@ def row_reasons(table: pa.Table, dataset: TableSchema, max_label_delay: timedelt
     kept_unlabeled = {dataset.label: history, dataset.label_available_at: history}
     reasons = np.full(n, None, dtype=object)
     details = np.full(n, None, dtype=object)
-    # rows with a reason so far (casting `reasons` to bool per rule cost 0.5 s a 500k-row file)
+    # rows with a reason so far (cheaper than casting the object array `reasons` to bool per rule)
     flagged = np.zeros(n, bool)
 
     def flag(mask: np.ndarray, reason: str, detail) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.gate import Decision
 from pipeline.monitoring.breakdown import DAY, Breakdown
 from pipeline.monitoring.drift import DriftReport
+from pipeline.registry.gate import Decision
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,9 @@
 
 Stops: shipping a worse model, and models nobody can trace. The test period is the one train
 published (strictly after validation plus the embargo). On its rows the stage scores the candidate,
-the current champion (with its own preprocessing; see `pipeline.champion` for which features it
+the current champion (with its own preprocessing; see `pipeline.registry.champion` for which features it
 reads) and the baseline, the training split's mean label (or positive rate), which train also
-published. `pipeline.gate` decides; every evaluated model is registered with its metrics, its
+published. `pipeline.registry.gate` decides; every evaluated model is registered with its metrics, its
 report (`pipeline.report`: errors by day and slice, drift, lineage), the decision (its own
 artifact, written before the entry) and its full lineage; a promotion then moves the
 registry's `champion` alias, only if nobody moved it since the champion was read.
@@ -15,31 +15,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from pipeline.artifacts import ArtifactStore
-from pipeline.champion import IDENTITY, ChampionPlan, feature_spec, opponent, plan
-from pipeline.config import DriftConfig, PipelineConfig
-from pipeline.gate import ChampionScore, Decision, decide, improvement
-from pipeline.monitoring.breakdown import BASELINE, merge
-from pipeline.monitoring.drift import (
-    Columns,
-    DriftReport,
-    TestPeriodCounter,
-    drift_reference,
-    drift_report,
-)
-from pipeline.provenance import git_commit
-from pipeline.registry import CHAMPION, AliasMoved, alias_head, lineage, move_alias, register
-from pipeline.registry import version as registry_version
-from pipeline.report.content import ReportContent, Run
-from pipeline.report.page import render
-from pipeline.schema import Roles
-from pipeline.scoring import Scan, Scored, score, score_keyed
-from pipeline.stage import (
+from pipeline.core.config import DriftConfig, PipelineConfig
+from pipeline.core.formatting import fmt
+from pipeline.core.schema import Roles
+from pipeline.engine.artifacts import ArtifactStore
+from pipeline.engine.provenance import git_commit
+from pipeline.engine.stage import (
     Facts,
     Files,
     Folder,
@@ -50,11 +36,25 @@ from pipeline.stage import (
     StageContext,
     StageResult,
 )
+from pipeline.model.scoring import Scan, Scored, score, score_keyed
+from pipeline.monitoring.breakdown import BASELINE, merge
+from pipeline.monitoring.drift import (
+    Columns,
+    DriftReport,
+    TestPeriodCounter,
+    drift_reference,
+    drift_report,
+)
+from pipeline.registry.champion import IDENTITY, ChampionPlan, feature_spec, opponent, plan
+from pipeline.registry.gate import ChampionScore, Decision, decide, improvement
+from pipeline.registry.store import CHAMPION, AliasMoved, alias_head, lineage, move_alias, register
+from pipeline.registry.store import version as registry_version
+from pipeline.report.content import ReportContent, Run
+from pipeline.report.page import render
 from pipeline.stages.featurize import STAGE as FEATURIZE
 from pipeline.stages.train import STAGE as TRAIN
 from pipeline.stages.train import TrainFacts
 from pipeline.telemetry import current_span
-from pipeline.trace_format import fmt
 
 PREDICTION = "prediction"
 CHAMPION_PREDICTION = "champion_prediction"
@@ -110,6 +110,18 @@ class EvaluateFacts(Facts):
     registration: Registration
     drift: DriftReport
 
+    def run_outcome(self, store: ArtifactStore) -> dict[str, Any]:
+        """The registered model, with `promoted` and `champion` as they stand now: a cached
+        evaluation's promotion may since have been rolled back. `rejected`: the champion does
+        not serve this model."""
+        made = self.registration
+        champion = alias_head(store, made.model, CHAMPION)[1]
+        serves = champion == made.version or (made.promoted and champion == made.champion)
+        return {"model": made.model, "model_version": made.version, "promoted": serves,
+                "rejected": not serves, "champion": champion, "registered": made.registered,
+                "gate": {"passed": self.decision.passed, "reasons": self.decision.reasons},
+                "test_metrics": made.metrics}
+
 
 def judged_against(params: EvaluateParams, inputs: Mapping[str, Output],
                    store: ArtifactStore) -> dict[str, str]:
@@ -129,7 +141,7 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
         champion_plan = plan(
             store, params.model_name, champion,
             feature_spec(featurized.artifact.manifest["params"]), featurized.files.data,
-            roles.label, params.task) if champion else None
+            roles.label, params.task, FEATURIZE) if champion else None
         scored = _score_test_rows(ctx, champion_plan,
                                   TestPeriodCounter(columns, reference.histograms))
     rows_in = scored.rows
@@ -167,7 +179,7 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
                 evaluate_cache_key=ctx.cache_key, evaluate_code_version=STAGE.code_version))
 
     def report_page(version: str) -> str:
-        with ctx.telemetry.span("evaluate.report"):  # matplotlib: about 0.5 s a figure
+        with ctx.telemetry.span("evaluate.report"):  # matplotlib's figures take a while
             return render(report, version)
 
     with ctx.telemetry.span("evaluate.register"):
@@ -197,7 +209,7 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
     return StageResult(
         rows_in=rows_in, rows_out=rows_in,
         schema={f.name: str(f.type) for f in pads.dataset(
-            ctx.output.predictions, filesystem=store.arrow_filesystem(), format="parquet").schema},
+            ctx.files.predictions, filesystem=store.arrow_filesystem(), format="parquet").schema},
         statistics={"prediction_mean": scored.mean(PREDICTION),
                     "label_mean": scored.label_sum / rows_in},
         facts=EvaluateFacts(
@@ -240,7 +252,7 @@ def _score_test_rows(ctx: StageContext[EvaluateParams, EvaluateFiles],
     roles, featurized, trained = ctx.params.roles, ctx.input(FEATURIZE), ctx.input(TRAIN)
     in_driver = not scores_in_ray(ctx.params, ctx.inputs)
     current_span().set_attribute("evaluate.scored_in", "driver" if in_driver else "ray tasks")
-    output = ctx.output.predictions
+    output = ctx.files.predictions
     ctx.store.fs.makedirs(output, exist_ok=True)
     scan = Scan(ctx.store, roles.row_key, roles.event_time, roles.label,
                 datetime.fromisoformat(trained.facts.test_period_start),
@@ -335,17 +347,13 @@ def explain(question: RowQuestion) -> list[str]:
     model = facts.registration
     decision = "promoted" if model.promoted else "not promoted"
     label_column = question.params.roles.label
-    scored = pq.read_table(question.output.files.predictions,
-                           filesystem=question.store.arrow_filesystem(),
-                           filters=question.where()).to_pylist()
+    scored = question.rows(question.output.files.predictions).to_pylist()
     if scored:
         row = scored[0]
         return [f"model {model.model} {model.version} ({decision}) scored it in the test period: "
                 f"predicts {fmt(row['prediction'])}; label {fmt(row[label_column])}; "
                 f"error {row['error']:+.4g}"]
-    features = pads.dataset(question.input(FEATURIZE).files.data,
-                            filesystem=question.store.arrow_filesystem(),
-                            format="parquet").to_table(filter=question.where())
+    features = question.rows(question.input(FEATURIZE).files.data)
     if not features.num_rows:
         return []
     from pipeline.model.predictor import load_predictor

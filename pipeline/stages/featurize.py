@@ -30,9 +30,22 @@ import pyarrow.parquet as pq
 import ray
 from pydantic import Field
 
-from pipeline.config import Duration, PipelineConfig
-from pipeline.durations import format_duration
-from pipeline.epoch import from_us, to_us
+from pipeline.core.config import Duration, PipelineConfig
+from pipeline.core.durations import format_duration
+from pipeline.core.formatting import fmt
+from pipeline.core.packed import PACKED, pack
+from pipeline.core.schema import Roles
+from pipeline.core.timestamps import from_us, to_us
+from pipeline.engine.stage import (
+    Facts,
+    Files,
+    Folder,
+    Params,
+    RowQuestion,
+    Stage,
+    StageContext,
+    StageResult,
+)
 from pipeline.features.audit import (
     PERTURBATION,
     TIME_TRAVEL,
@@ -52,21 +65,8 @@ from pipeline.features.windows import (
     compute_windows,
     window_specs,
 )
-from pipeline.packed import PACKED, pack
-from pipeline.schema import Roles
-from pipeline.stage import (
-    Facts,
-    Files,
-    Folder,
-    Params,
-    RowQuestion,
-    Stage,
-    StageContext,
-    StageResult,
-)
 from pipeline.stages.validate import STAGE as VALIDATE
 from pipeline.telemetry import current_span
-from pipeline.trace_format import fmt
 
 AUDIT_BATCH_SPAN = timedelta(days=14)  # a batch reads its span plus the lookback: fewer, longer
 AUDIT_BATCH_ROWS = 250
@@ -134,7 +134,7 @@ class FeaturizeParams(Params):
 class FeaturizeFiles(Files):
     data = Folder("data")
     """One parquet file per time chunk: passthrough columns, one column per feature, the packed
-    tensor (`pipeline.packed`)."""
+    tensor (`pipeline.core.packed`)."""
 
 
 class FeaturizeFacts(Facts):
@@ -172,7 +172,7 @@ def run(ctx: StageContext[FeaturizeParams, FeaturizeFiles]) -> StageResult[Featu
     filesystem = store.arrow_filesystem()
     with ctx.telemetry.span("featurize.plan") as span:
         clean = DayPartitions.discover(filesystem, clean_path)
-        output = ctx.output.data
+        output = ctx.files.data
         store.fs.makedirs(output, exist_ok=True)
         job = Job(clean, output, filesystem, params, compute_windows)
         halo = halo_us(params.windows, params.roles.label_available_at, params.max_label_delay)
@@ -180,8 +180,8 @@ def run(ctx: StageContext[FeaturizeParams, FeaturizeFiles]) -> StageResult[Featu
         rows_in = validated.rows_out  # the clean rows
         span.set_attributes({"chunks": len(chunks), "rows": rows_in})
 
-    # plain tasks, one per chunk: a Ray Data pipeline over the chunk list cost 2-3 s of
-    # start-up per run for no gain (a chunk is already the unit of work)
+    # plain tasks, one per chunk: a Ray Data pipeline over the chunk list would add start-up
+    # time for no gain (a chunk is already the unit of work)
     with ctx.telemetry.span("featurize.compute", {"chunks": len(chunks)}):
         task = ctx.task(featurize_chunk, "featurize.chunk")
         shared_job = ray.put(job)
@@ -231,7 +231,7 @@ def featurize_chunk(chunk: dict[str, int], job: Job) -> dict[str, Any]:
     ), roles)
     sources = pa.concat_tables([halo, rows.select(params.source_columns)])
     table, result = features_table(rows, sources, params, job.kernel)
-    if table.num_rows:  # dictionary pages only where values repeat: 2x faster writes
+    if table.num_rows:  # dictionary pages only where values repeat: faster writes
         pq.write_table(table, posixpath.join(job.output, f"part-{chunk.index:05d}.parquet"),
                        filesystem=job.filesystem, use_dictionary=params.repeating_columns)
     current_span().set_attributes({"chunk.index": chunk.index,
@@ -342,8 +342,7 @@ def explain(question: RowQuestion) -> list[str]:
     params: FeaturizeParams = question.params
     roles = params.roles
     store = question.store
-    rows = pads.dataset(question.output.files.data, filesystem=store.arrow_filesystem(),
-                        format="parquet").to_table(filter=question.where())
+    rows = question.rows(question.output.files.data)
     if rows.num_rows == 0:
         return ["featurize: no features (the row did not pass validation)"]
     values = rows.slice(0, 1).to_pylist()[0]

@@ -19,14 +19,14 @@ from datetime import datetime, timedelta
 
 import fsspec
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
 from pydantic import Field
 
-from pipeline.artifacts import arrow_filesystem
-from pipeline.config import PipelineConfig, Timestamp
-from pipeline.stage import (
+from pipeline.core.config import PipelineConfig, Timestamp
+from pipeline.core.formatting import row_text
+from pipeline.engine.artifacts import arrow_filesystem
+from pipeline.engine.stage import (
     Facts,
     Files,
     Folder,
@@ -37,7 +37,6 @@ from pipeline.stage import (
     StageResult,
 )
 from pipeline.telemetry import current_span
-from pipeline.trace_format import row_text
 
 
 class IngestParams(Params):
@@ -213,12 +212,12 @@ def run(ctx: StageContext[IngestParams, IngestFiles]) -> StageResult[IngestFacts
         span.set_attribute("files", len(files))
     with ctx.telemetry.span("ingest.check_footers", {"files": len(files)}):
         rows_in, schema, sizes = _check_columns(fs, files, params.columns)
-    store.fs.makedirs(ctx.output.data, exist_ok=True)
+    store.fs.makedirs(ctx.files.data, exist_ok=True)
     workers = max(1, int(ray.available_resources().get("CPU", 1)))
     groups = file_groups(sizes, workers)
     with ctx.telemetry.span("ingest.copy", {"tasks": len(groups)}):  # waits for workers too
         copy = ctx.task(_copy_files, "ingest.copy_files")
-        written = ray.get([copy.remote(fs, files[group], schema, store, ctx.output.data, index)
+        written = ray.get([copy.remote(fs, files[group], schema, store, ctx.files.data, index)
                            for index, group in enumerate(groups)])
     return StageResult(
         rows_in=rows_in,
@@ -236,7 +235,7 @@ def _copy_files(fs: fsspec.AbstractFileSystem, files: list[str], schema: pa.Sche
     """Stream the declared columns of `files`, in order, into the snapshot's part `index`.
     Batches are buffered up to _BATCH_ROWS rows per row group, so a task holds about one row
     group at a time and many small source files still make a few large row groups (a row group
-    per source batch would make 3,000 small files 3,000 tiny groups, slow to write and to read).
+    per source batch would give every small file its own tiny group, slow to write and to read).
     Files are read through Arrow's own filesystem (native I/O locally, fsspec elsewhere)."""
     rows, pending, pending_rows = 0, [], 0
     source = arrow_filesystem(fs)
@@ -269,8 +268,7 @@ def _copy_files(fs: fsspec.AbstractFileSystem, files: list[str], schema: pa.Sche
 def explain(question: RowQuestion) -> list[str]:
     """The row as the snapshot froze it (every copy: duplicates are validate's business)."""
     files: IngestFiles = question.output.files
-    rows = pads.dataset(files.data, filesystem=question.store.arrow_filesystem(),
-                        format="parquet").to_table(filter=question.where())
+    rows = question.rows(files.data)
     if not rows.num_rows:
         raise LookupError(f"{question.key_column}={question.key!r} is not in the snapshot of "
                           f"{question.params.source} between {question.params.start.date()} and "

@@ -9,10 +9,10 @@ order-preserving data, deterministic kernels).
 
 `train.num_workers: 0` is Ray Train's local mode: the same loop runs in the driver process, with no
 controller or worker actors. Those actors (the controller, a worker per rank, and Ray Train's and
-Ray Data's helper actors: six new processes for one worker) took 13-15 s to start on the 2-core
-machine, and a 1M-row local run 80.7 s instead of 49.9 s. Local mode keeps the per-epoch
-checkpoints (under `train_runs/<cache key>/local-mode` with a local artifact root) and resumes
-from them after a kill. It gives up what the actors give: no restart inside the run after a
+Ray Data's helper actors: several new processes even for one worker) are slow to start, a large
+share of a run on one small machine. Local mode keeps the per-epoch checkpoints (under
+`train_runs/<cache key>/local-mode` with a local artifact root) and resumes from them after a
+kill. It gives up what the actors give: no restart inside the run after a
 failure (the rerun resumes), no GPU placement by Ray, no isolation from the driver, one process.
 The default for one machine (configs/local.yaml, smoke); `num_workers >= 1` is the cluster path.
 
@@ -45,19 +45,16 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
 
-from pipeline.artifacts import ArtifactStore
-from pipeline.config import PipelineConfig, SplitConfig, TrainConfig
-from pipeline.durations import parse_duration
-from pipeline.exchange import PIECE_ROWS, exchange, returned, runs
-from pipeline.model.preprocessing import FitStatistics, Preprocessor
-from pipeline.model.splits import SPLITS, test_period_start, with_splits
-from pipeline.monitoring.drift import Columns, Histogram, training_histograms
-from pipeline.schema import Roles
-from pipeline.stage import (
+from pipeline.core.config import PipelineConfig, SplitConfig, TrainConfig
+from pipeline.core.durations import parse_duration
+from pipeline.core.formatting import fmt
+from pipeline.core.schema import Roles
+from pipeline.engine.artifacts import ArtifactStore
+from pipeline.engine.exchange import PIECE_ROWS, exchange, returned, runs
+from pipeline.engine.stage import (
     Facts,
     Files,
     Folder,
@@ -68,9 +65,11 @@ from pipeline.stage import (
     StageResult,
     top_reasons,
 )
+from pipeline.model.preprocessing import FitStatistics, Preprocessor
+from pipeline.model.splits import SPLITS, test_period_start, with_splits
+from pipeline.monitoring.drift import Columns, Histogram, training_histograms
 from pipeline.stages.featurize import STAGE as FEATURIZE
 from pipeline.stages.featurize import FeaturizeFacts
-from pipeline.trace_format import fmt
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +145,7 @@ def run(ctx: StageContext[TrainParams, TrainFiles]) -> StageResult[TrainFacts]:
     facts: FeaturizeFacts = featurize.facts
     with ctx.telemetry.span("train.splits") as span:
         parts = split_rows(ctx, featurize.files.data, facts)
-        counts, key_type = write_splits(ctx, parts, ctx.output.splits)
+        counts, key_type = write_splits(ctx, parts, ctx.files.splits)
         span.set_attributes({f"rows.{name}": n for name, n in counts.items()})
     if sum(counts.values()) != featurize.rows_out:
         raise ValueError(f"read {sum(counts.values())} rows, featurize published "
@@ -180,7 +179,7 @@ def run(ctx: StageContext[TrainParams, TrainFiles]) -> StageResult[TrainFacts]:
                                weights_only=True)
     state, best = saved["state"], saved["best_network"]
     checksum = weights_checksum(best)
-    save_model(store.fs, ctx.output.model, loop.network, best, preprocessor,
+    save_model(store.fs, ctx.files.model, loop.network, best, preprocessor,
                {"best_epoch": state["best_epoch"], "row_key": params.roles.row_key,
                 "event_time": params.roles.event_time, "weights_sha256": checksum},
                history=state["history"])
@@ -243,7 +242,7 @@ def split_rows(ctx: StageContext[TrainParams, TrainFiles], path: str,
     roles = ctx.params.roles
     columns = list(dict.fromkeys([roles.row_key, roles.event_time, roles.label_available_at,
                                   roles.label, facts.packed_column, *facts.categorical_columns]))
-    files = sorted(p for p in ctx.store.fs.find(path) if p.endswith(".parquet"))
+    files = ctx.store.parquet_files(path)
     read = ctx.task(_read_with_splits, "train.read_file")
     return [read.remote(ctx.store, file, columns, ctx.params) for file in files]
 
@@ -319,7 +318,7 @@ def encode_split(ctx: StageContext[TrainParams, TrainFiles], parts: list[ray.Obj
     if shuffle is not None:
         encoded = shuffled(ctx, encoded, *shuffle)
     ray.wait(encoded, num_returns=len(encoded), fetch_local=False)  # done before fit starts
-    from ray.data import from_arrow_refs  # not at the top: 0.35-0.9 s before Ray's start
+    from ray.data import from_arrow_refs  # not at the top: slow, it would delay Ray's start
 
     return from_arrow_refs(encoded)
 
@@ -336,7 +335,7 @@ def _encode_part(part: pa.Table, name: str, preprocessor: Preprocessor, label: s
 
 def shuffled(ctx: StageContext, tables: list[ray.ObjectRef], seed: int, rows: int,
              workers: int) -> list[ray.ObjectRef]:
-    """`tables`' rows in a seeded global shuffle, an exchange (`pipeline.exchange`) as Ray Data's
+    """`tables`' rows in a seeded global shuffle, an exchange (`pipeline.engine.exchange`) as Ray Data's
     `random_shuffle` does it, without its planning: dealers over runs of consecutive tables deal
     their rows at random among the buckets; each bucket gathers its pieces from every dealer and
     permutes them. The same seed and tables give the same order.
@@ -405,9 +404,9 @@ def _local_mode_checkpoints(store: ArtifactStore, key: str, local_mode: bool):
 @contextlib.contextmanager
 def _worker_threads(torch, settings: TrainConfig, local_mode: bool) -> Iterator[None]:
     """In local mode, torch gets the threads one Ray Train worker would (its CPUs in
-    `resources_per_worker`, default 1) for the fit, not every core of the driver's machine
-    (measured at 1M rows on 2 cores: fit 12.2 s with one thread, 16.6 s with torch's default
-    two; the plain script's loop under load ran 30x slower with two, benchmarks/end_to_end.py)."""
+    `resources_per_worker`, default 1) for the fit, not every core of the driver's machine: a
+    thread count that follows the machine would make the weights follow it too (kernels sum in
+    another order), and the threads would compete with Ray's own processes."""
     if not local_mode:
         yield
         return
@@ -458,8 +457,7 @@ def explain(question: RowQuestion) -> list[str]:
     """The split the row fell into and the rule that put it there."""
     params: TrainParams = question.params
     split = params.split
-    splits = pads.dataset(question.output.files.splits, filesystem=question.store.arrow_filesystem(),
-                          format="parquet").to_table(filter=question.where())
+    splits = question.rows(question.output.files.splits)
     why = {
         "train": f"event and label both before train_until {fmt(split.train_until)}",
         "validation": f"event in [train_until + embargo {fmt(split.embargo)}, validation_until "

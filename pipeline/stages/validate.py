@@ -24,18 +24,10 @@ import pyarrow.parquet as pq
 import ray
 from pydantic import Field
 
-from pipeline.config import Duration, PipelineConfig
-from pipeline.epoch import day_strings
-from pipeline.quality.duplicates import copies_in_bucket, later_copies, split_keys
-from pipeline.quality.rules import (
-    column_statistics,
-    conform,
-    merge_statistics,
-    row_reasons,
-    unlabeled,
-)
-from pipeline.schema import TableSchema
-from pipeline.stage import (
+from pipeline.core.config import Duration, PipelineConfig
+from pipeline.core.schema import TableSchema
+from pipeline.core.timestamps import day_strings
+from pipeline.engine.stage import (
     Facts,
     Files,
     Folder,
@@ -45,6 +37,14 @@ from pipeline.stage import (
     StageContext,
     StageResult,
     top_reasons,
+)
+from pipeline.quality.duplicates import copies_in_bucket, later_copies, split_keys
+from pipeline.quality.rules import (
+    column_statistics,
+    conform,
+    merge_statistics,
+    row_reasons,
+    unlabeled,
 )
 from pipeline.stages.ingest import STAGE as INGEST
 from pipeline.stages.ingest import IngestFiles
@@ -147,15 +147,15 @@ def _write_clean(store, clean: pa.Table, event_time: str, base: str, index: int)
 def run(ctx: StageContext[ValidateParams, ValidateFiles]) -> StageResult[ValidateFacts]:
     params, store = ctx.params, ctx.store
     snapshot: IngestFiles = ctx.input(INGEST).files
-    files = sorted(p for p in store.fs.find(snapshot.data) if p.endswith(".parquet"))
+    files = store.parquet_files(snapshot.data)
     with ctx.telemetry.span("validate.find_duplicates", {"files": len(files)}):
         duplicates = duplicate_rows(ctx, files, params.table.row_key,
                                     ctx.input(INGEST).rows_out)
-    store.fs.makedirs(ctx.output.quarantine, exist_ok=True)
+    store.fs.makedirs(ctx.files.quarantine, exist_ok=True)
     with ctx.telemetry.span("validate.check_files", {"files": len(files)}):
         validate_file = ctx.task(_validate_file, "validate.file")
         results = ray.get([
-            validate_file.remote(store, path, i, duplicates[i], params, ctx.output)
+            validate_file.remote(store, path, i, duplicates[i], params, ctx.files)
             for i, path in enumerate(files)
         ])
     rows_in = sum(r["rows"] for r in results)
@@ -186,21 +186,16 @@ def run(ctx: StageContext[ValidateParams, ValidateFiles]) -> StageResult[Validat
 def explain(question: RowQuestion) -> list[str]:
     files: ValidateFiles = question.output.files
     store = question.store
-    clean = _rows(store, files.clean, question)
+    clean = question.rows(files.clean, partitioning="hive")
     lines = [f"validate passed it ({clean.num_rows} clean copy)"] if clean.num_rows else []
     table: TableSchema = question.params.table
     if clean.num_rows and unlabeled(clean, table).any():
         lines.append(f"unlabeled: history only ({table.label} and {table.label_available_at} "
                      "are null; it feeds windows, never a split)")
-    for row in _rows(store, files.quarantine, question).to_pylist():
+    for row in question.rows(files.quarantine, partitioning="hive").to_pylist():
         lines.append(f"validate quarantined a copy: {row['_reason']} ({row['_detail']}) "
                      f"from {store.uri(store.path(row['_source_file']))}")
     return lines
-
-
-def _rows(store, path: str, question: RowQuestion) -> pa.Table:
-    return pads.dataset(path, filesystem=store.arrow_filesystem(), format="parquet",
-                        partitioning="hive").to_table(filter=question.where())
 
 
 STAGE = Stage(

@@ -3,7 +3,7 @@
 Driver:  tel = Telemetry.start(spec); with tel.span("run"): ...; tel.carrier(); tel.shutdown()
 Worker:  traced(fn, "featurize.chunk", carrier) runs fn inside a span that joins the driver's trace;
          inside it, worker_span(None, name) nests and current_span() sets attributes.
-The `pipeline profile` report is `pipeline.telemetry.profile`: a CLI module no worker imports.
+The `pipeline profile` report that reads these spans is `pipeline.commands.profile`.
 """
 
 from .driver import Telemetry

@@ -55,8 +55,8 @@ def worker_providers(spec: TelemetrySpec) -> Providers | None:
     with _WORKER_LOCK:
         if key not in _WORKER_PROVIDERS:
             # No shutdown at exit: every outermost worker_span flushes what it recorded, and a
-            # final OTLP export at exit retried a collector that had gone for 8 s (a local-mode
-            # training loop builds these in the driver, which outlives the run's collector).
+            # final OTLP export at exit would keep retrying a collector that has gone (a
+            # local-mode training loop builds these in the driver, which outlives the collector).
             _WORKER_PROVIDERS[key] = build_providers(spec, "worker")
         return _WORKER_PROVIDERS[key]
 
@@ -112,7 +112,7 @@ def worker_span(
 
 def _report_progress(outbox, name: str, span: trace.Span) -> None:
     """Tell the driver's progress display that this span's work is done (`outbox` is a
-    `pipeline.terminal.progress.Outbox`; a lost event only makes the display lag)."""
+    `pipeline.engine.progress.Outbox`; a lost event only makes the display lag)."""
     attributes = dict(getattr(span, "attributes", None) or {})
     outbox.push({"name": name, "attributes": attributes})
 

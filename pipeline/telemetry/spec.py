@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
 
-Exporter = Literal["none", "console", "jsonl", "otlp", "memory"]
-EXPORTERS: tuple[str, ...] = ("none", "console", "jsonl", "otlp", "memory")
+from pipeline.core.exporters import EXPORTERS, Exporter
 
 
 @dataclass(frozen=True)
