@@ -149,6 +149,7 @@ def test_a_champion_with_other_features_is_scored_on_its_own_or_the_reason_is_re
     from pipeline.engine.artifacts import ArtifactStore
     from pipeline.registry.champion import plan
     from pipeline.registry.gate import ChampionScore, decide
+    from pipeline.stages.featurize import STAGE as FEATURIZE
 
     root, _ = smoke_copy
     store = ArtifactStore(str(root))
@@ -156,17 +157,21 @@ def test_a_champion_with_other_features_is_scored_on_its_own_or_the_reason_is_re
     without_windows = {**entry["features"], "windows": []}
     current = str(root / "elsewhere")  # the candidate's features: not where the champion scores
 
-    scored = plan(store, MODEL, "v1", entry["features"], current, "duration_min", "regression")
+    scored = plan(store, MODEL, "v1", entry["features"], current, "duration_min",
+                  "regression", FEATURIZE)
     assert scored.features == current and scored.scored_on == "the candidate's features"
-    own = plan(store, MODEL, "v1", without_windows, current, "duration_min", "regression")
+    own = plan(store, MODEL, "v1", without_windows, current, "duration_min",
+                  "regression", FEATURIZE)
     featurize = entry["lineage"]["featurize"]["cache_key"]
     assert own.features == str(root / "stages" / "featurize" / featurize / "data")
     assert own.scored_on.startswith(f"its own features (featurize {featurize}; current "
                                     "features lack driver_id__pace_min_per_km__mean__7d")
     (root / "stages" / "featurize" / featurize / "manifest.json").unlink()  # a private copy
-    gone = plan(store, MODEL, "v1", without_windows, current, "duration_min", "regression")
+    gone = plan(store, MODEL, "v1", without_windows, current, "duration_min",
+                  "regression", FEATURIZE)
     assert gone.features is None and "no longer in the artifact store" in gone.not_scored
-    other = plan(store, MODEL, "v1", entry["features"], current, "fare", "regression")
+    other = plan(store, MODEL, "v1", entry["features"], current, "fare", "regression",
+                 FEATURIZE)
     assert other.not_scored == "it predicts duration_min (regression), the candidate fare " \
                                "(regression)"
 

@@ -22,10 +22,10 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import exchange
 from pipeline.core.config import load_config
 from pipeline.datasets import write_partitioned
 from pipeline.datasets.rideshare import generate_rideshare
+from pipeline.engine import exchange
 from pipeline.engine.artifacts import ArtifactStore
 from pipeline.predict.output import OutputFile
 from pipeline.quality import duplicates

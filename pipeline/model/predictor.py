@@ -33,6 +33,9 @@ PREPROCESSING = "preprocessing.json"
 HISTORY = "history.json"
 FORMAT_VERSION = 1
 WALL_CLOCK = ("train_seconds", "samples_per_second")  # history fields never written to disk
+PREDICT_THREADS = 1
+"""Torch threads while predicting, wherever that runs (the driver, a one-CPU Ray task): kernels
+split over more threads sum in another order, and the same model must give the same bits in both."""
 
 
 @dataclass
@@ -53,12 +56,17 @@ class Predictor:
         """
         outputs = []
         self.network.eval()
-        with torch.no_grad():
-            for start in range(0, table.num_rows, batch_size):
-                chunk = table.slice(start, batch_size)
-                features = torch.from_numpy(self.preprocessor.features(chunk))
-                codes = torch.from_numpy(self.preprocessor.codes(chunk))
-                outputs.append(self.network(features, codes).numpy())
+        threads = torch.get_num_threads()
+        torch.set_num_threads(PREDICT_THREADS)
+        try:
+            with torch.no_grad():
+                for start in range(0, table.num_rows, batch_size):
+                    chunk = table.slice(start, batch_size)
+                    features = torch.from_numpy(self.preprocessor.features(chunk))
+                    codes = torch.from_numpy(self.preprocessor.codes(chunk))
+                    outputs.append(self.network(features, codes).numpy())
+        finally:
+            torch.set_num_threads(threads)
         raw = np.concatenate(outputs) if outputs else np.zeros(0, dtype=np.float32)
         return self.preprocessor.unscale(raw)
 
