@@ -13,16 +13,14 @@ and the ratio of the audited stage's seconds to the unaudited one's.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from featurize import CONFIG, stage_arms
-from measure import REPO, Measurement, Summary, parse_rows, results_folder, spread
+from featurize import CONFIG, stage_arm_arguments, stage_arms
+from measure import Measurement, Summary, spread
 
 from pipeline.core.config import load_config
 
@@ -53,18 +51,7 @@ def chart(results: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=parse_rows, default=2_000_000)
-    parser.add_argument("--rows-per-day", type=parse_rows, default=50_000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--data", type=Path, default=REPO / "data" / "benchmarks")
-    parser.add_argument("--results", type=Path, help="default: benchmarks/results")
-    parser.add_argument("--smoke", action="store_true", help="50k trips, one run of each arm")
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.rows, args.rows_per_day, args.repeats = 50_000, 25_000, 1
-        args.data = Path(tempfile.mkdtemp(prefix="audit-smoke-data-"))
-    results_dir = results_folder(args.results, args.smoke)
+    args = stage_arm_arguments(__doc__, argv, rows=2_000_000, repeats=3)
     measurement = Measurement()
     sample = load_config(CONFIG).features.audit_sample
     runs = stage_arms(args.rows, args.rows_per_day, args.repeats,
@@ -80,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
                "audit_sample": sample, "repeats": args.repeats, "arms": medians,
                "audit_seconds": audit_seconds, "stage_seconds_ratio": ratio,
                "stage_cpu_seconds_ratio": cpu_ratio, "runs": runs}
-    measurement.save(results, results_dir / "featurize_audit_cost.json", chart, Summary(
+    measurement.save(results, args.results / "featurize_audit_cost.json", chart, Summary(
         benchmark=f"featurize audit cost, {results['rows']:,} trips, {sample} sampled rows",
         peer="the same stage with features.audit_sample=0",
         result=f"the audited stage takes {ratio:.2f}x the wall and {cpu_ratio:.2f}x the CPU "

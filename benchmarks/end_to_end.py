@@ -61,6 +61,7 @@ from measure import (  # noqa: E402
     Measurement,
     Summary,
     alternated,
+    benchmark_parser,
     parse_rows,
     parse_sizes,
     pipeline_cli,
@@ -394,17 +395,13 @@ def chart(results: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = benchmark_parser(__doc__, repeats=3, smoke="20k trips, one run of each arm")
     parser.add_argument("--rows", default="1M,10M",
                         help="comma-separated row counts (k and M suffixes), each a size")
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data", type=Path, help="where sources are generated (and reused); "
                         "default: a temporary folder under /var/tmp, deleted afterwards")
-    parser.add_argument("--results", type=Path, help="default: benchmarks/results")
     parser.add_argument("--torch-threads", type=int, default=0,
                         help="the script's torch threads (default 0: torch's default)")
-    parser.add_argument("--smoke", action="store_true", help="20k trips, one run of each arm; "
-                        "writes to a temporary folder")
     parser.add_argument("--script", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--source", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -51,6 +51,7 @@ from measure import (
     REPO,
     Measurement,
     Summary,
+    benchmark_parser,
     copy_published,
     parse_rows,
     pipeline_cli,
@@ -249,6 +250,22 @@ def measure(args: argparse.Namespace, rows: int, engines: tuple[str, ...],
     return runs, disagreements
 
 
+def stage_arm_arguments(doc: str, argv: list[str] | None, rows: int,
+                        repeats: int) -> argparse.Namespace:
+    """The arguments of a benchmark that compares settings of the stage (`stage_arms`); with
+    --smoke, 50k trips and one run of each arm on data generated for it alone."""
+    parser = benchmark_parser(doc, repeats=repeats, smoke="50k trips, one run of each arm")
+    parser.add_argument("--rows", type=parse_rows, default=rows)
+    parser.add_argument("--rows-per-day", type=parse_rows, default=50_000)
+    parser.add_argument("--data", type=Path, default=REPO / "data" / "benchmarks")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.rows, args.rows_per_day, args.repeats = 50_000, 25_000, 1
+        args.data = Path(tempfile.mkdtemp(prefix="featurize-arms-smoke-data-"))
+    args.results = results_folder(args.results, args.smoke)
+    return args
+
+
 def stage_arms(rows: int, rows_per_day: int, repeats: int, arms: dict[str, list[str]],
                data: Path) -> dict[str, list[dict]]:
     """The stage under each arm's extra `--set`s, `repeats` times, alternated, on rows validated
@@ -277,17 +294,13 @@ def stage_arms(rows: int, rows_per_day: int, repeats: int, arms: dict[str, list[
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = benchmark_parser(__doc__, repeats=3, smoke="50k trips, one run of each engine")
     parser.add_argument("--rows", type=parse_rows, default=10_000_000)
     parser.add_argument("--rows-per-day", type=parse_rows, default=50_000)
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--chunk", default=None, help="features.chunk (default: the config's)")
     parser.add_argument("--data", type=Path, default=REPO / "data" / "benchmarks",
                         help="where sources are generated, and reused by a later run")
-    parser.add_argument("--results", type=Path, help="default: benchmarks/results")
     parser.add_argument("--scaling", action="store_true", help="stage peak memory, 1M vs 10M")
-    parser.add_argument("--smoke", action="store_true", help="50k trips, one run of each engine; "
-                        "writes to a temporary folder")
     parser.add_argument("--engine", choices=PEERS, help=argparse.SUPPRESS)
     parser.add_argument("--validated", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)

@@ -44,7 +44,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-from measure import REPO, Measurement, Summary, alternated, parse_rows, results_folder, spread
+from measure import (
+    REPO,
+    Measurement,
+    Summary,
+    alternated,
+    benchmark_parser,
+    parse_rows,
+    results_folder,
+    spread,
+)
 
 from pipeline.core.config import PipelineConfig, load_config
 
@@ -218,13 +227,9 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = benchmark_parser(__doc__, repeats=3, smoke="20k rows, one run of each arm")
     parser.add_argument("--rows", type=parse_rows, default=1_000_000)
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--results", type=Path, help="default: benchmarks/results")
-    parser.add_argument("--smoke", action="store_true", help="20k rows, one run of each arm; "
-                        "writes to a temporary folder")
     args = parser.parse_args(argv)
     if args.smoke:
         args.rows, args.repeats = 20_000, 1

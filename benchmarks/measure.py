@@ -4,6 +4,7 @@ with its provenance and the one-line summary that `benchmarks/table.py` puts in 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -44,6 +45,17 @@ def alternated(arms: Sequence[str], repeat: int) -> Sequence[str]:
     """The arms in the order repetition `repeat` runs them: reversed every other repetition, so
     that neither always runs first on a warm (or a loaded) machine."""
     return arms if repeat % 2 == 0 else arms[::-1]
+
+
+def benchmark_parser(doc: str, repeats: int, smoke: str) -> argparse.ArgumentParser:
+    """The arguments every benchmark takes: --repeats, --results, and --smoke (`smoke` says
+    what the tiny run does); a benchmark adds its own."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--results", type=Path, help="default: benchmarks/results")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"{smoke}; writes to a temporary folder")
+    return parser
 
 
 def results_folder(requested: Path | None, smoke: bool) -> Path:

@@ -45,7 +45,6 @@ measurement at 20k and 40k rows, once each, and writes to a temporary folder.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -64,6 +63,7 @@ from measure import (
     REPO,
     Measurement,
     Summary,
+    benchmark_parser,
     child_env,
     parse_sizes,
     results_folder,
@@ -334,20 +334,15 @@ def folder_bytes(folder: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = benchmark_parser(__doc__, repeats=3, smoke="20k and 40k rows, one run each")
     parser.add_argument("--sizes", default="1M,10M,30M",
                         help="comma-separated row counts (k and M suffixes)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="runs per size, but for the largest (one)")
     parser.add_argument("--interval", type=float, default=0.25, help="memory sampling seconds")
     parser.add_argument("--data", type=Path, help="where sources are generated (and reused); "
                         "default: a temporary folder under /var/tmp, deleted afterwards")
     parser.add_argument("--layout", choices=LAYOUTS, default="denser",
                         help="denser: every size over the config's 60 days; longer: the "
                              "smallest size's rows per day, over more days")
-    parser.add_argument("--results", type=Path, help="default: benchmarks/results")
-    parser.add_argument("--smoke", action="store_true", help="20k and 40k rows, one run each; "
-                        "writes to a temporary folder")
     args = parser.parse_args(argv)
     if args.smoke:
         args.sizes, args.repeats = "20k,40k", 1

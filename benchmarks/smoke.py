@@ -27,7 +27,6 @@ its moment's load). `pipeline --help` is timed too (an import-cost check: it mus
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from measure import (
     Measurement,
     Summary,
     alternated,
+    benchmark_parser,
     pipeline_cli,
     results_folder,
     spread,
@@ -127,11 +127,7 @@ def chart(results: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--results", type=Path, help="default: benchmarks/results")
-    parser.add_argument("--smoke", action="store_true", help="one repetition; writes to a "
-                        "temporary folder")
+    parser = benchmark_parser(__doc__, repeats=5, smoke="one repetition")
     args = parser.parse_args(argv)
     if args.smoke:
         args.repeats = 1

@@ -12,16 +12,14 @@ the stage's own seconds is reported, and overhead = 1 - on/off throughput.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from featurize import stage_arms
-from measure import REPO, Measurement, Summary, parse_rows, results_folder, spread
+from featurize import stage_arm_arguments, stage_arms
+from measure import Measurement, Summary, spread
 
 ARMS = {"none": ["telemetry.exporter=none"], "jsonl": ["telemetry.exporter=jsonl"]}
 BUDGET = 0.03
@@ -47,18 +45,7 @@ def chart(results: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=parse_rows, default=1_000_000)
-    parser.add_argument("--rows-per-day", type=parse_rows, default=50_000)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--data", type=Path, default=REPO / "data" / "benchmarks")
-    parser.add_argument("--results", type=Path, help="default: benchmarks/results")
-    parser.add_argument("--smoke", action="store_true", help="50k trips, one run of each arm")
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.rows, args.rows_per_day, args.repeats = 50_000, 25_000, 1
-        args.data = Path(tempfile.mkdtemp(prefix="telemetry-smoke-data-"))
-    results_dir = results_folder(args.results, args.smoke)
+    args = stage_arm_arguments(__doc__, argv, rows=1_000_000, repeats=5)
     measurement = Measurement()
     runs = stage_arms(args.rows, args.rows_per_day, args.repeats, ARMS, args.data)
     rows = runs["none"][0]["rows"]
@@ -69,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {"rows": rows, "repeats": args.repeats, "arms": arms,
                "throughput_ratio_on_vs_off": ratio, "overhead_percent": (1 - ratio) * 100,
                "runs": runs}
-    measurement.save(results, results_dir / "telemetry_overhead.json", chart, Summary(
+    measurement.save(results, args.results / "telemetry_overhead.json", chart, Summary(
         benchmark=f"telemetry overhead on featurize, {rows:,} trips",
         peer="the same stage with telemetry.exporter=none",
         result=f"telemetry on at {ratio:.3f}x the throughput of telemetry off (median of "

@@ -46,6 +46,7 @@ from measure import (  # noqa: E402
     Measurement,
     Summary,
     alternated,
+    benchmark_parser,
     copy_published,
     parse_rows,
     pipeline_cli,
@@ -234,15 +235,11 @@ def chart(results: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = benchmark_parser(__doc__, repeats=5, smoke="20k trips, 2 epochs, one run each")
     parser.add_argument("--rows", type=parse_rows, default=1_000_000)
     parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--use-gpu", action="store_true")
-    parser.add_argument("--smoke", action="store_true", help="20k trips, 2 epochs, one run each; "
-                        "writes to a temporary folder")
-    parser.add_argument("--results", type=Path, help="default: benchmarks/results")
     parser.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

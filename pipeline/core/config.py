@@ -252,6 +252,14 @@ class TrainConfig(_Strict):
                               "checkpoint after a worker dies (workers >= 1)")
 
 
+def _scored_in_driver(what: str) -> Any:
+    """The driver-or-tasks threshold of evaluate's and predict's scoring."""
+    return Field(200_000, ge=0, description=(
+        f"{what} of at most this many rows is scored in the driver process, which has torch "
+        "loaded, instead of in Ray tasks whose workers each import it first; 0: always in Ray "
+        "tasks. The predictions are the same either way, so changing it reruns nothing"))
+
+
 class DriftConfig(_Strict):
     """Population stability index (PSI) per feature and label, test period vs the champion's
     training split (see pipeline.monitoring.drift)."""
@@ -278,12 +286,7 @@ class EvaluateConfig(_Strict):
         "purpose (-0.02 = up to 2% worse), never below -0.1"
     )
     drift: DriftConfig = Field(DriftConfig(), description="drift thresholds")
-    score_in_driver_max_rows: int = Field(
-        200_000, ge=0, description="a test period of at most this many rows is scored in the "
-        "driver process, which has torch loaded, instead of in Ray tasks whose workers each "
-        "import it first; 0: always in Ray tasks. The results are the same either "
-        "way, so changing it reruns nothing"
-    )
+    score_in_driver_max_rows: int = _scored_in_driver("a test period")
 
 
 class PredictConfig(_Strict):
@@ -295,12 +298,7 @@ class PredictConfig(_Strict):
         None, description="fsspec options for predict's input, output and history source; "
         "default: dataset.storage_options"
     )
-    score_in_driver_max_rows: int = Field(
-        200_000, ge=0, description="an input of at most this many clean rows is scored in the "
-        "driver process, which imports torch while Ray starts, and only its features are "
-        "computed in Ray tasks, whose workers would each import torch first; 0: "
-        "always scored in Ray tasks. The predictions are the same either way"
-    )
+    score_in_driver_max_rows: int = _scored_in_driver("an input (its clean rows)")
 
 
 class ClusterConfig(_Strict):
