@@ -222,7 +222,7 @@ def test_set_errors_name_the_set(tmp_path):
 
 def test_config_reference_is_generated_from_the_models():
     """docs/config.md is what `python -m pipeline.core.config_reference` prints: a key added or
-    described anew in pipeline/core/config.py reaches the reference, or this fails."""
+    described anew in pipeline/core/config/models.py reaches the reference, or this fails."""
     from pipeline.core.config_reference import reference
 
     assert (REPO / "docs" / "config.md").read_text() == reference(), \

@@ -26,7 +26,8 @@ from pipeline.core.schema import Roles
 from pipeline.datasets import write_partitioned
 from pipeline.datasets.rideshare import generate_rideshare
 from pipeline.engine.artifacts import ArtifactStore
-from pipeline.engine.runner import Runner, published_outputs
+from pipeline.engine.keys import published_outputs
+from pipeline.engine.runner import Runner
 from pipeline.engine.stage import Output, StageContext
 from pipeline.features.audit import (
     AuditFailed,

@@ -119,7 +119,7 @@ def test_metrics_match_definitions():
 @pytest.fixture(scope="module")
 def featurized(smoke_run):
     """The featurize output the smoke run published, typed as train reads it, and its rows."""
-    from pipeline.engine.runner import published_outputs
+    from pipeline.engine.keys import published_outputs
     from pipeline.stages.dag import STAGES as DAG
 
     config = load_config(SMOKE, smoke_run.overrides[1::2])

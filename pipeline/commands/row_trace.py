@@ -12,7 +12,7 @@ from typing import Any
 
 from pipeline.core.config import PipelineConfig
 from pipeline.engine.artifacts import ArtifactStore
-from pipeline.engine.runner import published_outputs
+from pipeline.engine.keys import published_outputs
 from pipeline.engine.stage import RowQuestion, Stage
 from pipeline.stages.dag import STAGES
 

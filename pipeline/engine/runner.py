@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
@@ -16,13 +13,14 @@ from typing import Any
 from pipeline.core.config import PipelineConfig
 from pipeline.engine.artifacts import Artifact, ArtifactStore
 from pipeline.engine.dag import check_order, stage_by_name
+from pipeline.engine.keys import StageKey, published_outputs, stage_key
 from pipeline.engine.node_credentials import find_missing_credentials
 from pipeline.engine.observer import RunObserver
 from pipeline.engine.progress import progress_inbox
 from pipeline.engine.provenance import git_commit, versions
 from pipeline.engine.ray_cluster import ensure_ray, workers_are_local
 from pipeline.engine.shared_storage import check_storage_is_shared
-from pipeline.engine.stage import Output, Params, Stage, StageContext, StageResult
+from pipeline.engine.stage import Output, Stage, StageContext, StageResult
 from pipeline.engine.summary import RUN_ID_TIME, RunSummary, StageOutcome
 from pipeline.engine.warm_imports import import_in_background
 from pipeline.telemetry import REDACTED, Telemetry, TelemetrySpec, redact, redact_text
@@ -34,32 +32,6 @@ class StageFailed(RuntimeError):
 
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime(RUN_ID_TIME) + "-" + uuid.uuid4().hex[:6]
-
-
-@dataclass(frozen=True)
-class StageKey:
-    """A stage's cache key and what went into it."""
-
-    key: str
-    params: Params
-    external: dict[str, str]
-
-
-def stage_key(stage: Stage, config: PipelineConfig, inputs: dict[str, Output],
-              store: ArtifactStore) -> StageKey:
-    """hash(stage name, code version, the parameters it reads, its inputs' fingerprints, its
-    external inputs)."""
-    params = stage.params.from_config(config)
-    external = stage.external_inputs(params, inputs, store) if stage.external_inputs else {}
-    payload = {
-        "stage": stage.name,
-        "code": stage.code_version,
-        "params": params.key_payload(),
-        "inputs": {name: output.artifact.fingerprint for name, output in sorted(inputs.items())},
-        "external": external,
-    }
-    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
-    return StageKey(key, params, external)
 
 
 class Runner:
@@ -311,24 +283,6 @@ def _masked_env_vars(config: dict[str, Any]) -> dict[str, Any]:
     if env_vars:
         config["cluster"]["runtime_env"]["env_vars"] = {name: REDACTED for name in env_vars}
     return config
-
-
-def published_outputs(config: PipelineConfig, store: ArtifactStore,
-                      stages: tuple[Stage, ...],
-                      until: str | None = None) -> dict[str, Output]:
-    """The outputs this config's stages have published, in DAG order, up to the first missing one
-    (or up to, not including, stage `until`)."""
-    published: dict[str, Output] = {}
-    for stage in stages:
-        if stage.name == until:
-            break
-        key = stage_key(stage, config, {up.name: published[up.name] for up in stage.inputs},
-                        store)
-        artifact = store.find(stage.name, key.key)
-        if artifact is None:
-            break
-        published[stage.name] = stage.output(artifact)
-    return published
 
 
 def _ray_is_up() -> bool:

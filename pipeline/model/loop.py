@@ -16,13 +16,9 @@ deterministic kernels are on.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,15 +28,18 @@ import torch
 from ray.data.collate_fn import ArrowBatchCollateFn
 from torch import nn
 
+from pipeline.model.checkpoints import (
+    CHECKPOINT_FILE,
+    checkpoint_folder,
+    epoch_folder,
+    latest_kept_checkpoint,
+    save_checkpoint,
+)
 from pipeline.model.metrics import RunningMetrics
 from pipeline.model.network import NetworkSpec, TabularNet
 
-CHECKPOINT_FILE = "state.pt"
 BATCH_COLUMNS = ("features", "categorical", "label")
 """The encoded split's columns (`Preprocessor.encode`), in the order the loop uses them."""
-KEPT_CHECKPOINTS = 2
-"""Epoch checkpoints kept: Ray Train's CheckpointConfig on the worker path, the loop in local mode."""
-_EPOCH_PREFIX = "epoch-"
 KILL_ENV = "RAYPIPE_TEST_KILL_WORKER_AFTER_EPOCH"
 """Test hook: the highest-rank worker SIGKILLs itself after this (1-based) epoch's checkpoint, once
 (only in an attempt that did not start from a checkpoint). Read by the train stage in the driver."""
@@ -270,60 +269,16 @@ def _report(network, optimizer, best_weights, state: TrainingState, record: dict
                "best_epoch": state.best_epoch, "restarts": state.restarts,
                "stopped": state.stopped,
                **{f"validation_{k}": v for k, v in record["validation"].items()}}
-    with _checkpoint_folder(config, record["epoch"]) as directory:
+    with checkpoint_folder(config.checkpoint_dir, record["epoch"]) as directory:
         checkpoint = None
         if rank == 0:
-            _save_checkpoint({"network": _cpu_copy(network.state_dict()),
+            save_checkpoint({"network": _cpu_copy(network.state_dict()),
                               "optimizer": optimizer.state_dict(),
                               "best_network": best_weights,
                               "state": asdict(state)}, directory)
             checkpoint = ray.train.Checkpoint.from_directory(directory)
         ray.train.report(metrics, checkpoint=checkpoint,
-                         checkpoint_dir_name=_epoch_folder(record["epoch"]))
-
-
-@contextmanager
-def _checkpoint_folder(config: LoopConfig, epoch: int) -> Iterator[str]:
-    """A temporary folder Ray Train copies into its storage, or, in local mode, a kept one."""
-    if config.checkpoint_dir is None:
-        with tempfile.TemporaryDirectory() as directory:
-            yield directory
-        return
-    directory = os.path.join(config.checkpoint_dir, _epoch_folder(epoch))
-    os.makedirs(directory, exist_ok=True)
-    yield directory
-    for older in _kept_epochs(config.checkpoint_dir)[:-KEPT_CHECKPOINTS]:
-        shutil.rmtree(os.path.join(config.checkpoint_dir, older))
-
-
-def _epoch_folder(epoch: int) -> str:
-    return f"{_EPOCH_PREFIX}{epoch:04d}"
-
-
-def _kept_epochs(checkpoint_dir: str) -> list[str]:
-    """The epoch folders whose checkpoint file is complete, oldest first."""
-    if not os.path.isdir(checkpoint_dir):
-        return []
-    return sorted(name for name in os.listdir(checkpoint_dir) if name.startswith(_EPOCH_PREFIX)
-                  and os.path.isfile(os.path.join(checkpoint_dir, name, CHECKPOINT_FILE)))
-
-
-def latest_kept_checkpoint(checkpoint_dir: str | None):
-    """Local mode: the newest complete checkpoint an earlier process of this cache key left
-    (it was SIGKILLed, or its driver died), as a Ray Train Checkpoint; None to start afresh."""
-    import ray.train
-
-    kept = _kept_epochs(checkpoint_dir) if checkpoint_dir else []
-    return ray.train.Checkpoint.from_directory(os.path.join(checkpoint_dir, kept[-1])) if kept \
-        else None
-
-
-def _save_checkpoint(payload: dict, directory: str) -> None:
-    """Written under a temporary name and renamed: a kill mid-write leaves no file that looks
-    complete (`_kept_epochs` only counts finished ones)."""
-    partial = os.path.join(directory, CHECKPOINT_FILE + ".partial")
-    torch.save(payload, partial)
-    os.replace(partial, os.path.join(directory, CHECKPOINT_FILE))
+                         checkpoint_dir_name=epoch_folder(record["epoch"]))
 
 
 def _die_after_checkpoint_is_registered(config: LoopConfig) -> None:

@@ -1,0 +1,132 @@
+"""Rules between keys, run on every section that validated so that a bad field elsewhere never
+hides them: a column named in one place must be declared in the schema, the split dates must be
+in order, and no column known only at label time may be read at event time (label leakage)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from pipeline.core.config.models import (
+    ColumnSpec,
+    DatasetConfig,
+    FeaturesConfig,
+    SplitConfig,
+    WindowFeature,
+)
+from pipeline.core.packed import PACKED
+
+
+class Problem(NamedTuple):
+    key: str
+    message: str
+
+
+def cross_check_problems(sections: dict[str, Any]) -> list[Problem]:
+    """Rules across fields, on whichever validated sections are present (by top-level key)."""
+    dataset, features = sections.get("dataset"), sections.get("features")
+    split, telemetry = sections.get("split"), sections.get("telemetry")
+    problems = []
+    if dataset is not None:
+        problems += _dataset_problems(dataset)
+        if features is not None:
+            problems += _input_problems(dataset.columns, features)
+            problems += _window_problems(dataset.columns, features.windows)
+            problems += _leakage_problems(dataset.columns, features)
+        if split is not None:
+            problems += _split_problems(dataset, split)
+    if telemetry is not None and telemetry.exporter == "otlp" and not telemetry.endpoint:
+        problems.append(Problem("telemetry.endpoint", "exporter otlp needs an endpoint, "
+                                "e.g. http://127.0.0.1:4318"))
+    return problems
+
+
+def _dataset_problems(ds: DatasetConfig) -> list[Problem]:
+    problems = []
+    if ds.end <= ds.start:
+        problems.append(Problem("dataset.end", f"{ds.end} must be after dataset.start ({ds.start})"))
+    for role in ("row_key", "event_time", "label", "label_available_at"):
+        column = getattr(ds, role)
+        if column not in ds.columns:
+            problems.append(Problem(f"dataset.{role}",
+                                    f"column {column!r} is not in dataset.columns"))
+        elif role in ("event_time", "label_available_at") \
+                and ds.columns[column].type not in ("timestamp", "int64"):
+            problems.append(Problem(f"dataset.{role}", f"time column {column!r} must be "
+                                    f"timestamp or int64 epoch, not {ds.columns[column].type}"))
+    for role in ("label", "label_available_at"):
+        column = getattr(ds, role)
+        if column in ds.columns and ds.columns[column].known_at != "label":
+            problems.append(Problem(f"dataset.columns.{column}.known_at",
+                                    f"the {role} column {column!r} must be known_at: label"))
+    return problems
+
+
+def _input_problems(columns: dict[str, ColumnSpec], features: FeaturesConfig) -> list[Problem]:
+    """Columns fed to the model as is must exist (`_leakage_problems` says when they may be read)."""
+    return [Problem(f"features.{section}.{i}", f"column {name!r} is not in the schema")
+            for section in ("numeric", "categorical")
+            for i, name in enumerate(getattr(features, section)) if name not in columns]
+
+
+def _leakage_problems(columns: dict[str, ColumnSpec], features: FeaturesConfig) -> list[Problem]:
+    """The one leakage rule: no column known only at label time may be read at event time, in
+    whatever role (`_event_time_reads` lists them all)."""
+    return [Problem(key, f"column {name!r} is known only at label time, but {role} reads it at "
+                    "event time: refused (label leakage)")
+            for key, name, role in _event_time_reads(features)
+            if name in columns and columns[name].known_at == "label"]
+
+
+def _event_time_reads(features: FeaturesConfig) -> list[tuple[str, str, str]]:
+    """Every column the features read at a row's event time, as (key, column, role): the model's
+    inputs, every window's entity (the row's own value picks its group) and a window value
+    declared available at the event. A new role that reads a column at event time goes here."""
+    reads = [(f"features.{section}.{i}", name, f"features.{section} (a model input)")
+             for section in ("numeric", "categorical")
+             for i, name in enumerate(getattr(features, section))]
+    for i, feature in enumerate(features.windows):
+        where = f"features.windows.{i}"
+        reads += [(f"{where}.entity", name, f"the window's entity ({feature.feature_name})")
+                  for name in feature.entity]
+        if feature.column and feature.available_at == "event":
+            reads.append((f"{where}.available_at", feature.column,
+                          f"the window's value with available_at: event ({feature.feature_name})"))
+    return reads
+
+
+def _window_problems(columns: dict[str, ColumnSpec],
+                     windows: list[WindowFeature]) -> list[Problem]:
+    problems, seen = [], set()
+    for i, feature in enumerate(windows):
+        where = f"features.windows.{i}"
+        missing = [Problem(f"{where}.{role}", f"column {name!r} is not in the schema")
+                   for role, names in (("entity", feature.entity), ("column", [feature.column]))
+                   for name in names if name and name not in columns]
+        if missing:
+            problems += missing
+            continue
+        spec = columns[feature.column] if feature.column else None
+        if spec and feature.agg not in ("count", "time_since_last") \
+                and spec.type in ("string", "timestamp", "bool"):
+            problems.append(Problem(f"{where}.agg", f"{feature.agg} needs a numeric column, "
+                                    f"{feature.column!r} is {spec.type}"))
+        name = feature.feature_name
+        if name in columns or name == PACKED:
+            problems.append(Problem(f"{where}.name", f"feature name {name!r} clashes with a "
+                                    "column; give it another `name`"))
+        elif name in seen:
+            problems.append(Problem(f"{where}.name", f"duplicate feature name {name!r}"))
+        seen.add(name)
+    return problems
+
+
+def _split_problems(ds: DatasetConfig, split: SplitConfig) -> list[Problem]:
+    order = "need dataset.start < train_until < validation_until < dataset.end"
+    problems = []
+    if not ds.start < split.train_until < ds.end:
+        problems.append(Problem("split.train_until", f"{split.train_until} is not between "
+                                f"dataset.start and dataset.end; {order}"))
+    if not split.train_until < split.validation_until < ds.end:
+        problems.append(Problem("split.validation_until", f"{split.validation_until} is not "
+                                f"between split.train_until and dataset.end; {order}"))
+    return problems
