@@ -32,8 +32,6 @@ logged). It is an environment variable on purpose: no config file can switch it 
 
 from __future__ import annotations
 
-import os
-import time
 from collections import Counter
 
 from pipeline.core.durations import parse_duration
@@ -44,7 +42,7 @@ from pipeline.monitoring.drift import Columns, Histogram, training_histograms
 from pipeline.stages.featurize import STAGE as FEATURIZE
 from pipeline.stages.featurize import FeaturizeFacts
 from pipeline.stages.train.data import encode_split, fit_preprocessing, split_rows, write_splits
-from pipeline.stages.train.fit import fit, local_mode_checkpoints, loop_config, worker_threads
+from pipeline.stages.train.fit import Fitted, fit_model
 from pipeline.stages.train.spec import TrainFacts, TrainFiles, TrainParams
 
 
@@ -53,10 +51,9 @@ def run(ctx: StageContext[TrainParams, TrainFiles]) -> StageResult[TrainFacts]:
     # functions (split, fit, encode; train.data) never need it, and importing it costs seconds
     # per process.
     with ctx.telemetry.span("train.import_torch"):
-        import torch
+        import torch  # noqa: F401  (imported here, in its span; the fit uses it)
 
-        from pipeline.model.checkpoints import CHECKPOINT_FILE, latest_kept_checkpoint
-        from pipeline.model.loop import train_loop_per_worker
+        import pipeline.model.loop  # noqa: F401
         from pipeline.model.network import weights_checksum
         from pipeline.model.predictor import save_model
 
@@ -81,28 +78,12 @@ def run(ctx: StageContext[TrainParams, TrainFiles]) -> StageResult[TrainFacts]:
                                       params.train.num_workers))
         validation = encode_split(ctx, parts, "validation", preprocessor)
     del parts  # the encoded splits are all that training reads from here on
-    local_mode = params.train.num_workers == 0
-    with ctx.telemetry.span("train.fit", {"train.workers": params.train.num_workers}), \
-            local_mode_checkpoints(store, ctx.cache_key, local_mode) as checkpoint_dir, \
-            worker_threads(torch, params.train, local_mode):
-        loop = loop_config(params.train, preprocessor, checkpoint_dir)
-        fit_started = time.time()
-        # the loop opens its own spans per epoch, each exported as it closes
-        result = fit(ctx.traced(train_loop_per_worker, span=None), loop, train, validation,
-                     params.train, store, ctx.cache_key)
-        fit_seconds = time.time() - fit_started
-        # The latest checkpoint holds the whole training state, the best epoch's weights included
-        # (in local mode a resumed run that had nothing left to train reported none itself).
-        final = result.checkpoint or latest_kept_checkpoint(checkpoint_dir)
-        with final.as_directory() as directory:
-            saved = torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu",
-                               weights_only=True)
-    state, best = saved["state"], saved["best_network"]
-    checksum = weights_checksum(best)
-    save_model(store.fs, ctx.files.model, loop.network, best, preprocessor,
-               {"best_epoch": state["best_epoch"], "row_key": params.roles.row_key,
+    fitted = fit_model(ctx, train, validation, preprocessor)
+    checksum = weights_checksum(fitted.best)
+    save_model(store.fs, ctx.files.model, fitted.network, fitted.best, preprocessor,
+               {"best_epoch": fitted.state["best_epoch"], "row_key": params.roles.row_key,
                 "event_time": params.roles.event_time, "weights_sha256": checksum},
-               history=state["history"])
+               history=fitted.state["history"])
 
     excluded = {k: v for k, v in counts.items() if k not in SPLITS}
     return StageResult(
@@ -113,19 +94,18 @@ def run(ctx: StageContext[TrainParams, TrainFiles]) -> StageResult[TrainFacts]:
         statistics={"label_mean": preprocessor.label_mean, "label_std": preprocessor.label_std,
                     "vocabulary_sizes": dict(zip(preprocessor.categorical_columns,
                                                  preprocessor.cardinalities))},
-        facts=_facts(state, counts, params, fit_started, fit_seconds, label_mean, checksum,
-                     result.path, histograms),
+        facts=_facts(fitted, counts, params, label_mean, checksum, histograms),
     )
 
 
-def _facts(state: dict, counts: Counter, params: TrainParams, fit_started: float,
-           fit_seconds: float, label_mean: float, checksum: str, train_run: str,
-           histograms: dict[str, Histogram]) -> TrainFacts:
+def _facts(fitted: Fitted, counts: Counter, params: TrainParams, label_mean: float,
+           checksum: str, histograms: dict[str, Histogram]) -> TrainFacts:
     """The manifest's facts about the training run, from the final checkpoint's state."""
+    state = fitted.state
     history = state["history"]
     best = next(h for h in history if h["epoch"] == state["best_epoch"])
     train_seconds = sum(h["train_seconds"] for h in history)
-    startup = state["first_batch_at"] - fit_started if state["first_batch_at"] else None
+    startup = state["first_batch_at"] - fitted.started if state["first_batch_at"] else None
     return TrainFacts(
         metrics=best["validation"],
         best_epoch=state["best_epoch"],
@@ -145,9 +125,9 @@ def _facts(state: dict, counts: Counter, params: TrainParams, fit_started: float
         torch_threads=history[-1].get("torch_threads"),
         # None when this fit resumed a run an earlier process had started
         startup_seconds=round(startup, 3) if startup and startup > 0 else None,
-        fit_seconds=round(fit_seconds, 3),
+        fit_seconds=round(fitted.seconds, 3),
         weights_sha256=checksum,
-        train_run=train_run,
+        train_run=fitted.train_run,
         feature_histograms=histograms,
     )
 

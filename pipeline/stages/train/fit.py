@@ -7,15 +7,67 @@ import contextlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import ray
 
 from pipeline.core.config import TrainConfig
 from pipeline.engine.artifacts import ArtifactStore
+from pipeline.engine.stage import StageContext
 from pipeline.model.preprocessing import Preprocessor
+from pipeline.stages.train.spec import TrainFiles, TrainParams
+
+if TYPE_CHECKING:
+    from pipeline.model.network import NetworkSpec  # torch: only where the loop runs
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """What a fit leaves: the final checkpoint's training state, with the best epoch's weights."""
+
+    state: dict[str, Any]
+    best: dict[str, Any]
+    """The best epoch's weights (a state dict)."""
+    network: NetworkSpec
+    started: float
+    """Wall-clock time the fit started (start-up = the first batch's time - this)."""
+    seconds: float
+    train_run: str | None
+    """Ray Train's run folder (checkpoints); None in local mode, which keeps none."""
+
+
+def fit_model(ctx: StageContext[TrainParams, TrainFiles], train: ray.data.Dataset,
+              validation: ray.data.Dataset, preprocessor: Preprocessor) -> Fitted:
+    """Train on the encoded splits with Ray Train (in local mode, in the driver) in the
+    `train.fit` span; the loop opens its own spans per epoch, each exported as it closes."""
+    import torch
+
+    from pipeline.model.checkpoints import CHECKPOINT_FILE, latest_kept_checkpoint
+    from pipeline.model.loop import train_loop_per_worker
+
+    settings = ctx.params.train
+    local_mode = settings.num_workers == 0
+    with ctx.telemetry.span("train.fit", {"train.workers": settings.num_workers}), \
+            local_mode_checkpoints(ctx.store, ctx.cache_key, local_mode) as checkpoint_dir, \
+            worker_threads(torch, settings, local_mode):
+        loop = loop_config(settings, preprocessor, checkpoint_dir)
+        started = time.time()
+        result = fit(ctx.traced(train_loop_per_worker, span=None), loop, train, validation,
+                     settings, ctx.store, ctx.cache_key)
+        seconds = time.time() - started
+        # The latest checkpoint holds the whole training state, the best epoch's weights included
+        # (in local mode a resumed run that had nothing left to train reported none itself).
+        final = result.checkpoint or latest_kept_checkpoint(checkpoint_dir)
+        with final.as_directory() as directory:
+            saved = torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu",
+                               weights_only=True)
+    return Fitted(saved["state"], saved["best_network"], loop.network, started, seconds,
+                  result.path)
 
 
 def loop_config(train: TrainConfig, preprocessor: Preprocessor, checkpoint_dir: str | None = None):
