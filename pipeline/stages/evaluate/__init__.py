@@ -36,7 +36,6 @@ from pipeline.engine.stage import (
     StageContext,
     StageResult,
 )
-from pipeline.model.scoring import Scan, Scored, score, score_keyed
 from pipeline.monitoring.breakdown import BASELINE, merge
 from pipeline.monitoring.drift import (
     Columns,
@@ -51,6 +50,7 @@ from pipeline.registry.store import CHAMPION, AliasMoved, alias_head, lineage, m
 from pipeline.registry.store import version as registry_version
 from pipeline.report.content import ReportContent, Run
 from pipeline.report.page import render
+from pipeline.stages.evaluate.scoring import Scan, Scored, score, score_keyed
 from pipeline.stages.featurize import STAGE as FEATURIZE
 from pipeline.stages.train import STAGE as TRAIN
 from pipeline.stages.train import TrainFacts
