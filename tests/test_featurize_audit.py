@@ -43,6 +43,7 @@ from pipeline.features.reference import reference_windows
 from pipeline.features.windows import WindowSpec, compute_windows, window_specs
 from pipeline.stages import featurize
 from pipeline.stages.dag import STAGES
+from pipeline.stages.featurize import spec as featurize_spec
 from pipeline.telemetry import Telemetry, TelemetrySpec
 from tests.conftest import SMOKE
 
@@ -216,7 +217,7 @@ def test_audit_catches_a_leaky_feature_path(ray_session, config, clean, monkeypa
         return [dataclasses.replace(spec, available_at=config.dataset.event_time)
                 for spec in window_specs(config)]
 
-    monkeypatch.setattr(featurize, "window_specs", leaky)
+    monkeypatch.setattr(featurize_spec, "window_specs", leaky)
     with pytest.raises(AuditFailed) as failure:
         run_stage(config, clean[1], "leaky")
     message = str(failure.value)
@@ -271,7 +272,7 @@ def test_perturbation_catches_a_label_time_entity(ray_session, config, clean, mo
     """Available at label time, the feature recomputes to itself from the past: only perturbing
     the row's own label shows that it depends on it."""
     honest = window_specs(config)
-    monkeypatch.setattr(featurize, "window_specs", lambda _: [*honest, LABEL_ENTITY])
+    monkeypatch.setattr(featurize_spec, "window_specs", lambda _: [*honest, LABEL_ENTITY])
     with pytest.raises(AuditFailed) as failure:
         run_stage(config, clean[1], "label-entity")
     _caught_by_perturbation(failure, time_travel="0")
@@ -307,7 +308,7 @@ def test_perturbation_catches_a_label_mislabelled_as_known_at_the_event(ray_sess
         update={"columns": columns})})
     honest = window_specs(config)
     planted = dataclasses.replace(LABEL_ENTITY, available_at=dataset.event_time)
-    monkeypatch.setattr(featurize, "window_specs", lambda _: [*honest, planted])
+    monkeypatch.setattr(featurize_spec, "window_specs", lambda _: [*honest, planted])
     assert "duration_min" not in featurize.FeaturizeParams.from_config(
         mislabelled).label_time_columns
     with pytest.raises(AuditFailed) as failure:

@@ -62,7 +62,7 @@ from pipeline.quality.duplicates import (
     later_copies,
     split_keys,
 )
-from pipeline.stages.featurize import features_table, sort_rows
+from pipeline.stages.featurize.table import features_table, sort_rows
 
 if TYPE_CHECKING:
     from pipeline.model.predictor import Predictor  # torch

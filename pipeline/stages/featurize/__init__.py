@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import timedelta
 from typing import Any
 
@@ -28,141 +27,21 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
-from pydantic import Field
 
-from pipeline.core.config import Duration, PipelineConfig
 from pipeline.core.durations import format_duration
 from pipeline.core.formatting import fmt
-from pipeline.core.packed import PACKED, pack
+from pipeline.core.packed import PACKED
 from pipeline.core.schema import Roles
 from pipeline.core.timestamps import from_us, to_us
-from pipeline.engine.stage import (
-    Facts,
-    Files,
-    Folder,
-    Params,
-    RowQuestion,
-    Stage,
-    StageContext,
-    StageResult,
-)
-from pipeline.features.audit import (
-    PERTURBATION,
-    TIME_TRAVEL,
-    AuditFailed,
-    BatchAudit,
-    Kernel,
-    SampledFile,
-    audit_batch,
-    plan_sample,
-    read_sample,
-)
+from pipeline.engine.stage import RowQuestion, Stage, StageContext, StageResult
 from pipeline.features.chunks import Chunk, event_time_filter, halo_us, plan_chunks
 from pipeline.features.partitions import DayPartitions
-from pipeline.features.windows import (
-    WindowResult,
-    WindowSpec,
-    compute_windows,
-    window_specs,
-)
+from pipeline.features.windows import WindowSpec, compute_windows
+from pipeline.stages.featurize.audit_tasks import SOURCES_SHOWN, run_audit
+from pipeline.stages.featurize.spec import FeaturizeFacts, FeaturizeFiles, FeaturizeParams, Job
+from pipeline.stages.featurize.table import features_table, sort_rows
 from pipeline.stages.validate import STAGE as VALIDATE
 from pipeline.telemetry import current_span
-
-AUDIT_BATCH_SPAN = timedelta(days=14)  # a batch reads its span plus the lookback: fewer, longer
-AUDIT_BATCH_ROWS = 250
-MISMATCHES_SHOWN = 10  # of each check
-SOURCES_SHOWN = 5
-
-
-class FeaturizeParams(Params):
-    roles: Roles
-    windows: tuple[WindowSpec, ...]
-    """The window features, resolved: entity, source column, aggregation, window, available-at."""
-    numeric: list[str]
-    categorical: list[str]
-    label_time_columns: list[str]
-    """Columns of the schema known only once the label is (the audit blanks them before then)."""
-    chunk: Duration
-    audit_sample: int = Field(ge=0)
-    max_label_delay: Duration
-
-    @classmethod
-    def from_config(cls, config: PipelineConfig) -> FeaturizeParams:
-        dataset, features = config.dataset, config.features
-        return cls(roles=Roles.of(dataset), windows=tuple(window_specs(config)),
-                   numeric=features.numeric, categorical=features.categorical,
-                   label_time_columns=[name for name, spec in dataset.columns.items()
-                                       if spec.known_at == "label"],
-                   chunk=features.chunk, audit_sample=features.audit_sample,
-                   max_label_delay=config.validate_.max_label_delay)
-
-    @property
-    def feature_columns(self) -> list[str]:
-        """The packed column's layout: numeric passthrough columns, then window features."""
-        return [*self.numeric, *(spec.name for spec in self.windows)]
-
-    @property
-    def source_columns(self) -> list[str]:
-        """Columns the kernel reads from history rows (the row key orders them, and breaks ties
-        for `last`)."""
-        roles, specs = self.roles, self.windows
-        return list(dict.fromkeys([roles.row_key, roles.event_time,
-                                   *(c for s in specs for c in (*s.entity, s.available_at)),
-                                   *(s.column for s in specs if s.column)]))
-
-    @property
-    def repeating_columns(self) -> list[str]:
-        return list(dict.fromkeys([*(c for s in self.windows for c in s.entity),
-                                   *self.categorical]))
-
-    @property
-    def passthrough_columns(self) -> list[str]:
-        """The output's columns besides the features: roles, entities, the model's raw inputs."""
-        roles = self.roles
-        return list(dict.fromkeys([roles.row_key, roles.event_time, roles.label,
-                                   roles.label_available_at,
-                                   *(c for s in self.windows for c in s.entity),
-                                   *self.numeric, *self.categorical]))
-
-    @property
-    def row_columns(self) -> list[str]:
-        """Columns of the rows whose features are computed: what the output carries plus what
-        the kernel reads."""
-        return list(dict.fromkeys([*self.passthrough_columns, *self.source_columns]))
-
-
-class FeaturizeFiles(Files):
-    data = Folder("data")
-    """One parquet file per time chunk: passthrough columns, one column per feature, the packed
-    tensor (`pipeline.core.packed`)."""
-
-
-class FeaturizeFacts(Facts):
-    feature_columns: list[str]
-    """The packed tensor's layout, in order."""
-    categorical_columns: list[str]
-    packed_column: str
-    null_values_skipped: dict[str, int]
-    audit: dict[str, Any]
-    chunks: int
-    chunks_with_rows: int
-    chunk: str
-    halo: str
-    longest_window: str | None = None
-    """A row this long after the first event has complete windows (None: no window features)."""
-
-
-@dataclass(frozen=True)
-class Job:
-    """What every chunk task needs, shipped once per task."""
-
-    clean: DayPartitions
-    output: str
-    filesystem: pafs.FileSystem
-    params: FeaturizeParams
-    kernel: Kernel
-    """The window kernel: the chunks compute with it and the audit's perturbation check
-    recomputes with it, so a kernel that is wrong by design cannot hide behind a second one."""
 
 
 def run(ctx: StageContext[FeaturizeParams, FeaturizeFiles]) -> StageResult[FeaturizeFacts]:
@@ -241,69 +120,6 @@ def featurize_chunk(chunk: dict[str, int], job: Job) -> dict[str, Any]:
     summary = {"rows": table.num_rows, "skipped": result.nulls_skipped,
                "columns": {name: _column_summary(table[name]) for name in columns}}
     return {"index": chunk.index, "summary": json.dumps(summary)}
-
-
-def sort_rows(rows: pa.Table, roles: Roles) -> pa.Table:
-    """Rows in the one order the kernel is handed them: by event time, then row key.
-
-    The kernel's float sums depend on the order of its sources, so this order, not the layout of
-    the files they came from, is what makes a feature value reproducible (`pipeline predict`
-    recomputes the same values from other files)."""
-    return rows.sort_by([(roles.event_time, "ascending"), (roles.row_key, "ascending")])
-
-
-def features_table(rows: pa.Table, sources: pa.Table, params: FeaturizeParams,
-                   kernel: Kernel = compute_windows) -> tuple[pa.Table, WindowResult]:
-    """`rows` with their point-in-time features over `sources` (both in `sort_rows` order): the
-    passthrough columns, one column per feature and the packed tensor."""
-    result = kernel(sources, rows, params.windows, event_time=params.roles.event_time,
-                    row_key=params.roles.row_key)
-    columns = {name: rows[name] for name in params.passthrough_columns}
-    columns.update(result.columns)
-    packed = pack([columns[name] for name in params.feature_columns], rows.num_rows)
-    return pa.table({**columns, PACKED: packed}), result
-
-
-def run_audit(job: Job, ctx: StageContext) -> dict[str, Any]:
-    """Time-travel audit of a seeded sample of output rows, one Ray task per batch of samples:
-    the reference recomputation and the perturbation check (`pipeline.features.audit`)."""
-    params, started = job.params, time.perf_counter()
-    seed = int(ctx.cache_key[:8], 16)
-    batches = plan_sample(job.filesystem, job.output, params.audit_sample, seed,
-                          params.roles.event_time, AUDIT_BATCH_SPAN, AUDIT_BATCH_ROWS)
-    if not params.windows:
-        batches = []
-    task = ctx.task(_audit_task, "featurize.audit")
-    results: list[BatchAudit] = ray.get([task.remote(job, batch) for batch in batches])
-    mismatches = [m for result in results for m in result.mismatches]
-    compared = {TIME_TRAVEL: sum(r.time_travel for r in results),
-                PERTURBATION: sum(r.perturbation for r in results)}
-    if mismatches:
-        raise AuditFailed(_audit_failure(mismatches, compared))
-    sampled = sum(len(f.rows) for batch in batches for f in batch)
-    return {"sampled": sampled, "compared": compared[TIME_TRAVEL],
-            "perturbed": compared[PERTURBATION], "mismatches": 0, "seed": seed,
-            "batches": len(batches), "seconds": round(time.perf_counter() - started, 3)}
-
-
-def _audit_failure(mismatches: list, compared: dict[str, int]) -> str:
-    by_check = {check: [m for m in mismatches if m.check == check] for check in compared}
-    found = {check: len(found) for check, found in by_check.items()}
-    shown = "\n  ".join(str(m) for found in by_check.values() for m in found[:MISMATCHES_SHOWN])
-    return (f"time-travel audit failed: {found[TIME_TRAVEL]} of {compared[TIME_TRAVEL]} feature "
-            "values recomputed from only the data that existed at each row's event time differ "
-            f"from the stage's output, and {found[PERTURBATION]} of {compared[PERTURBATION]} "
-            "changed when the row's own label-time values were nulled and every row not yet "
-            f"available at its event time dropped (perturbation check):\n  {shown}")
-
-
-def _audit_task(job: Job, files: list[SampledFile]) -> BatchAudit:
-    params = job.params
-    columns = [params.roles.row_key, params.roles.event_time, *(s.name for s in params.windows)]
-    sample = read_sample(job.filesystem, files, columns)
-    current_span().set_attributes({"files": len(files), "rows": sample.num_rows})
-    return audit_batch(job.clean, sample, params.windows, params.roles,
-                       set(params.label_time_columns), params.max_label_delay, job.kernel)
 
 
 def _schema(fs: pafs.FileSystem, output: str) -> dict[str, str]:
