@@ -15,27 +15,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
 
 import pyarrow.dataset as pads
-from pydantic import BaseModel, Field
 
-from pipeline.core.config import DriftConfig, PipelineConfig
 from pipeline.core.formatting import fmt
-from pipeline.core.schema import Roles
 from pipeline.engine.artifacts import ArtifactStore
 from pipeline.engine.provenance import git_commit
-from pipeline.engine.stage import (
-    Facts,
-    Files,
-    Folder,
-    Output,
-    Params,
-    RowQuestion,
-    Stage,
-    StageContext,
-    StageResult,
-)
+from pipeline.engine.stage import Output, RowQuestion, Stage, StageContext, StageResult
 from pipeline.monitoring.breakdown import BASELINE, merge
 from pipeline.monitoring.drift import (
     Columns,
@@ -46,81 +32,23 @@ from pipeline.monitoring.drift import (
 )
 from pipeline.registry.champion import IDENTITY, ChampionPlan, feature_spec, opponent, plan
 from pipeline.registry.gate import ChampionScore, Decision, decide, improvement
-from pipeline.registry.store import CHAMPION, AliasMoved, alias_head, lineage, move_alias, register
-from pipeline.registry.store import version as registry_version
+from pipeline.registry.store import CHAMPION, alias_head, lineage
 from pipeline.report.content import ReportContent, Run
 from pipeline.report.page import render
+from pipeline.stages.evaluate.registration import Candidate, register_candidate
 from pipeline.stages.evaluate.scoring import Scan, Scored, score, score_keyed
+from pipeline.stages.evaluate.spec import (
+    CHAMPION_PREDICTION,
+    NO_CHAMPION,
+    PREDICTION,
+    EvaluateFacts,
+    EvaluateFiles,
+    EvaluateParams,
+)
 from pipeline.stages.featurize import STAGE as FEATURIZE
 from pipeline.stages.train import STAGE as TRAIN
 from pipeline.stages.train import TrainFacts
 from pipeline.telemetry import current_span
-
-PREDICTION = "prediction"
-CHAMPION_PREDICTION = "champion_prediction"
-NO_CHAMPION = "none"
-
-
-class EvaluateParams(Params):
-    roles: Roles
-    task: str
-    model_name: str
-    min_improvement: float
-    min_improvement_over_champion: float
-    drift: DriftConfig
-    score_in_driver_max_rows: int = Field(exclude=True)
-    """Where the test rows are scored, never what they score: not part of the cache key."""
-
-    @classmethod
-    def from_config(cls, config: PipelineConfig) -> EvaluateParams:
-        evaluate = config.evaluate
-        return cls(roles=Roles.of(config.dataset), task=config.train.task,
-                   model_name=evaluate.model_name, min_improvement=evaluate.min_improvement,
-                   min_improvement_over_champion=evaluate.min_improvement_over_champion,
-                   drift=evaluate.drift,
-                   score_in_driver_max_rows=evaluate.score_in_driver_max_rows)
-
-
-class EvaluateFiles(Files):
-    predictions = Folder("predictions.parquet")
-    """A parquet dataset, one part per featurize file: every test row's row key, event time,
-    label, prediction, the champion's prediction when it was scored, and error."""
-
-
-class Registration(BaseModel):
-    model: str
-    version: str
-    uri: str
-    promoted: bool
-    """The champion serves this model after the evaluation (moved to it, or already on it)."""
-    reason: str
-    metrics: dict[str, float]
-    champion: str | None
-    """Where the champion pointed once the evaluation was done."""
-    registered: bool = True
-    """False when the champion's own model was evaluated again (`reason` says so): the registry
-    keeps its version, and no new one is made."""
-
-
-class EvaluateFacts(Facts):
-    metrics: dict[str, float]
-    baseline: dict[str, float]
-    improvement: float
-    decision: Decision
-    registration: Registration
-    drift: DriftReport
-
-    def run_outcome(self, store: ArtifactStore) -> dict[str, Any]:
-        """The registered model, with `promoted` and `champion` as they stand now: a cached
-        evaluation's promotion may since have been rolled back. `rejected`: the champion does
-        not serve this model."""
-        made = self.registration
-        champion = alias_head(store, made.model, CHAMPION)[1]
-        serves = champion == made.version or (made.promoted and champion == made.champion)
-        return {"model": made.model, "model_version": made.version, "promoted": serves,
-                "rejected": not serves, "champion": champion, "registered": made.registered,
-                "gate": {"passed": self.decision.passed, "reasons": self.decision.reasons},
-                "test_metrics": made.metrics}
 
 
 def judged_against(params: EvaluateParams, inputs: Mapping[str, Output],
@@ -144,13 +72,7 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
             roles.label, params.task, FEATURIZE) if champion else None
         scored = _score_test_rows(ctx, champion_plan,
                                   TestPeriodCounter(columns, reference.histograms))
-    rows_in = scored.rows
-    test_start = train_facts.test_period_start
-    if not rows_in:
-        raise ValueError("the test period has no rows: check split.validation_until and dataset.end")
-    if rows_in != train_facts.splits["test"]:
-        raise ValueError(f"{rows_in} rows from {test_start} on, but train put "
-                         f"{train_facts.splits['test']} rows in the test split")
+    rows_in = _test_rows(scored, train_facts)
 
     metrics = scored.metrics[PREDICTION].result()
     baseline_value = train_facts.train_label_mean
@@ -161,51 +83,22 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
     with ctx.telemetry.span("evaluate.drift"):
         drift = drift_report(ctx, reference, scored.drift_counts, roles.label, params.model_name,
                              params.drift)
-    if drift.blocks_promotion:
-        decision = decision.model_copy(update={"passed": False,
-                                               "reasons": [*decision.reasons, drift.summary]})
-    else:
-        decision = decision.model_copy(update={"reasons": [*decision.reasons, drift.summary]})
-
+    decision = decision.model_copy(update={  # drift over its threshold vetoes a promotion
+        "passed": decision.passed and not drift.blocks_promotion,
+        "reasons": [*decision.reasons, drift.summary]})
     found = {**lineage(store, trained.artifact), **lineage(store, featurized.artifact)}
     upstream = {stage: found[stage] for stage in _dag_order(STAGE) if stage in found}
-    report = ReportContent(
-        model=params.model_name, task=params.task, label=roles.label,
-        test_period_start=test_start, test_rows=rows_in, decision=decision,
-        errors=scored.breakdown,
-        series=_series(decision), drift=drift, lineage=upstream,
-        run=Run(run_id=ctx.run_id, trace_id=_trace_id(), git_commit=git_commit(),
-                config_name=ctx.telemetry.spec.resource_attributes.get("config.name", "?"),
-                evaluate_cache_key=ctx.cache_key, evaluate_code_version=STAGE.code_version))
+    report = _report_content(ctx, decision, scored, drift, upstream, rows_in)
 
     def report_page(version: str) -> str:
         with ctx.telemetry.span("evaluate.report"):  # matplotlib's figures take a while
             return render(report, version)
 
-    with ctx.telemetry.span("evaluate.register"):
-        _, twin = _champion_of(store, params.model_name, upstream)
-        if twin is not None:  # re-evaluated (evaluate's code or settings changed): one version
-            entry, promoted, now = twin, True, twin["version"]
-            reason = (f"already the champion: {now} is this model (the same featurize and train "
-                      "outputs); re-evaluated, not registered again")
-        else:
-            entry = register(store, params.model_name, trained.files.model, {
-                "evaluate_cache_key": ctx.cache_key,
-                "gate": "passed" if decision.passed else "rejected",
-                "reason": "; ".join(decision.reasons),
-                "metrics": metrics,
-                "baseline": {"kind": "training-split mean label", "value": baseline_value,
-                             **baseline},
-                "judged_against": champion,
-                "test_rows": rows_in,
-                "drift": drift.model_dump(),
-                "features": feature_spec(featurized.artifact.manifest["params"]),
-                "lineage": upstream,
-                "run_id": ctx.run_id,
-            }, {**decision.model_dump(mode="json"), "evaluate_cache_key": ctx.cache_key,
-                "run_id": ctx.run_id}, report_page)
-            promoted, now = _promote(store, params.model_name, entry, decision, head, ctx.run_id)
-            reason = ("promoted: " if promoted else "not promoted: ") + entry["reason"]
+    registration = register_candidate(ctx, Candidate(
+        decision=decision, metrics=metrics, baseline=baseline, baseline_value=baseline_value,
+        judged_against=champion, judged_at=head, test_rows=rows_in, drift=drift,
+        features=feature_spec(featurized.artifact.manifest["params"]), lineage=upstream),
+        report_page)
     return StageResult(
         rows_in=rows_in, rows_out=rows_in,
         schema={f.name: str(f.type) for f in pads.dataset(
@@ -215,11 +108,32 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
         facts=EvaluateFacts(
             metrics=metrics, baseline=baseline,
             improvement=improvement(params.task, metrics, baseline), decision=decision, drift=drift,
-            registration=Registration(
-                model=entry["model"], version=entry["version"], uri=entry["uri"],
-                promoted=promoted, metrics=metrics, champion=now, reason=reason,
-                registered=twin is None)),
+            registration=registration),
     )
+
+
+def _test_rows(scored: Scored, train_facts: TrainFacts) -> int:
+    """The test rows scored, which must be train's test split, row for row."""
+    if not scored.rows:
+        raise ValueError("the test period has no rows: check split.validation_until and dataset.end")
+    if scored.rows != train_facts.splits["test"]:
+        raise ValueError(f"{scored.rows} rows from {train_facts.test_period_start} on, but train "
+                         f"put {train_facts.splits['test']} rows in the test split")
+    return scored.rows
+
+
+def _report_content(ctx: StageContext[EvaluateParams, EvaluateFiles], decision: Decision,
+                    scored: Scored, drift: DriftReport, upstream: dict[str, dict[str, str]],
+                    rows: int) -> ReportContent:
+    params = ctx.params
+    return ReportContent(
+        model=params.model_name, task=params.task, label=params.roles.label,
+        test_period_start=ctx.input(TRAIN).facts.test_period_start, test_rows=rows,
+        decision=decision, errors=scored.breakdown, series=_series(decision), drift=drift,
+        lineage=upstream,
+        run=Run(run_id=ctx.run_id, trace_id=_trace_id(), git_commit=git_commit(),
+                config_name=ctx.telemetry.spec.resource_attributes.get("config.name", "?"),
+                evaluate_cache_key=ctx.cache_key, evaluate_code_version=STAGE.code_version))
 
 
 def _judged_champion(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> tuple[int, str | None]:
@@ -303,42 +217,6 @@ def _champion_score(champion: ChampionPlan | None, scored: Scored) -> ChampionSc
             f"{missing} of the {scored.rows} test rows are missing from {champion.scored_on}"))
     return ChampionScore(version=champion.version, scored_on=champion.scored_on,
                          metrics=scored.metrics[CHAMPION_PREDICTION].result())
-
-
-def _promote(store: ArtifactStore, model: str, entry: dict, decision: Decision, head: int,
-             run_id: str) -> tuple[bool, str | None]:
-    """Move the champion to the new version if the gate passed and nobody moved it since it was
-    read (move `head`); return (whether the champion serves this model, where it points)."""
-    champion, twin = _champion_of(store, model, entry["lineage"])
-    if twin is not None:
-        return True, champion  # a concurrent run promoted this model since evaluate looked
-    if not decision.passed:
-        return False, champion
-    try:
-        move_alias(store, model, CHAMPION, entry["version"], f"gate passed ({run_id}): "
-                   f"{'; '.join(decision.reasons)}", run_id, if_move=head)
-    except AliasMoved:
-        now, twin = _champion_of(store, model, entry["lineage"])
-        if twin is not None:
-            return True, now
-        raise ValueError(f"{CHAMPION} of {model} moved to {now} while {entry['version']} was "
-                         f"judged against {decision.champion.version}: not promoted; rerun to "
-                         f"judge it against {now}") from None
-    return True, entry["version"]
-
-
-def _champion_of(store: ArtifactStore, model: str,
-                 lineage: dict) -> tuple[str | None, dict | None]:
-    """(the champion's version, its entry if it is the model of `lineage`: the same featurize
-    and train outputs, as after a rerun whose evaluation ran again because evaluate's code or
-    settings changed, or a concurrent run that registered and promoted it)."""
-    _, champion = alias_head(store, model, CHAMPION)
-    if champion is None:
-        return None, None
-    entry = registry_version(store, model, champion)
-    same = all(entry["lineage"][stage]["fingerprint"] == lineage[stage]["fingerprint"]
-               for stage in IDENTITY)
-    return champion, entry if same else None
 
 
 def explain(question: RowQuestion) -> list[str]:
