@@ -32,12 +32,12 @@ from pipeline.engine.stage import Output, StageContext
 from pipeline.features.audit import (
     AuditFailed,
     SampledFile,
-    _in_window,
     agree,
     audit_batch,
     plan_sample,
     read_sample,
 )
+from pipeline.features.history import _in_window
 from pipeline.features.partitions import DayPartitions
 from pipeline.features.reference import reference_windows
 from pipeline.features.windows import WindowSpec, compute_windows, window_specs

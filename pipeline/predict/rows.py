@@ -28,7 +28,7 @@ import pyarrow.dataset as pads
 from pipeline.core.schema import TableSchema
 from pipeline.core.timestamps import from_us
 from pipeline.engine.artifacts import arrow_filesystem
-from pipeline.features.audit import blank_unknown
+from pipeline.features.history import blank_unknown
 from pipeline.features.windows import micros
 from pipeline.predict.spec import ModelSpec
 from pipeline.quality.rules import conform, row_reasons
