@@ -62,6 +62,7 @@ from measure import (  # noqa: E402
     Summary,
     alternated,
     benchmark_parser,
+    generate_source,
     parse_rows,
     parse_sizes,
     pipeline_cli,
@@ -90,20 +91,6 @@ def source_config(rows: int, source: Path | None = None,
                   sets: Sequence[str] = ()) -> PipelineConfig:
     sets = [f"dataset.generate.rows={rows}", *sets]
     return load_config(CONFIG, sets + ([f"dataset.source={source}"] if source else []))
-
-
-def prepare_source(rows: int, data: Path, sets: Sequence[str] = (),
-                   name: str | None = None) -> tuple[Path, float]:
-    """configs/local.yaml's generated table at `rows` rows, with `sets` applied to its config
-    (reused when already there)."""
-    from pipeline.datasets import ensure_dataset
-
-    source = data / (name or f"rideshare-{rows}")
-    dataset = source_config(rows, sets=sets).dataset
-    started = time.perf_counter()
-    ensure_dataset(str(source), dataset.generate.kind, rows, dataset.start, dataset.end,
-                   dataset.generate.seed, cancelled_share=dataset.generate.cancelled_share)
-    return source, time.perf_counter() - started
 
 
 # -- the pipeline arm ------------------------------------------------------------------------
@@ -443,7 +430,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def measure_size(rows: int, data: Path, work: Path, repeats: int, torch_threads: int) -> dict:
     """Both arms at one size, `repeats` times, alternated so that drift in load hits both."""
-    source, generation_s = prepare_source(rows, data)
+    source = data / f"rideshare-{rows}"
+    generation_s = generate_source(CONFIG, source, [f"dataset.generate.rows={rows}"])
     load_before = os.getloadavg()
     runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
     for repeat in range(repeats):

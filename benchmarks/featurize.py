@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -51,6 +50,7 @@ from measure import (
     REPO,
     Measurement,
     Summary,
+    alternated,
     benchmark_parser,
     copy_published,
     parse_rows,
@@ -129,9 +129,7 @@ def engine_child(args: argparse.Namespace) -> dict:
 
     config = load_config(CONFIG, run_sets(args.rows, args.rows_per_day, args.work, args.work))
     run = {"polars": run_polars, "duckdb": run_duckdb}[args.engine]
-    result = run(config, args.validated, args.work)
-    result.pop("peak_bytes", None)
-    return result
+    return run(config, args.validated, args.work)
 
 
 # -- comparison and report -------------------------------------------------------------------
@@ -206,7 +204,7 @@ def chart(results: dict, path: Path) -> None:
         left.bar_label(bars, labels=[f"{v / 1000:,.0f}k" for v in values], fontsize=7)
     left.set_xticks(range(len(names)), names)
     left.set_ylabel("rows/s (median)")
-    left.set_title(f"{results['rows']:,} clean rows, {results['cpus']} CPUs: stage "
+    left.set_title(f"{results['rows']:,} clean rows, {results['provenance']['cpus']} CPUs: stage "
                    f"{results['speedup']['stage_only']['polars']:.2f}x polars, "
                    f"{results['speedup']['stage_only']['duckdb']:.2f}x DuckDB", fontsize=9)
     left.legend(fontsize=7)
@@ -229,8 +227,7 @@ def measure(args: argparse.Namespace, rows: int, engines: tuple[str, ...],
     runs: dict[str, list[dict]] = {engine: [] for engine in engines}
     disagreements: dict = {}
     for repeat in range(args.repeats):
-        order = engines[repeat % len(engines):] + engines[:repeat % len(engines)]
-        for engine in order:
+        for engine in alternated(engines, repeat):
             target = work / f"{engine}-{repeat}"
             if engine == "stage":
                 result = run_stage(run_sets(rows, args.rows_per_day, target, source, args.chunk),
@@ -270,8 +267,6 @@ def stage_arms(rows: int, rows_per_day: int, repeats: int, arms: dict[str, list[
                data: Path) -> dict[str, list[dict]]:
     """The stage under each arm's extra `--set`s, `repeats` times, alternated, on rows validated
     once: what a setting costs (telemetry_overhead.py, audit_cost.py)."""
-    from measure import alternated
-
     source = data / f"rideshare-{rows}-{rows_per_day}"
     work = Path(tempfile.mkdtemp(prefix="featurize-arms-", dir="/var/tmp"))
     runs: dict[str, list[dict]] = {arm: [] for arm in arms}
@@ -328,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {
         "rows": runs["stage"][0]["rows"], "rows_generated": args.rows,
         "days": (config.dataset.end - config.dataset.start).days, "repeats": args.repeats,
-        "cpus": os.cpu_count(), "chunk": format_duration(config.features.chunk),
+        "chunk": format_duration(config.features.chunk),
         "features": [spec.name for spec in window_specs(config)],
         **summarise(runs),
         "values_differing_from_stage": disagreements,

@@ -42,9 +42,10 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def alternated(arms: Sequence[str], repeat: int) -> Sequence[str]:
-    """The arms in the order repetition `repeat` runs them: reversed every other repetition, so
-    that neither always runs first on a warm (or a loaded) machine."""
-    return arms if repeat % 2 == 0 else arms[::-1]
+    """The arms in the order repetition `repeat` runs them: rotated by one each repetition (two
+    arms swap), so that no arm always runs first on a warm (or a loaded) machine."""
+    shift = repeat % len(arms)
+    return [*arms[shift:], *arms[:shift]]
 
 
 def benchmark_parser(doc: str, repeats: int, smoke: str) -> argparse.ArgumentParser:
@@ -64,6 +65,17 @@ def results_folder(requested: Path | None, smoke: bool) -> Path:
     folder = requested or (Path(tempfile.mkdtemp(prefix="bench-smoke-")) if smoke else RESULTS)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def generate_source(config: Path, target: Path, sets: Sequence[str] = ()) -> float:
+    """The synthetic table `config` (with `sets`) generates, written at `target` once, outside
+    any artifact root (a later benchmark on the same table reuses it); the seconds it took."""
+    from pipeline.core.config import load_config
+    from pipeline.datasets import prepare_source
+
+    started = time.perf_counter()
+    prepare_source(load_config(config, [*sets, f"dataset.source={target}"]), lambda line: None)
+    return time.perf_counter() - started
 
 
 # -- the pipeline as its users run it -------------------------------------------------------

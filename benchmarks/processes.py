@@ -78,15 +78,12 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-class TreePeaks:
-    """While a child process runs: the peak over time of the summed PSS of this process's tree
-    (the child and every Ray process it starts), the largest VmHWM of one Ray worker, and the
-    CPU seconds of every process seen (each at its last sample), sampled in a thread."""
+class Sampler:
+    """A process tree measured every `interval` seconds in a thread, from creation until `stop`:
+    a subclass takes one sample in `_sample` and says what it found in `result`."""
 
-    def __init__(self, interval: float = 0.1):
-        self.interval, self.peak_bytes, self.workers_hwm_bytes = interval, 0, 0
-        self._cpu: dict[int, float] = {}
-        self._own_cpu = cpu_seconds(os.getpid())
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -94,18 +91,40 @@ class TreePeaks:
     def stop(self) -> dict[str, float]:
         self._stop.set()
         self._thread.join()
-        self._cpu[os.getpid()] = cpu_seconds(os.getpid()) - self._own_cpu
+        return self.result()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def _sample(self) -> None:
+        raise NotImplementedError
+
+    def result(self) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class TreePeaks(Sampler):
+    """While a child process runs: the peak over time of the summed PSS of the processes below
+    this one (the child and every Ray process it starts), the largest VmHWM of one Ray worker,
+    and the CPU seconds of every process seen (each at its last sample)."""
+
+    def __init__(self, interval: float = 0.1):
+        self.peak_bytes, self.workers_hwm_bytes = 0, 0
+        self._cpu: dict[int, float] = {}
+        super().__init__(interval)
+
+    def result(self) -> dict[str, float]:
         return {"peak_mb": self.peak_bytes / 2**20,
                 "peak_worker_mb": self.workers_hwm_bytes / 2**20,
                 "cpu_seconds": sum(self._cpu.values())}
 
-    def _run(self) -> None:
+    def _sample(self) -> None:
         me = os.getpid()
-        while not self._stop.is_set():
-            pids = [pid for pid in descendants(me) if pid != me]
-            self.peak_bytes = max(self.peak_bytes, sum(pss_bytes(pid) for pid in pids))
-            for pid in pids:
-                self._cpu[pid] = max(self._cpu.get(pid, 0.0), cpu_seconds(pid))
-                if cmdline(pid).startswith("ray::"):
-                    self.workers_hwm_bytes = max(self.workers_hwm_bytes, hwm_bytes(pid))
-            self._stop.wait(self.interval)
+        pids = [pid for pid in descendants(me) if pid != me]
+        self.peak_bytes = max(self.peak_bytes, sum(pss_bytes(pid) for pid in pids))
+        for pid in pids:
+            self._cpu[pid] = max(self._cpu.get(pid, 0.0), cpu_seconds(pid))
+            if cmdline(pid).startswith("ray::"):
+                self.workers_hwm_bytes = max(self.workers_hwm_bytes, hwm_bytes(pid))

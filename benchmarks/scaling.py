@@ -51,9 +51,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -65,12 +63,13 @@ from measure import (
     Summary,
     benchmark_parser,
     child_env,
+    generate_source,
     parse_sizes,
     results_folder,
     span_seconds,
     spread,
 )
-from processes import cmdline, descendants, status_bytes
+from processes import Sampler, cmdline, descendants, status_bytes
 
 from pipeline.core.config import load_config
 
@@ -83,38 +82,19 @@ ALL_EPOCHS = [f"train.patience={load_config(CONFIG).train.epochs}"]
 given shuffle stopped improving (3 to 5 epochs), not on the number of rows."""
 
 
-# -- the source ------------------------------------------------------------------------------
-def prepare_source(rows: int, data: Path, sets: Sequence[str] = (),
-                   name: str | None = None) -> tuple[Path, float]:
-    """configs/local.yaml's generated table at `rows` rows, with `sets` applied to its config
-    (reused when already there), and the seconds it took."""
-    from pipeline.datasets import ensure_dataset
-
-    source = data / (name or f"rideshare-{rows}")
-    dataset = load_config(CONFIG, [f"dataset.generate.rows={rows}", *sets]).dataset
-    started = time.perf_counter()
-    ensure_dataset(str(source), dataset.generate.kind, rows, dataset.start, dataset.end,
-                   dataset.generate.seed, cancelled_share=dataset.generate.cancelled_share)
-    return source, time.perf_counter() - started
-
-
 # -- memory ----------------------------------------------------------------------------------
-class TreeSampler:
-    """Peak memory of a driver process and the Ray processes below it, sampled in a thread."""
+class TreeSampler(Sampler):
+    """Peak memory of a driver process and the Ray processes below it."""
 
     def __init__(self, driver: int, interval: float):
-        self.driver, self.interval = driver, interval
+        self.driver = driver
         self.driver_peak = self.ray_sum_peak = self.workers_sum_peak = self.worker_hwm = 0
         self.worker_private_peak = 0
         self.driver_private_peak = self.samples = 0
         self.driver_private: list[tuple[int, int]] = []  # (time.time_ns(), RssAnon) per sample
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        super().__init__(interval)
 
-    def stop(self) -> dict[str, float]:
-        self._stop.set()
-        self._thread.join()
+    def result(self) -> dict[str, float]:
         mb = 2**20
         return {"driver_peak_mb": self.driver_peak / mb,
                 "driver_private_peak_mb": self.driver_private_peak / mb,
@@ -123,11 +103,6 @@ class TreeSampler:
                 "largest_worker_hwm_mb": self.worker_hwm / mb,
                 "largest_worker_private_peak_mb": self.worker_private_peak / mb,
                 "samples": self.samples}
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._sample()
-            self._stop.wait(self.interval)
 
     def _sample(self) -> None:
         ray_sum = workers_sum = 0
@@ -355,8 +330,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for rows in sizes_rows:
             sets = stretched(rows, sizes_rows[0]) if args.layout == "longer" else []
-            source, generation_s = prepare_source(
-                rows, data, sets, f"rideshare-{rows}" + (f"-{days(sets)}d" if sets else ""))
+            source = data / (f"rideshare-{rows}" + (f"-{days(sets)}d" if sets else ""))
+            generation_s = generate_source(CONFIG, source,
+                                           [f"dataset.generate.rows={rows}", *sets])
             run_sets, runs = [*sets, *ALL_EPOCHS], []
             for repeat in range(args.repeats if rows < sizes_rows[-1] else 1):
                 root = work / f"artifacts-{rows}-{repeat}"

@@ -40,14 +40,12 @@ from measure import (
     Summary,
     alternated,
     benchmark_parser,
+    generate_source,
     pipeline_cli,
     results_folder,
     spread,
     timed,
 )
-
-from pipeline.core.config import load_config
-from pipeline.datasets import ensure_dataset
 
 CONFIG = REPO / "configs" / "smoke.yaml"
 STAGES = ("ingest", "validate", "featurize", "train", "evaluate")
@@ -63,16 +61,6 @@ disconnect_ray()
 """
 HELP_LIMIT_S = 1.0
 ARMS = ("smoke", "floor")
-
-
-def prepare_source(workdir: Path) -> Path:
-    """The smoke config's generated source, written once, outside any artifact root."""
-    config = load_config(CONFIG)
-    generate, dataset = config.dataset.generate, config.dataset
-    source = workdir / "source"
-    ensure_dataset(str(source), generate.kind, generate.rows, dataset.start, dataset.end,
-                   generate.seed, cancelled_share=generate.cancelled_share)
-    return source
 
 
 def smoke_run(source: Path, artifact_root: Path) -> dict:
@@ -135,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     measurement = Measurement()
     with tempfile.TemporaryDirectory(prefix="smoke-bench-") as tmp:
         workdir = Path(tmp)
-        source = prepare_source(workdir)
+        source = workdir / "source"
+        generate_source(CONFIG, source)
         runs, floors, helps = [], [], []
         for repeat in range(args.repeats):
             for arm in alternated(ARMS, repeat):

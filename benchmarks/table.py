@@ -16,8 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+from measure import REPO, RESULTS
+
 TABLE = REPO / "docs" / "benchmarks.md"
 
 HEADER = """# Benchmarks

@@ -7,7 +7,8 @@ validate's clean rows, with the same [t - W, t) semantics.
 
 Each reads the clean parquet (hive-partitioned by day) and writes its output as one parquet file,
 on this machine's threads (DuckDB told so: its default would be the same), and returns its own
-seconds from the first read to the written file, its CPU seconds and its peak RSS.
+seconds from the first read to the written file (its memory and CPU are measured from outside,
+benchmarks/processes.py).
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-
-from processes import hwm_bytes
 
 from pipeline.core.config import PipelineConfig
 from pipeline.features.windows import WindowSpec, window_specs
@@ -26,7 +25,7 @@ def run_polars(config: PipelineConfig, data: Path, output: Path) -> dict:
     import polars as pl
 
     dataset = config.dataset
-    started, cpu = time.perf_counter(), _own_cpu()
+    started = time.perf_counter()
     clean = pl.scan_parquet(str(data / "clean" / "**" / "*.parquet"), hive_partitioning=True)
     table = clean.select(dataset.row_key, dataset.event_time)
     for (entity, available_at), specs in groups(window_specs(config)).items():
@@ -35,9 +34,9 @@ def run_polars(config: PipelineConfig, data: Path, output: Path) -> dict:
     path = output / "polars.parquet"
     output.mkdir(parents=True, exist_ok=True)
     table.collect().write_parquet(path)
-    seconds, cpu = time.perf_counter() - started, _own_cpu() - cpu
+    seconds = time.perf_counter() - started
     return {"seconds": seconds, "rows": pl.scan_parquet(path).select(pl.len()).collect().item(),
-            "peak_bytes": hwm_bytes(os.getpid()), "cpu_seconds": cpu, "output": str(path)}
+            "output": str(path)}
 
 
 def events(pl, clean, entity: tuple[str, ...], available_at: str, specs: list[WindowSpec],
@@ -86,7 +85,7 @@ def run_duckdb(config: PipelineConfig, data: Path, output: Path) -> dict:
 
     dataset = config.dataset
     key, t = dataset.row_key, dataset.event_time
-    started, cpu = time.perf_counter(), _own_cpu()
+    started = time.perf_counter()
     connection = duckdb.connect()
     connection.execute(f"SET threads = {os.cpu_count()}")
     connection.execute(f"""CREATE VIEW clean AS SELECT * FROM read_parquet(
@@ -104,10 +103,9 @@ def run_duckdb(config: PipelineConfig, data: Path, output: Path) -> dict:
               SELECT clean."{key}", clean."{t}", {", ".join(selected)}
               FROM clean {" ".join(joins)})
         TO '{path}' (FORMAT parquet)""")
-    seconds, cpu = time.perf_counter() - started, _own_cpu() - cpu
+    seconds = time.perf_counter() - started
     rows = connection.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()[0]
-    return {"seconds": seconds, "rows": rows, "peak_bytes": hwm_bytes(os.getpid()),
-            "cpu_seconds": cpu, "output": str(path)}
+    return {"seconds": seconds, "rows": rows, "output": str(path)}
 
 
 def _duckdb_group(entity: tuple[str, ...], available_at: str, specs: list[WindowSpec],
@@ -143,11 +141,6 @@ def _duckdb_group(entity: tuple[str, ...], available_at: str, specs: list[Window
         }[spec.agg] + f' AS "{spec.name}"')
     return (f'SELECT "{key}", {", ".join(columns)} FROM ({events}) '
             f'QUALIFY "{key}" IS NOT NULL')
-
-
-def _own_cpu() -> float:
-    times = os.times()
-    return times.user + times.system
 
 
 def groups(specs: list[WindowSpec]) -> dict[tuple[tuple[str, ...], str], list[WindowSpec]]:

@@ -57,11 +57,7 @@ from pipeline.predict.rows import (
     without_keys,
 )
 from pipeline.predict.spec import ModelSpec, load_model_spec
-from pipeline.quality.duplicates import (
-    copies_in_bucket,
-    later_copies,
-    split_keys,
-)
+from pipeline.quality.duplicates import copies_in_bucket, later_copies, split_keys
 from pipeline.stages.featurize.table import features_table, sort_rows
 
 if TYPE_CHECKING:

@@ -11,12 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipeline.core.config.types import (
-    NonNegativeDuration,
-    PositiveDuration,
-    SafeName,
-    Timestamp,
-)
+from pipeline.core.config.types import NonNegativeDuration, PositiveDuration, SafeName, Timestamp
 from pipeline.core.durations import format_duration, parse_duration
 from pipeline.core.exporters import Exporter
 

@@ -10,12 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.engine.artifacts import ArtifactStore
-from pipeline.engine.stage import (
-    StageContext,
-)
-from pipeline.monitoring.drift import (
-    DriftReport,
-)
+from pipeline.engine.stage import StageContext
+from pipeline.monitoring.drift import DriftReport
 from pipeline.registry.champion import IDENTITY
 from pipeline.registry.gate import Decision
 from pipeline.registry.store import CHAMPION, AliasMoved, alias_head, move_alias, register

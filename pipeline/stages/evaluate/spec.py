@@ -10,15 +10,8 @@ from pydantic import BaseModel, Field
 from pipeline.core.config import DriftConfig, PipelineConfig
 from pipeline.core.schema import Roles
 from pipeline.engine.artifacts import ArtifactStore
-from pipeline.engine.stage import (
-    Facts,
-    Files,
-    Folder,
-    Params,
-)
-from pipeline.monitoring.drift import (
-    DriftReport,
-)
+from pipeline.engine.stage import Facts, Files, Folder, Params
+from pipeline.monitoring.drift import DriftReport
 from pipeline.registry.gate import Decision
 from pipeline.registry.store import CHAMPION, alias_head
 

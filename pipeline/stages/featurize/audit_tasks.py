@@ -10,9 +10,7 @@ from typing import Any
 
 import ray
 
-from pipeline.engine.stage import (
-    StageContext,
-)
+from pipeline.engine.stage import StageContext
 from pipeline.features.audit import (
     PERTURBATION,
     TIME_TRAVEL,

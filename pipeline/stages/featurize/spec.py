@@ -11,20 +11,10 @@ from pydantic import Field
 
 from pipeline.core.config import Duration, PipelineConfig
 from pipeline.core.schema import Roles
-from pipeline.engine.stage import (
-    Facts,
-    Files,
-    Folder,
-    Params,
-)
-from pipeline.features.audit import (
-    Kernel,
-)
+from pipeline.engine.stage import Facts, Files, Folder, Params
+from pipeline.features.audit import Kernel
 from pipeline.features.partitions import DayPartitions
-from pipeline.features.windows import (
-    WindowSpec,
-    window_specs,
-)
+from pipeline.features.windows import WindowSpec, window_specs
 
 
 class FeaturizeParams(Params):

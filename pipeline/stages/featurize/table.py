@@ -7,13 +7,8 @@ import pyarrow as pa
 
 from pipeline.core.packed import PACKED, pack
 from pipeline.core.schema import Roles
-from pipeline.features.audit import (
-    Kernel,
-)
-from pipeline.features.windows import (
-    WindowResult,
-    compute_windows,
-)
+from pipeline.features.audit import Kernel
+from pipeline.features.windows import WindowResult, compute_windows
 from pipeline.stages.featurize.spec import FeaturizeParams
 
 

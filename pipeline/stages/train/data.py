@@ -17,9 +17,7 @@ import ray
 
 from pipeline.engine.artifacts import ArtifactStore
 from pipeline.engine.exchange import PIECE_ROWS, exchange, returned, runs
-from pipeline.engine.stage import (
-    StageContext,
-)
+from pipeline.engine.stage import StageContext
 from pipeline.model.preprocessing import FitStatistics, Preprocessor
 from pipeline.model.splits import SPLITS, with_splits
 from pipeline.stages.featurize import FeaturizeFacts

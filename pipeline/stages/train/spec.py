@@ -5,13 +5,7 @@ from __future__ import annotations
 
 from pipeline.core.config import PipelineConfig, SplitConfig, TrainConfig
 from pipeline.core.schema import Roles
-from pipeline.engine.stage import (
-    Facts,
-    Files,
-    Folder,
-    Params,
-    top_reasons,
-)
+from pipeline.engine.stage import Facts, Files, Folder, Params, top_reasons
 from pipeline.monitoring.drift import Histogram
 
 
