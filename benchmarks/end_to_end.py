@@ -76,14 +76,13 @@ from measure import (  # noqa: E402
 from pipeline.core.config import PipelineConfig, load_config  # noqa: E402
 
 CONFIG = REPO / "configs" / "local.yaml"
-STAGES = ("ingest", "validate", "featurize", "train", "evaluate")
 PHASES = ("start-up", "read + clean", "features", "split + train", "score")
 ARMS = ("script", "pipeline")
 TARGETS = {1_000_000: 1.2, 10_000_000: 0.7}
 """Pipeline wall / script wall at most this at these sizes, test RMSE no worse."""
 PIPELINE_PHASES = {"start-up": ("ray.start", "other"), "read + clean": ("ingest", "validate"),
                    "features": ("featurize",), "split + train": ("train",),
-                   "score": ("evaluate",)}
+                   "score": ("evaluate", "register")}
 
 
 # -- the source ------------------------------------------------------------------------------

@@ -72,9 +72,10 @@ from measure import (
 from processes import Sampler, cmdline, descendants, status_bytes
 
 from pipeline.core.config import load_config
+from pipeline.stages.dag import STAGES as DAG
 
 CONFIG = REPO / "configs" / "local.yaml"
-STAGES = ("ingest", "validate", "featurize", "train", "evaluate")
+STAGES = tuple(stage.name for stage in DAG)
 PARTS = ("ray.start", *STAGES)
 LAYOUTS = ("denser", "longer")
 ALL_EPOCHS = [f"train.patience={load_config(CONFIG).train.epochs}"]

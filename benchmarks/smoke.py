@@ -47,8 +47,10 @@ from measure import (
     timed,
 )
 
+from pipeline.stages.dag import STAGES as DAG
+
 CONFIG = REPO / "configs" / "smoke.yaml"
-STAGES = ("ingest", "validate", "featurize", "train", "evaluate")
+STAGES = tuple(stage.name for stage in DAG)
 FLOOR = f"""
 import importlib, threading
 from pipeline.core.config import load_config

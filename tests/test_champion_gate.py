@@ -42,7 +42,7 @@ def test_the_champion_moves_only_to_a_better_model_and_rolls_back_by_hand(smoke_
 
     code, output, worse = run_cli(*run, *WORSE)
     assert code == 3, output
-    assert [s["status"] for s in worse["stages"]] == ["cached"] * 3 + ["ran"] * 2
+    assert [s["status"] for s in worse["stages"]] == ["cached"] * 3 + ["ran"] * 3
     assert (worse["model_version"], worse["promoted"], worse["rejected"], worse["champion"]) \
         == ("v2", False, True, "v1")
     decision = _decision(root, "v2")
@@ -79,6 +79,7 @@ def test_the_champion_moves_only_to_a_better_model_and_rolls_back_by_hand(smoke_
     # the better model's cached evaluation does not undo the rollback, and says so
     code, output, cached = run_cli(*run, *BETTER)
     assert code == 3 and _stage(cached, "evaluate")["status"] == "cached"
+    assert _stage(cached, "register")["status"] == "cached"
     assert cached["champion"] == "v1" and cached["gate"]["passed"]
     assert "the gate passed it, but the champion has moved since" in output
 
@@ -203,7 +204,7 @@ def test_a_champion_on_other_features_is_scored_on_them_and_joined_by_row_key(sm
     code, output, summary = run_cli("run", "-c", str(SMOKE), *overrides, "--json",
                                     "--set", "features.windows.0.window=2d", *where)
     assert code in (0, 3), output
-    assert [s["status"] for s in summary["stages"]] == ["cached"] * 2 + ["ran"] * 3
+    assert [s["status"] for s in summary["stages"]] == ["cached"] * 2 + ["ran"] * 4
     (score_span,) = _spans(root, summary, "evaluate.score")
     assert score_span["attributes"]["evaluate.scored_in"] == scored_in
     scorers = {span["pid"] for span in _spans(root, summary, "evaluate.score_file")}
@@ -235,13 +236,43 @@ def test_an_upgraded_evaluate_re_evaluates_the_champion_without_registering_a_tw
         versions(module, upstream) + ("+upgraded" if module.endswith(".evaluate") else "")))
     code, output, again = run_cli("run", "-c", str(SMOKE), *overrides, "--json")
     assert code == 0, output
-    assert [s["status"] for s in again["stages"]] == ["cached"] * 4 + ["ran"]
+    assert [s["status"] for s in again["stages"]] == ["cached"] * 4 + ["ran"] * 2
     assert (again["model_version"], again["promoted"], again["champion"]) == ("v1", True, "v1")
     assert sorted(path.name for path in _registry(root).glob("v*")) == ["v1"]
     assert "model trip-duration v1: still the champion; evaluated again, not registered again" \
         in output
-    key = _stage(again, "evaluate")["cache_key"]
-    facts = json.loads((root / "stages" / "evaluate" / key / "manifest.json").read_text())["details"]
-    assert facts["registration"]["reason"] == (
+    key = _stage(again, "register")["cache_key"]
+    facts = json.loads((root / "stages" / "register" / key / "manifest.json").read_text())["details"]
+    assert facts["reason"] == (
         "already the champion: v1 is this model (the same featurize and train outputs); "
         "re-evaluated, not registered again")
+
+
+def test_register_acts_on_a_published_judgement_once(smoke_copy, monkeypatch):
+    """Evaluate only judges: until register runs, nothing is registered and nothing moves. A
+    register run later registers and promotes; a new register code version afterwards finds the
+    same version again and leaves a rollback by hand in place."""
+    import pipeline.engine.stage
+
+    root, overrides = smoke_copy
+    config = ["-c", str(SMOKE), *overrides, *BETTER]
+    for stage in ("train", "evaluate"):
+        code, output, _ = run_cli("stage", stage, *config)
+        assert code == 0, output
+    assert sorted(path.name for path in _registry(root).glob("v*")) == ["v1"]
+    assert [m["version"] for _, m in _champion_moves(root)] == ["v1"]
+
+    code, output, _ = run_cli("stage", "register", *config)
+    assert code == 0, output
+    assert [m["version"] for _, m in _champion_moves(root)] == ["v1", "v2"]
+    assert run_cli("models", "alias", MODEL, "champion", "v1", *config)[0] == 0
+
+    versions = pipeline.engine.stage.code_version
+    monkeypatch.setattr(pipeline.engine.stage, "code_version", lambda module, upstream=frozenset(): (
+        versions(module, upstream) + ("+upgraded" if module.endswith(".register") else "")))
+    code, output, again = run_cli("run", *config, "--json")
+    assert code == 3, output
+    assert [s["status"] for s in again["stages"]] == ["cached"] * 5 + ["ran"]
+    assert (again["model_version"], again["promoted"], again["champion"]) == ("v2", False, "v1")
+    assert sorted(path.name for path in _registry(root).glob("v*")) == ["v1", "v2"]
+    assert [m["version"] for _, m in _champion_moves(root)] == ["v1", "v2", "v1"]

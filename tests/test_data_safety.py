@@ -33,7 +33,7 @@ def _entries(root: Path, model: str = "trip-duration") -> dict[str, dict]:
 
 def test_concurrent_runs_share_stages_and_never_overwrite_a_version(smoke_copy, ray_address):
     """Three runs at once: two of the same config (one evaluation), one of another. Each new
-    evaluation gets its own version, the same evaluation is registered once, and every evaluate
+    evaluation gets its own version, the same evaluation is registered once, and every register
     manifest points at the registry entry of its own evaluation."""
     root, overrides = smoke_copy  # each run is its own process
     # a model name without a champion, since the champion's own model is not registered twice,
@@ -57,13 +57,15 @@ def test_concurrent_runs_share_stages_and_never_overwrite_a_version(smoke_copy, 
     assert _stage(same[0], "evaluate")["cache_key"] == _stage(same[1], "evaluate")["cache_key"]
     assert sorted(_stage(s, "evaluate")["status"] for s in same) == ["cached", "ran"], \
         "one run computed the evaluation, the other waited for it and reused it"
+    assert sorted(_stage(s, "register")["status"] for s in same) == ["cached", "ran"]
     assert same[0]["model_version"] == same[1]["model_version"] != other["model_version"]
 
     entries = _entries(root, RIVAL)
     assert sorted(entries) == ["v1", "v2"]
     for summary in summaries:
         evaluate = _stage(summary, "evaluate")
-        registration = _manifest(root, "evaluate", evaluate["cache_key"])["details"]["registration"]
+        registration = _manifest(root, "register", _stage(summary, "register")["cache_key"])[
+            "details"]
         entry = entries[registration["version"]]
         assert entry["evaluate_cache_key"] == evaluate["cache_key"]
         assert entry["version"] == registration["version"] == summary["model_version"]

@@ -24,7 +24,7 @@ s3fs = pytest.importorskip("s3fs", reason="s3fs is a dev extra")
 BUCKET = "raypipe-test"
 KEY = "testing"
 SECRET = "raypipe-test-secret-7c1d9e"  # distinctive, so any leak into an artifact is unmistakable
-STAGES = ["ingest", "validate", "featurize", "train", "evaluate"]
+STAGES = ["ingest", "validate", "featurize", "train", "evaluate", "register"]
 
 
 @pytest.fixture(scope="module")

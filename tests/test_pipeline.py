@@ -12,21 +12,21 @@ from pathlib import Path
 
 from tests.conftest import REPO, SMOKE, run_cli
 
-STAGE_NAMES = ["ingest", "validate", "featurize", "train", "evaluate"]
+STAGE_NAMES = ["ingest", "validate", "featurize", "train", "evaluate", "register"]
 
 
 def _manifest(root: Path, stage: str, key: str) -> dict:
     return json.loads((root / "stages" / stage / key / "manifest.json").read_text())
 
 
-def test_run_executes_five_stages_and_registers_a_model_that_beats_the_baseline(smoke_run):
+def test_run_executes_every_stage_and_registers_a_model_that_beats_the_baseline(smoke_run):
     root, output, summary = smoke_run.root, smoke_run.output, smoke_run.summary
     assert [s["name"] for s in summary["stages"]] == STAGE_NAMES
     assert all(s["status"] == "ran" for s in summary["stages"])
     assert summary["model_version"] == "v1" and summary["promoted"] is True
     entry = json.loads((root / "registry" / "trip-duration" / "v1" / "entry.json").read_text())
     assert entry["metrics"]["mae"] < entry["baseline"]["mae"]
-    assert set(entry["lineage"]) == set(STAGE_NAMES) - {"evaluate"}
+    assert set(entry["lineage"]) == set(STAGE_NAMES) - {"evaluate", "register"}
     for line in STAGE_NAMES:
         assert any(row.startswith(line) and " ran " in row for row in output.splitlines())
 
@@ -74,7 +74,7 @@ def test_validate_recomputed_in_a_copied_root_keeps_its_fingerprint(smoke_run, s
     code, output, summary = run_cli("run", "-c", str(SMOKE), *overrides, "--json")
 
     assert code == 0, output
-    assert [s["status"] for s in summary["stages"]] == ["cached", "ran"] + ["cached"] * 3
+    assert [s["status"] for s in summary["stages"]] == ["cached", "ran"] + ["cached"] * 4
     assert (_manifest(root, "validate", validate["cache_key"])["fingerprint"]
             == _manifest(smoke_run.root, "validate", validate["cache_key"])["fingerprint"])
 
@@ -88,7 +88,7 @@ def test_second_run_is_fully_cached_and_starts_no_ray(smoke_run):
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert [s["status"] for s in summary["stages"]] == ["cached"] * 5
+    assert [s["status"] for s in summary["stages"]] == ["cached"] * 6
     assert [s["cache_key"] for s in summary["stages"]] == [s["cache_key"] for s in first["stages"]]
     assert summary["model_version"] == first["model_version"]
     assert "Ray instance" not in result.stderr + result.stdout

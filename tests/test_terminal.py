@@ -14,7 +14,7 @@ from pipeline.commands.display import PlainDisplay
 from pipeline.commands.timeline import chrome_trace
 from tests.conftest import REPO, SMOKE, copy_of_smoke_run, run_cli
 
-STAGES = ("ingest", "validate", "featurize", "train", "evaluate")
+STAGES = ("ingest", "validate", "featurize", "train", "evaluate", "register")
 # what Ray's own lines look like: log records, forwarded worker lines, C++ core logs
 RAY_LINE = re.compile(r"\b(INFO|WARNING|ERROR)\b|\(\w+ pid=\d+\)|core_worker|Ray instance|Traceback")
 
@@ -22,7 +22,7 @@ RAY_LINE = re.compile(r"\b(INFO|WARNING|ERROR)\b|\(\w+ pid=\d+\)|core_worker|Ray
 @pytest.fixture(scope="module")
 def evaluate_rerun(ray_address, smoke_run, tmp_path_factory):
     """A piped `pipeline run` (a separate process, joined to the session's Ray) on a copy of the
-    smoke run, where a new promotion margin reruns evaluate alone, scoring in Ray tasks (in the
+    smoke run, where a new promotion margin reruns evaluate (and register) alone, scoring in Ray tasks (in the
     driver it would not start Ray); then an all-cached run."""
     root, overrides = copy_of_smoke_run(smoke_run, tmp_path_factory.mktemp("terminal"))
     result = subprocess.run(
@@ -39,14 +39,14 @@ def evaluate_rerun(ray_address, smoke_run, tmp_path_factory):
 
 def test_a_piped_run_prints_plain_lines_and_no_ray_output(evaluate_rerun):
     root, _, result, summary, _ = evaluate_rerun
-    assert [s["status"] for s in summary["stages"]] == ["cached"] * 4 + ["ran"]
+    assert [s["status"] for s in summary["stages"]] == ["cached"] * 4 + ["ran"] * 2
     assert result.stderr == ""
     lines = result.stdout.splitlines()[:-1]  # the last is the JSON summary
     assert not [line for line in lines if RAY_LINE.search(line)], lines
     for stage in STAGES:  # `running`, at most a progress line or two, the result line
         assert 1 <= sum(line.startswith(f"{stage} ") for line in lines) <= 4, lines
     assert "\x1b[" not in result.stdout  # no terminal escapes into a pipe
-    assert lines[-1].startswith(f"run {summary['run_id']}: 5 stages, 1 ran, 4 cached")
+    assert lines[-1].startswith(f"run {summary['run_id']}: 6 stages, 2 ran, 4 cached")
     assert summary["ray_start_seconds"] > 0  # joining Ray, apart from evaluate's seconds
     assert f"(and {summary['ray_start_seconds']:.1f}s starting Ray)" in lines[-1]
     assert any(line.startswith(f"model trip-duration {summary['model_version']}: ")
@@ -74,9 +74,9 @@ def test_runs_lists_every_run_with_its_status_stages_and_model(evaluate_rerun, s
     assert list(rows)[:2] == [cached["run_id"], rerun["run_id"]]  # newest first
     first = rows[smoke_run.summary["run_id"]]
     assert "rideshare-smoke" in first and " ok " in first
-    assert "5 ran, 0 cached" in first and "v1 promoted" in first
-    assert "1 ran, 4 cached" in rows[rerun["run_id"]]
-    assert "0 ran, 5 cached" in rows[cached["run_id"]]
+    assert "6 ran, 0 cached" in first and "v1 promoted" in first
+    assert "2 ran, 4 cached" in rows[rerun["run_id"]]
+    assert "0 ran, 6 cached" in rows[cached["run_id"]]
     code, output, _ = run_cli("runs", "-c", str(SMOKE), *overrides, "--limit", "1")
     assert len(output.splitlines()) == 3 and cached["run_id"] in output
 

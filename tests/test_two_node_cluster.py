@@ -98,7 +98,7 @@ def _spans(fs, run_id: str) -> list[dict]:
 
 def test_featurize_and_train_ran_on_both_nodes(two_node_run, s3):  # noqa: F811
     _, fs = s3
-    assert [s["status"] for s in two_node_run["stages"]] == ["ran"] * 5
+    assert [s["status"] for s in two_node_run["stages"]] == ["ran"] * 6
     assert all(s["artifact"].startswith(f"{PREFIX}/artifacts/") for s in two_node_run["stages"])
     spans = _spans(fs, two_node_run["run_id"])
     nodes = {prefix: {s["node"] for s in spans if s["name"].startswith(prefix) and s["node"]}

@@ -27,7 +27,7 @@ CANCELLED_SHARE = 0.04
 
 @pytest.fixture(scope="module")
 def history_run(ray_session, tmp_path_factory):
-    """All five stages on a table with cancelled trips; the artifact root and the --set
+    """Every stage on a table with cancelled trips; the artifact root and the --set
     arguments."""
     tmp = tmp_path_factory.mktemp("unlabeled")
     smoke = load_config(SMOKE)
@@ -40,7 +40,7 @@ def history_run(ray_session, tmp_path_factory):
         "dataset.columns.pace_min_per_km.required=false", "telemetry.exporter=none")
         for arg in ("--set", assignment)]
     lines = {}
-    for stage in ("ingest", "validate", "featurize", "train", "evaluate"):
+    for stage in ("ingest", "validate", "featurize", "train", "evaluate", "register"):
         code, output, _ = run_cli("stage", stage, "-c", str(SMOKE), *overrides)
         assert code == 0, output
         lines[stage] = [line for line in output.splitlines() if line.startswith(stage)][-1]

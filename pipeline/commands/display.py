@@ -9,6 +9,7 @@ and leaves the result lines above it. Both are fed by the runner (`note`, `stage
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -103,7 +104,13 @@ def stage_line(outcome: StageOutcome) -> str:
     headline = outcome.facts.headline() if outcome.facts is not None else ""
     headline = f" ({headline})" if headline else ""
     return (f"{outcome.name:<10} {outcome.status:<7} {outcome.rows_out:>11,} rows{quarantined}"
-            f"{headline}  {outcome.seconds:8.2f}s  {outcome.artifact}")
+            f"{headline}  {outcome.seconds:8.2f}s  {_shown_path(outcome.artifact)}")
+
+
+def _shown_path(path: str) -> str:
+    """A local path below the working directory, relative to it: the line stays short."""
+    here = os.getcwd() + os.sep
+    return path[len(here):] if path.startswith(here) else path
 
 
 def summary_lines(summary: RunSummary, ray_log: str | None) -> list[str]:
@@ -125,7 +132,7 @@ def summary_lines(summary: RunSummary, ray_log: str | None) -> list[str]:
             f"{len(summary.stages) - ran} cached, {seconds:.1f}s")
     if summary.ray_start_seconds is not None:
         line += f" (and {summary.ray_start_seconds:.1f}s starting Ray)"
-    lines.append(line + (f"; Ray's log: {ray_log}" if ray_log else ""))
+    lines.append(line + (f"; Ray's log: {_shown_path(ray_log)}" if ray_log else ""))
     return lines
 
 

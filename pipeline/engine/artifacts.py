@@ -147,8 +147,9 @@ class ArtifactStore:
             # Object stores have no directories: a recursive mv would also try to copy the
             # pseudo-directory keys (S3 answers NoSuchKey), so copy the objects one by one.
             objects = self.fs.find(staging)
-            self.fs.copy(objects, [final + path[len(staging):] for path in objects])
-            self.fs.rm(objects)
+            if objects:  # an output may be its manifest alone (register's)
+                self.fs.copy(objects, [final + path[len(staging):] for path in objects])
+                self.fs.rm(objects)
         self.write_json(posixpath.join(final, MANIFEST), manifest)
         return Artifact(stage, final, manifest)
 

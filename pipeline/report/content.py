@@ -1,17 +1,23 @@
-"""What an evaluation report says, as plain data: gathered by evaluate, drawn by `plots` and `page`."""
+"""What an evaluation report says, as plain data: gathered by evaluate (and kept as its
+`report.json`), drawn by `plots` and `page` once register knows the version."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 from pipeline.monitoring.breakdown import DAY, Breakdown
 from pipeline.monitoring.drift import DriftReport
 from pipeline.registry.gate import Decision
 
 
-@dataclass(frozen=True)
-class Run:
-    """Where the evaluation came from: the run, its trace, the code and the config."""
+class Run(BaseModel):
+    """Where the evaluation came from: the run, its trace, the code and the config. Kept apart
+    from the content, so that the content of an evaluation does not depend on which run made it
+    (evaluate's fingerprint stays a function of what it judged)."""
+
+    model_config = ConfigDict(frozen=True)
 
     run_id: str
     trace_id: str
@@ -21,8 +27,9 @@ class Run:
     evaluate_code_version: str
 
 
-@dataclass(frozen=True)
-class ReportContent:
+class ReportContent(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
     model: str
     task: str
     """regression or binary."""
@@ -34,9 +41,8 @@ class ReportContent:
     series: dict[str, str]
     """The breakdown's models to show, in order → their names in the report (candidate first)."""
     drift: DriftReport
-    lineage: dict[str, dict[str, str]]
+    lineage: dict[str, dict[str, Any]]
     """Upstream stage → cache key, fingerprint, code version, uri (and source, for ingest)."""
-    run: Run
 
     @property
     def candidate(self) -> str:

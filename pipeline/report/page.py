@@ -11,7 +11,7 @@ from html import escape
 from string import Template
 
 from pipeline.report import plots
-from pipeline.report.content import ReportContent
+from pipeline.report.content import ReportContent, Run
 
 _PAGE = Template("""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -38,19 +38,19 @@ $body
 """)
 
 
-def render(content: ReportContent, version: str) -> str:
-    """The whole page for `content` registered as `version`."""
+def render(content: ReportContent, run: Run, version: str) -> str:
+    """The whole page for `content`, evaluated by `run`, registered as `version`."""
     title = f"{content.model}@{version}"
-    body = "\n".join([_header(content, title), _metrics(content), _gate(content),
-                      _figures(content), _drift(content), _lineage(content)])
+    body = "\n".join([_header(content, run, title), _metrics(content), _gate(content),
+                      _figures(content), _drift(content), _lineage(content, run)])
     return _PAGE.substitute(title=_e(f"{title}: evaluation report"), body=body)
 
 
-def _header(content: ReportContent, title: str) -> str:
+def _header(content: ReportContent, run: Run, title: str) -> str:
     promoted, words = content.verdict()
     return (f"<h1>{_e(title)}</h1>\n"
-            f'<p class="muted">evaluation report: run {_e(content.run.run_id)}, '
-            f"config {_e(content.run.config_name)}; test period from "
+            f'<p class="muted">evaluation report: run {_e(run.run_id)}, '
+            f"config {_e(run.config_name)}; test period from "
             f"{_e(content.test_period_start)}, {content.test_rows:,} rows</p>\n"
             f'<p class="verdict {"promoted" if promoted else "rejected"}">{_e(words)}</p>\n'
             '<p class="muted">The decision was recorded before the champion alias moved; '
@@ -132,8 +132,7 @@ def _drift(content: ReportContent) -> str:
             + (f"\n<p>Not compared:</p><ul>{missing}</ul>" if missing else ""))
 
 
-def _lineage(content: ReportContent) -> str:
-    run = content.run
+def _lineage(content: ReportContent, run: Run) -> str:
     snapshot = content.lineage.get("ingest", {})
     facts = [("snapshot fingerprint", snapshot.get("fingerprint", "?")),
              ("source", _source(snapshot.get("source"))),

@@ -1,13 +1,13 @@
-"""Stage 5, evaluate + register: the candidate against the champion and a baseline, then the gate.
+"""Stage 5, evaluate: the candidate against the champion and a baseline, judged by the gate.
 
-Stops: shipping a worse model, and models nobody can trace. The test period is the one train
-published (strictly after validation plus the embargo). On its rows the stage scores the candidate,
-the current champion (with its own preprocessing; see `pipeline.registry.champion` for which features it
-reads) and the baseline, the training split's mean label (or positive rate), which train also
-published. `pipeline.registry.gate` decides; every evaluated model is registered with its metrics, its
-report (`pipeline.report`: errors by day and slice, drift, lineage), the decision (its own
-artifact, written before the entry) and its full lineage; a promotion then moves the
-registry's `champion` alias, only if nobody moved it since the champion was read.
+Stops: shipping a worse model. A pure, cached judgement: it scores, decides and reports, and
+moves nothing; `pipeline.stages.register` then registers the version and moves `champion`. The
+test period is the one train published (strictly after validation plus the embargo). On its rows
+the stage scores the candidate, the current champion (with its own preprocessing; see
+`pipeline.registry.champion` for which features it reads) and the baseline, the training split's
+mean label (or positive rate), which train also published. `pipeline.registry.gate` decides,
+and drift over its threshold vetoes; the report's content (`pipeline.report`: errors by day and
+slice, drift, lineage) is kept beside the predictions.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import pyarrow.dataset as pads
 
 from pipeline.core.formatting import fmt
 from pipeline.engine.artifacts import ArtifactStore
-from pipeline.engine.provenance import git_commit
 from pipeline.engine.stage import Output, RowQuestion, Stage, StageContext, StageResult
 from pipeline.monitoring.breakdown import BASELINE, merge
 from pipeline.monitoring.drift import (
@@ -32,10 +31,8 @@ from pipeline.monitoring.drift import (
 )
 from pipeline.registry.champion import IDENTITY, ChampionPlan, feature_spec, opponent, plan
 from pipeline.registry.gate import ChampionScore, Decision, decide, improvement
-from pipeline.registry.store import CHAMPION, alias_head, lineage
-from pipeline.report.content import ReportContent, Run
-from pipeline.report.page import render
-from pipeline.stages.evaluate.registration import Candidate, register_candidate
+from pipeline.registry.store import CHAMPION, lineage
+from pipeline.report.content import ReportContent
 from pipeline.stages.evaluate.scoring import Scan, Scored, score, score_keyed
 from pipeline.stages.evaluate.spec import (
     CHAMPION_PREDICTION,
@@ -62,7 +59,7 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
     params, store, roles = ctx.params, ctx.store, ctx.params.roles
     trained, featurized = ctx.input(TRAIN), ctx.input(FEATURIZE)
     train_facts: TrainFacts = trained.facts
-    head, champion = _judged_champion(ctx)
+    champion = _judged_champion(ctx)
     columns = Columns.of(featurized.facts, roles)
     reference = drift_reference(store, params.model_name, train_facts.feature_histograms, columns)
     with ctx.telemetry.span("evaluate.score", {"champion": champion or "none"}):
@@ -75,7 +72,6 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
     rows_in = _test_rows(scored, train_facts)
 
     metrics = scored.metrics[PREDICTION].result()
-    baseline_value = train_facts.train_label_mean
     baseline = scored.metrics[BASELINE].result()
     decision = decide(params.task, metrics, baseline,
                       _champion_score(champion_plan, scored),
@@ -89,16 +85,7 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
     found = {**lineage(store, trained.artifact), **lineage(store, featurized.artifact)}
     upstream = {stage: found[stage] for stage in _dag_order(STAGE) if stage in found}
     report = _report_content(ctx, decision, scored, drift, upstream, rows_in)
-
-    def report_page(version: str) -> str:
-        with ctx.telemetry.span("evaluate.report"):  # matplotlib's figures take a while
-            return render(report, version)
-
-    registration = register_candidate(ctx, Candidate(
-        decision=decision, metrics=metrics, baseline=baseline, baseline_value=baseline_value,
-        judged_against=champion, judged_at=head, test_rows=rows_in, drift=drift,
-        features=feature_spec(featurized.artifact.manifest["params"]), lineage=upstream),
-        report_page)
+    store.write_bytes(ctx.files.report, report.model_dump_json().encode())
     return StageResult(
         rows_in=rows_in, rows_out=rows_in,
         schema={f.name: str(f.type) for f in pads.dataset(
@@ -107,8 +94,8 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
                     "label_mean": scored.label_sum / rows_in},
         facts=EvaluateFacts(
             metrics=metrics, baseline=baseline,
-            improvement=improvement(params.task, metrics, baseline), decision=decision, drift=drift,
-            registration=registration),
+            improvement=improvement(params.task, metrics, baseline), decision=decision,
+            drift=drift),
     )
 
 
@@ -130,22 +117,18 @@ def _report_content(ctx: StageContext[EvaluateParams, EvaluateFiles], decision: 
         model=params.model_name, task=params.task, label=params.roles.label,
         test_period_start=ctx.input(TRAIN).facts.test_period_start, test_rows=rows,
         decision=decision, errors=scored.breakdown, series=_series(decision), drift=drift,
-        lineage=upstream,
-        run=Run(run_id=ctx.run_id, trace_id=_trace_id(), git_commit=git_commit(),
-                config_name=ctx.telemetry.spec.resource_attributes.get("config.name", "?"),
-                evaluate_cache_key=ctx.cache_key, evaluate_code_version=STAGE.code_version))
+        lineage=upstream)
 
 
-def _judged_champion(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> tuple[int, str | None]:
-    """(the champion alias's latest move, the version to judge against), as the key says."""
+def _judged_champion(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> str | None:
+    """The version to judge against, as the key says (None: no champion yet)."""
     model = ctx.params.model_name
-    head, _ = alias_head(ctx.store, model, CHAMPION)
     keyed = ctx.external["champion"]
     now = judged_against(ctx.params, ctx.inputs, ctx.store)["champion"]
     if now != keyed:
         raise ValueError(f"the {CHAMPION} of {model} changed while this run started (judged "
                          f"against {keyed}, now {now}): rerun to judge against {now}")
-    return head, None if keyed == NO_CHAMPION else keyed
+    return None if keyed == NO_CHAMPION else keyed
 
 
 def scores_in_ray(params: EvaluateParams, inputs: Mapping[str, Output]) -> bool:
@@ -202,10 +185,6 @@ def _dag_order(stage: Stage) -> list[str]:
     return order
 
 
-def _trace_id() -> str:
-    return format(current_span().get_span_context().trace_id, "032x")
-
-
 def _champion_score(champion: ChampionPlan | None, scored: Scored) -> ChampionScore:
     if champion is None:
         return ChampionScore(version=None)
@@ -220,17 +199,13 @@ def _champion_score(champion: ChampionPlan | None, scored: Scored) -> ChampionSc
 
 
 def explain(question: RowQuestion) -> list[str]:
-    """The registered model's prediction and error for the row: as scored, for a test row."""
-    facts: EvaluateFacts = question.output.facts
-    model = facts.registration
-    decision = "promoted" if model.promoted else "not promoted"
+    """The candidate's prediction and error for the row: as scored, for a test row."""
     label_column = question.params.roles.label
     scored = question.rows(question.output.files.predictions).to_pylist()
     if scored:
         row = scored[0]
-        return [f"model {model.model} {model.version} ({decision}) scored it in the test period: "
-                f"predicts {fmt(row['prediction'])}; label {fmt(row[label_column])}; "
-                f"error {row['error']:+.4g}"]
+        return [f"scored in the test period: the candidate predicts {fmt(row['prediction'])}; "
+                f"label {fmt(row[label_column])}; error {row['error']:+.4g}"]
     features = question.rows(question.input(FEATURIZE).files.data)
     if not features.num_rows:
         return []
@@ -240,8 +215,8 @@ def explain(question: RowQuestion) -> list[str]:
                       .predict(features)[0])
     label = features[label_column][0].as_py()
     error = "no label, no error" if label is None else f"error {predicted - label:+.4g}"
-    return [f"model {model.model} {model.version} ({decision}) predicts {fmt(predicted)}; label "
-            f"{fmt(label)}; {error} (not a test row: not in its metrics)"]
+    return [f"the candidate predicts {fmt(predicted)}; label {fmt(label)}; {error} (not a test "
+            "row: not in its metrics)"]
 
 
 STAGE = Stage(
@@ -253,7 +228,6 @@ STAGE = Stage(
     explain=explain,
     inputs=(FEATURIZE, TRAIN),
     external_inputs=judged_against,
-    # the report's figures; torch for a test period scored in the driver
-    driver_imports=("matplotlib.figure", "pipeline.model.predictor"),
+    driver_imports=("pipeline.model.predictor",),  # torch, for a test period scored in the driver
     needs_ray=scores_in_ray,
 )

@@ -1,11 +1,11 @@
 """What the evaluate stage reads (`EvaluateParams`), writes (`EvaluateFiles`) and says of its
-output (`EvaluateFacts`: the scores, the decision, drift and the registration it made)."""
+output (`EvaluateFacts`: the scores, the gate's decision and drift)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from pipeline.core.config import DriftConfig, PipelineConfig
 from pipeline.core.schema import Roles
@@ -13,7 +13,6 @@ from pipeline.engine.artifacts import ArtifactStore
 from pipeline.engine.stage import Facts, Files, Folder, Params
 from pipeline.monitoring.drift import DriftReport
 from pipeline.registry.gate import Decision
-from pipeline.registry.store import CHAMPION, alias_head
 
 PREDICTION = "prediction"
 CHAMPION_PREDICTION = "champion_prediction"
@@ -44,21 +43,8 @@ class EvaluateFiles(Files):
     predictions = Folder("predictions.parquet")
     """A parquet dataset, one part per featurize file: every test row's row key, event time,
     label, prediction, the champion's prediction when it was scored, and error."""
-
-
-class Registration(BaseModel):
-    model: str
-    version: str
-    uri: str
-    promoted: bool
-    """The champion serves this model after the evaluation (moved to it, or already on it)."""
-    reason: str
-    metrics: dict[str, float]
-    champion: str | None
-    """Where the champion pointed once the evaluation was done."""
-    registered: bool = True
-    """False when the champion's own model was evaluated again (`reason` says so): the registry
-    keeps its version, and no new one is made."""
+    report = Folder("report.json")
+    """What the report says (`pipeline.report.content.ReportContent`): register draws it."""
 
 
 class EvaluateFacts(Facts):
@@ -66,17 +52,9 @@ class EvaluateFacts(Facts):
     baseline: dict[str, float]
     improvement: float
     decision: Decision
-    registration: Registration
     drift: DriftReport
 
     def run_outcome(self, store: ArtifactStore) -> dict[str, Any]:
-        """The registered model, with `promoted` and `champion` as they stand now: a cached
-        evaluation's promotion may since have been rolled back. `rejected`: the champion does
-        not serve this model."""
-        made = self.registration
-        champion = alias_head(store, made.model, CHAMPION)[1]
-        serves = champion == made.version or (made.promoted and champion == made.champion)
-        return {"model": made.model, "model_version": made.version, "promoted": serves,
-                "rejected": not serves, "champion": champion, "registered": made.registered,
-                "gate": {"passed": self.decision.passed, "reasons": self.decision.reasons},
-                "test_metrics": made.metrics}
+        """The gate's verdict and the test metrics (register repeats the verdict it acted on)."""
+        return {"gate": {"passed": self.decision.passed, "reasons": self.decision.reasons},
+                "test_metrics": self.metrics}
