@@ -41,7 +41,7 @@ lint: install-dev
 
 # Every benchmark, full size (the 10M-row ones take many minutes each; the end-to-end one an
 # hour on 2 cores), then the table in docs/benchmarks.md from their JSON results.
-BENCHMARKS := smoke train_ingest featurize audit_cost telemetry_overhead ingest end_to_end scaling
+BENCHMARKS := smoke train_ingest featurize audit_cost user_aggregation telemetry_overhead ingest end_to_end scaling
 
 bench: install-dev
 	for name in $(BENCHMARKS); do $(BIN)/python benchmarks/$$name.py || exit 1; done

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from featurize import CONFIG, stage_arm_arguments, stage_arms
-from measure import Measurement, Summary, spread
+from measure import Measurement, Summary, spread, spread_bars
 
 from pipeline.core.config import load_config
 
@@ -36,11 +36,7 @@ def chart(results: dict, path: Path) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for axis, measure, title in zip(axes, ("seconds", "cpu_seconds"),
                                     ("stage wall seconds", "CPU seconds, every process")):
-        values = [arms[a][measure]["median"] for a in names]
-        errors = [[v - arms[a][measure]["min"] for a, v in zip(names, values)],
-                  [arms[a][measure]["max"] - v for a, v in zip(names, values)]]
-        bars = axis.bar(names, values, yerr=errors, capsize=6, color=["#3b7dd8", "#999999"])
-        axis.bar_label(bars, fmt="%.1f")
+        spread_bars(axis, {a: arms[a][measure] for a in names}, ["#3b7dd8", "#999999"], "%.1f")
         axis.set_title(title, fontsize=9)
     figure.suptitle(f"featurize audit, {results['rows']:,} trips, {results['audit_sample']} "
                     f"sampled rows: {results['stage_seconds_ratio']:.2f}x the wall "

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -39,6 +40,17 @@ def parse_sizes(text: str) -> list[int]:
 
 def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def spread_bars(axis: Any, spreads: dict[str, dict[str, float]], colors: Sequence[str],
+                label: str) -> None:
+    """One bar per arm at its median, whiskers from min to max, each bar labelled (`label`)."""
+    names = list(spreads)
+    values = [spreads[name]["median"] for name in names]
+    errors = [[v - spreads[name]["min"] for name, v in zip(names, values)],
+              [spreads[name]["max"] - v for name, v in zip(names, values)]]
+    bars = axis.bar(names, values, yerr=errors, capsize=6, color=list(colors))
+    axis.bar_label(bars, fmt=label)
 
 
 def alternated(arms: Sequence[str], repeat: int) -> Sequence[str]:

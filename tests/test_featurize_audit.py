@@ -279,12 +279,13 @@ def test_perturbation_catches_a_label_time_entity(ray_session, config, clean, mo
     assert "feature rows_with_my_duration" in str(failure.value)
 
 
-def closed_kernel(sources, queries, specs, *, event_time, row_key):
+def closed_kernel(sources, queries, specs, *, event_time, row_key, aggregations=None):
     """Planted: the production kernel with every window ending at t inclusive, (t - W, t]: a row
     sees itself. Module level, so that Ray workers import it by name."""
     shifted = pc.add(queries[event_time], pa.scalar(timedelta(microseconds=1)))
     queries = queries.set_column(queries.schema.get_field_index(event_time), event_time, shifted)
-    return compute_windows(sources, queries, specs, event_time=event_time, row_key=row_key)
+    return compute_windows(sources, queries, specs, event_time=event_time, row_key=row_key,
+                           aggregations=aggregations)
 
 
 def test_perturbation_catches_a_window_that_includes_the_row(ray_session, config, clean,

@@ -23,7 +23,8 @@ from pipeline.features import windows
 from pipeline.features.audit import agree
 from pipeline.features.chunks import halo_us, plan_chunks
 from pipeline.features.reference import reference_windows
-from pipeline.features.windows import WindowSpec, compute_windows, range_reduce
+from pipeline.features.segment_tree import range_reduce
+from pipeline.features.windows import WindowSpec, compute_windows
 
 T0 = datetime(2026, 1, 5, tzinfo=timezone.utc)
 STAMP = pa.timestamp("us", tz="UTC")

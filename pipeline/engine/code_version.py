@@ -46,6 +46,33 @@ def code_version(module: str, upstream: frozenset[str] = frozenset()) -> str:
     return digest.hexdigest()[:12]
 
 
+def user_code_version(where: str) -> str:
+    """The code version of a team's feature module (`pipeline.core.user_code.location`), derived
+    as the package's is: its syntax tree without docstrings and that of every module of its own
+    it imports (for a file, the modules beside it; for a module name, its package's)."""
+    if not where.endswith(".py"):
+        return code_version(where)
+    digest = hashlib.sha256()
+    for path, facts in sorted(_file_walk(Path(where)).items()):
+        digest.update(f"{path.relative_to(Path(where).parent)}:{facts.digest}\n".encode())
+    return digest.hexdigest()[:12]
+
+
+def _file_walk(first: Path) -> dict[Path, _ModuleFacts]:
+    """A module file and the modules beside it that it imports, transitively."""
+    folder, found, pending = first.parent, {}, [first]
+    while pending:
+        path = pending.pop()
+        if path in found or not path.is_file():
+            continue
+        found[path] = _read(path.stem, path.name == "__init__.py", path.read_text())
+        for name in found[path].imports:
+            parts = name.split(".")
+            pending += [folder.joinpath(*parts).with_suffix(".py"),
+                        folder.joinpath(*parts, "__init__.py")]
+    return found
+
+
 def package_modules(module: str, upstream: frozenset[str] = frozenset()) -> set[str]:
     """`module` and every module of its top-level package it imports, transitively (function-level
     imports included), with the packages whose `__init__` such an import runs; `upstream` modules

@@ -61,7 +61,7 @@ def find_missing_credentials(exc: BaseException) -> str | None:
     """The sentence for a failure caused by missing credentials (in a worker or the driver), or
     None. Ray wraps a worker's exception as the `cause` of a RayTaskError."""
     where = "the driver"
-    for link in _chain(exc):
+    for link in exception_chain(exc):
         if type(link) is NodeLacksCredentials:  # not Ray's RayTaskError subclass of it
             return str(link)
         if getattr(link, "ip", None) and getattr(link, "pid", None):  # a RayTaskError
@@ -72,10 +72,10 @@ def find_missing_credentials(exc: BaseException) -> str | None:
 
 
 def _is_missing_credentials(exc: BaseException) -> bool:
-    return any(type(link).__name__ == "NoCredentialsError" for link in _chain(exc))
+    return any(type(link).__name__ == "NoCredentialsError" for link in exception_chain(exc))
 
 
-def _chain(exc: BaseException | None):
+def exception_chain(exc: BaseException | None):
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))

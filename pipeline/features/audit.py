@@ -38,14 +38,16 @@ import pyarrow.parquet as pq
 
 from pipeline.core.schema import Roles
 from pipeline.core.timestamps import day_strings, to_us
+from pipeline.core.user_code import UserCode
 from pipeline.features.history import QUERY, available_before, past_rows
 from pipeline.features.partitions import DayPartitions
 from pipeline.features.reference import as_columns, reference_value
+from pipeline.features.row_features import RowFeatureSpec, compute_row_features
 from pipeline.features.windows import WindowResult, WindowSpec
 
 REL_TOL = 1e-9  # float features agree to this; counts and "no value" must match exactly
 ABS_TOL = 1e-9
-TIME_TRAVEL, PERTURBATION = "time travel", "perturbation"
+TIME_TRAVEL, PERTURBATION, ROW_ALONE = "time travel", "perturbation", "row alone"
 
 Kernel = Callable[..., WindowResult]
 """The window kernel's signature (`compute_windows`): the stage hands the audit the one it used."""
@@ -142,33 +144,65 @@ def read_sample(fs: pafs.FileSystem, files: Sequence[SampledFile],
         for f in files)
 
 
+@dataclass(frozen=True)
+class UserFeatures:
+    """The team's own features the audit recomputes: row features (each sampled row alone must
+    give the stage's value) and the functions of user window aggregations."""
+
+    row_features: Sequence[RowFeatureSpec] = ()
+    code: UserCode | None = None
+    aggregations: dict[str, Callable] = dataclasses.field(default_factory=dict)
+
+
 def audit_batch(clean: DayPartitions, sample: pa.Table,
                 specs: Sequence[WindowSpec], roles: Roles, label_time: set[str],
-                max_label_delay: timedelta, kernel: Kernel) -> BatchAudit:
+                max_label_delay: timedelta, kernel: Kernel,
+                user: UserFeatures = UserFeatures()) -> BatchAudit:
     """Both checks on every sampled row: their differences and the values each compared.
 
     `sample` holds the stage's output rows: row key, event time and one column per feature.
     `label_time` names the columns known only once the label is; `kernel` is the stage's.
+    Row features are recomputed from each sampled row alone (counted with the time travel).
     """
     label_time = {*label_time, roles.label, roles.label_available_at}
-    rows = _clean_rows(clean, sample, specs, roles.row_key, roles.event_time)
+    inputs = [c for feature in user.row_features for c in feature.inputs]
+    rows = _clean_rows(clean, sample, specs, roles.row_key, roles.event_time, inputs)
     stage = {row[roles.row_key]: row for row in sample.to_pylist()}
+    mismatches, travelled = _row_alone(rows, stage, user, roles)
+    perturbed = 0
+    if not specs:
+        return BatchAudit(mismatches, travelled, perturbed)
     past = past_rows(clean, rows, specs, roles, max_label_delay)
-    mismatches, travelled, perturbed = [], 0, 0
     for entity in dict.fromkeys(spec.entity for spec in specs):
         group = [spec for spec in specs if spec.entity == entity]
         seen = available_before(past, rows, group, roles, label_time)
-        found, compared = _time_travel(seen, rows, stage, group, roles)
+        found, compared = _time_travel(seen, rows, stage, group, roles, user.aggregations)
         mismatches += found
         travelled += compared
-        found, compared = _perturbation(seen, rows, stage, group, roles, label_time, kernel)
+        found, compared = _perturbation(seen, rows, stage, group, roles, label_time, kernel,
+                                        user.aggregations)
         mismatches += found
         perturbed += compared
     return BatchAudit(mismatches, travelled, perturbed)
 
 
+def _row_alone(rows: pa.Table, stage: dict[Any, dict], user: UserFeatures,
+               roles: Roles) -> tuple[list[Mismatch], int]:
+    """Each row feature of each sampled row recomputed from that row alone: a function that
+    reads other rows (a statistic of the whole table, future rows included) differs."""
+    mismatches = []
+    for index in range(rows.num_rows if user.row_features else 0):
+        row = rows.slice(index, 1)
+        values = compute_row_features(row, user.row_features, user.code)
+        for feature in user.row_features:
+            mismatches += _differences(feature, row.to_pylist()[0], stage,
+                                       values[feature.name][0].as_py(), roles, ROW_ALONE)
+    return mismatches, rows.num_rows * len(user.row_features)
+
+
 def _time_travel(seen: pa.Table, rows: pa.Table, stage: dict[Any, dict],
-                 group: Sequence[WindowSpec], roles: Roles) -> tuple[list[Mismatch], int]:
+                 group: Sequence[WindowSpec], roles: Roles,
+                 aggregations: dict[str, Callable]) -> tuple[list[Mismatch], int]:
     """Each feature recomputed by the reference loop from what existed at the row's time."""
     history = as_columns(seen)
     bounds = np.searchsorted(seen[QUERY].to_numpy(), np.arange(rows.num_rows + 1))
@@ -178,14 +212,14 @@ def _time_travel(seen: pa.Table, rows: pa.Table, stage: dict[Any, dict],
         query = {**row, roles.event_time: to_us(row[roles.event_time])}
         for spec in group:
             audit_value = reference_value(known, query, spec, event_time=roles.event_time,
-                                          row_key=roles.row_key)
+                                          row_key=roles.row_key, aggregations=aggregations)
             mismatches += _differences(spec, row, stage, audit_value, roles, TIME_TRAVEL)
     return mismatches, rows.num_rows * len(group)
 
 
 def _perturbation(seen: pa.Table, rows: pa.Table, stage: dict[Any, dict],
                   group: Sequence[WindowSpec], roles: Roles, label_time: set[str],
-                  kernel: Kernel) -> tuple[list[Mismatch], int]:
+                  kernel: Kernel, aggregations: dict[str, Callable]) -> tuple[list[Mismatch], int]:
     """Each feature recomputed by the stage's kernel with the row's own label-time values nulled,
     from only the source rows available before its time; one kernel call for all samples.
 
@@ -196,7 +230,7 @@ def _perturbation(seen: pa.Table, rows: pa.Table, stage: dict[Any, dict],
         QUERY, pa.array(np.arange(rows.num_rows), pa.int64()))
     result = kernel(seen, queries,
                     [dataclasses.replace(spec, entity=(*spec.entity, QUERY)) for spec in group],
-                    event_time=roles.event_time, row_key=roles.row_key)
+                    event_time=roles.event_time, row_key=roles.row_key, aggregations=aggregations)
     mismatches, samples = [], rows.to_pylist()
     for spec in group:
         for row, value in zip(samples, result.columns[spec.name].to_pylist()):
@@ -204,7 +238,7 @@ def _perturbation(seen: pa.Table, rows: pa.Table, stage: dict[Any, dict],
     return mismatches, rows.num_rows * len(group)
 
 
-def _differences(spec: WindowSpec, row: dict, stage: dict[Any, dict], audit_value: Any,
+def _differences(spec: WindowSpec | RowFeatureSpec, row: dict, stage: dict[Any, dict], audit_value: Any,
                  roles: Roles, check: str) -> list[Mismatch]:
     """[] when the audit's value agrees with the stage's, else the one mismatch."""
     output = stage[row[roles.row_key]][spec.name]
@@ -223,10 +257,12 @@ def _nulled(table: pa.Table, columns: set[str]) -> pa.Table:
 
 
 def _clean_rows(clean: DayPartitions, sample: pa.Table, specs: Sequence[WindowSpec],
-                row_key: str, event_time: str) -> pa.Table:
-    """The sampled rows as validate left them: their own event time and entity values."""
+                row_key: str, event_time: str, inputs: Sequence[str] = ()) -> pa.Table:
+    """The sampled rows as validate left them: their own event time, entity values and the row
+    features' inputs."""
     days = pc.unique(day_strings(sample[event_time]))
-    columns = list(dict.fromkeys([row_key, event_time, *(c for s in specs for c in s.entity)]))
+    columns = list(dict.fromkeys([row_key, event_time, *(c for s in specs for c in s.entity),
+                                  *inputs]))
     times = pc.min_max(sample[event_time]).as_py()
     found = clean.between(times["min"].date(), times["max"].date()).to_table(
         columns=columns, filter=pads.field(clean.partition).isin(days)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.core.user_code import Window, call, is_user_aggregation
 from pipeline.features.windows import WindowSpec
 
 
@@ -44,12 +45,14 @@ class Columns:
 
 
 def reference_windows(sources: pa.Table, queries: pa.Table, specs: Sequence[WindowSpec], *,
-                      event_time: str, row_key: str) -> dict[str, list[Any]]:
+                      event_time: str, row_key: str,
+                      aggregations: Mapping[str, Callable] | None = None) -> dict[str, list[Any]]:
     """Every feature of every query row, computed row by row (for tests and audits only)."""
     columns, queried = as_columns(sources), as_columns(queries)
     rows = [queried.row(index) for index in range(queries.num_rows)]
     return {spec.name: [reference_value(columns, query, spec, event_time=event_time,
-                                        row_key=row_key) for query in rows]
+                                        row_key=row_key, aggregations=aggregations)
+                        for query in rows]
             for spec in specs}
 
 
@@ -72,10 +75,11 @@ def as_columns(table: pa.Table) -> Columns:
 
 
 def reference_value(rows: Columns, query: dict, spec: WindowSpec, *, event_time: str,
-                    row_key: str) -> Any:
+                    row_key: str, aggregations: Mapping[str, Callable] | None = None) -> Any:
     """One feature of one query row: its entity's rows available in [t - W, t), missing skipped.
 
-    `query` maps column names to the query row's values, its event time in microseconds."""
+    `query` maps column names to the query row's values, its event time in microseconds. A user
+    aggregation is handed exactly that window, missing values as NaN, and nothing else."""
     t = int(query[event_time])
     if any(_is_missing(query[name]) for name in spec.entity):
         return 0 if spec.agg == "count" else None
@@ -83,6 +87,9 @@ def reference_value(rows: Columns, query: dict, spec: WindowSpec, *, event_time:
     inside = ~rows.missing[spec.available_at] & (t - spec.window_us <= available) & (available < t)
     for name in spec.entity:
         inside &= ~rows.missing[name] & (rows.values[name] == query[name])
+    if is_user_aggregation(spec.agg):
+        return _user_value(rows, np.flatnonzero(inside), spec, t, row_key,
+                           (aggregations or {})[spec.agg])
     if spec.column is not None:
         inside &= ~rows.missing[spec.column]
     window = np.flatnonzero(inside)
@@ -100,6 +107,22 @@ def reference_value(rows: Columns, query: dict, spec: WindowSpec, *, event_time:
     if spec.agg == "std":
         return statistics.stdev(values) if len(values) > 1 else None
     return {"sum": math.fsum, "mean": statistics.fmean, "min": min, "max": max}[spec.agg](values)
+
+
+def _user_value(rows: Columns, window: np.ndarray, spec: WindowSpec, t: int, row_key: str,
+                function: Callable) -> float | None:
+    """A user aggregation of one window, in (available-at, row key) order, as the kernel hands
+    it."""
+    available = rows.values[spec.available_at]
+    window = np.array(sorted(window, key=lambda i: (available[i], rows.values[row_key][i])),
+                      dtype=np.int64)
+    values = np.where(rows.missing[spec.column][window], np.nan,
+                      rows.values[spec.column][window]).astype(np.float64)
+    handed = Window(values=values, available_at=available[window].astype(np.int64),
+                    start=np.zeros(1, np.int64), end=np.array([len(window)]),
+                    event_time=np.array([t], np.int64))
+    return call(f"window aggregation {spec.agg} of feature {spec.name}", function, handed,
+                1)[0].as_py()
 
 
 def _is_missing(value: Any) -> bool:

@@ -14,7 +14,7 @@ A row with a null entity value belongs to no entity: it feeds no window and its 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -24,6 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core.timestamps import column_us, to_us
+from pipeline.core.user_code import Window, call, is_user_aggregation
+from pipeline.features.segment_tree import merge_max, merge_min, merge_moments, range_reduce
 
 if TYPE_CHECKING:
     from pipeline.core.config import PipelineConfig
@@ -55,7 +57,8 @@ def window_specs(config: PipelineConfig) -> list[WindowSpec]:
     specs = []
     for feature in config.features.windows:
         kind = config.dataset.columns[feature.column].type if feature.column else None
-        if feature.agg in NUMERIC_AGGREGATIONS and kind in ("string", "timestamp"):
+        numeric = feature.agg in NUMERIC_AGGREGATIONS or is_user_aggregation(feature.agg)
+        if numeric and kind in ("string", "timestamp"):
             raise ValueError(f"feature {feature.feature_name}: {feature.agg} needs a numeric "
                              f"column, {feature.column!r} is {kind}")
         specs.append(WindowSpec(
@@ -78,8 +81,10 @@ class WindowResult:
 
 
 def compute_windows(sources: pa.Table, queries: pa.Table, specs: Sequence[WindowSpec], *,
-                    event_time: str, row_key: str) -> WindowResult:
-    """Every feature in `specs` for every row of `queries`, aggregated over `sources`."""
+                    event_time: str, row_key: str,
+                    aggregations: Mapping[str, Callable] | None = None) -> WindowResult:
+    """Every feature in `specs` for every row of `queries`, aggregated over `sources`;
+    `aggregations` holds the functions of user aggregations (`module:function`)."""
     t = micros(queries[event_time])
     codes: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, int]] = {}
     orders: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -88,7 +93,8 @@ def compute_windows(sources: pa.Table, queries: pa.Table, specs: Sequence[Window
         if entity not in codes:
             codes[entity] = entity_codes(sources, queries, entity)
         if available_at not in orders:
-            by_key = any(s.agg == "last" for s in specs if s.available_at == available_at)
+            by_key = any(s.agg == "last" or is_user_aggregation(s.agg)
+                         for s in specs if s.available_at == available_at)
             orders[available_at] = _time_order(sources, available_at, row_key, by_key)
         reach = max(spec.window_us for spec in group)
         window = _SortedSources(*orders[available_at], *codes[entity], t, reach)
@@ -99,8 +105,13 @@ def compute_windows(sources: pa.Table, queries: pa.Table, specs: Sequence[Window
                 starts[spec.window_us] = window.lower_bounds(t - spec.window_us)
             if spec.column not in values:
                 values[spec.column] = _Values.take(sources, spec.column, window.index)
-            columns[spec.name], missing = _aggregate(spec, values[spec.column], window,
-                                                     starts[spec.window_us], window.hi, t)
+            if is_user_aggregation(spec.agg):
+                columns[spec.name], missing = _user_aggregate(
+                    spec, (aggregations or {})[spec.agg], values[spec.column], window,
+                    starts[spec.window_us], t)
+            else:
+                columns[spec.name], missing = _aggregate(spec, values[spec.column], window,
+                                                         starts[spec.window_us], window.hi, t)
             if spec.column:
                 skipped[spec.name] = missing
     return WindowResult({spec.name: columns[spec.name] for spec in specs}, skipped)
@@ -227,15 +238,27 @@ def _aggregate(spec: WindowSpec, values: _Values, window: _SortedSources, lo: np
             value = (t - available) / US
     elif spec.agg == "std":
         _, _, m2 = range_reduce((valid.astype(np.float64), np.where(valid, x, 0.0),
-                                 np.zeros(len(x))), _merge_moments, (0.0, 0.0, 0.0), lo, hi)
+                                 np.zeros(len(x))), merge_moments, (0.0, 0.0, 0.0), lo, hi)
         value = np.sqrt(m2 / np.maximum(n - 1, 1))
         return pa.array(value, pa.float64(), mask=n < 2), missing
     else:  # min, max
         least = spec.agg == "min"
         fill = np.inf if least else -np.inf
-        (value,) = range_reduce((np.where(valid, x, fill),), _merge_min if least else _merge_max,
+        (value,) = range_reduce((np.where(valid, x, fill),), merge_min if least else merge_max,
                                 (fill,), lo, hi)
     return pa.array(value, pa.float64(), mask=n == 0), missing
+
+
+def _user_aggregate(spec: WindowSpec, function: Callable, values: _Values,
+                    window: _SortedSources, lo: np.ndarray,
+                    t: np.ndarray) -> tuple[pa.Array, int]:
+    """A user aggregation over every query's window slice [lo, hi) of the sorted values."""
+    hi = window.hi
+    missing = int((hi - lo).sum() - (values.counts[hi] - values.counts[lo]).sum())
+    handed = Window(values=np.where(values.valid, values.x, np.nan),
+                    available_at=window.available, start=lo, end=hi, event_time=t)
+    return call(f"window aggregation {spec.agg} of feature {spec.name}", function, handed,
+                len(lo)), missing
 
 
 @dataclass
@@ -280,65 +303,3 @@ def _window_sum(x: np.ndarray, valid: np.ndarray, window: _SortedSources, lo: np
     centre = totals / np.maximum(np.bincount(window.code, weights=valid, minlength=size), 1)
     sums = _prefix(np.where(valid, x - centre[window.code], 0.0))
     return sums[hi] - sums[lo] + n * centre[window.query_codes]
-
-
-Merge = Callable[[tuple[np.ndarray, ...], tuple[np.ndarray, ...]], tuple[np.ndarray, ...]]
-
-
-def range_reduce(leaves: tuple[np.ndarray, ...], merge: Merge, identity: tuple[float, ...],
-                 lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Reduce leaves[lo:hi] for every query with a commutative, associative `merge`.
-
-    A bottom-up segment tree: O(n) to build, O(log(hi - lo)) vectorised steps per query.
-    """
-    size = 1 << max(len(leaves[0]) - 1, 0).bit_length()
-    tree = []
-    for leaf, empty in zip(leaves, identity):
-        nodes = np.full(2 * size, empty)
-        nodes[size:size + len(leaf)] = leaf
-        tree.append(nodes)
-    level = size
-    while level > 1:
-        merged = merge(tuple(nodes[level:2 * level:2] for nodes in tree),
-                       tuple(nodes[level + 1:2 * level:2] for nodes in tree))
-        for nodes, part in zip(tree, merged):
-            nodes[level // 2:level] = part
-        level //= 2
-    acc = tuple(np.full(len(lo), empty) for empty in identity)
-    query = np.flatnonzero(lo < hi)
-    left, right = lo[query] + size, hi[query] + size
-    while len(query):
-        take = np.flatnonzero(left % 2 == 1)
-        _merge_into(acc, query[take], tuple(nodes[left[take]] for nodes in tree), merge)
-        left[take] += 1
-        take = np.flatnonzero(right % 2 == 1)
-        right[take] -= 1
-        _merge_into(acc, query[take], tuple(nodes[right[take]] for nodes in tree), merge)
-        left, right = left // 2, right // 2
-        alive = left < right
-        query, left, right = query[alive], left[alive], right[alive]
-    return acc
-
-
-def _merge_into(acc: tuple[np.ndarray, ...], rows: np.ndarray, node: tuple[np.ndarray, ...],
-                merge: Merge) -> None:
-    for values, merged in zip(acc, merge(tuple(values[rows] for values in acc), node)):
-        values[rows] = merged
-
-
-def _merge_min(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-    return (np.minimum(a[0], b[0]),)
-
-
-def _merge_max(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-    return (np.maximum(a[0], b[0]),)
-
-
-def _merge_moments(a: tuple[np.ndarray, ...],
-                   b: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-    """Chan et al.'s pairwise merge of (count, mean, sum of squared deviations)."""
-    (na, ma, m2a), (nb, mb, m2b) = a, b
-    n = na + nb
-    share = np.divide(nb, n, out=np.zeros_like(n), where=n > 0)
-    delta = mb - ma
-    return n, ma + delta * share, m2a + m2b + delta * delta * na * share

@@ -75,7 +75,7 @@ def predict(config: PipelineConfig, reference: str, input_uri: str, output_uri: 
     options = config.predict.storage_options
     options = config.dataset.storage_options if options is None else options
     store = ArtifactStore(config.artifact_root, config.storage_options)
-    spec = load_model_spec(store, reference)
+    spec = load_model_spec(store, reference, config.features.module)
     history = HistorySource(config.predict.history_source or config.dataset.source, options,
                             config.dataset.partition)
     history.check()

@@ -15,6 +15,7 @@ from typing import Any
 
 from pipeline.core.schema import TableSchema
 from pipeline.engine.artifacts import MANIFEST, MODEL_JSON, ArtifactStore
+from pipeline.engine.code_version import user_code_version
 from pipeline.registry.store import parse_reference, resolve
 from pipeline.stages.featurize import FeaturizeParams
 from pipeline.stages.validate import ValidateParams
@@ -38,18 +39,23 @@ class ModelSpec:
 
     @property
     def output_feature_columns(self) -> list[str]:
-        """The model's inputs, as named columns: numeric, categorical, then window features."""
+        """The model's inputs, as named columns: numeric, categorical, row features, then window
+        features."""
         params = self.features
         return list(dict.fromkeys([*params.numeric, *params.categorical,
+                                   *(spec.name for spec in params.row_features),
                                    *(spec.name for spec in params.windows)]))
 
 
-def load_model_spec(store: ArtifactStore, reference: str) -> ModelSpec:
-    """The registry entry `reference` names, with the feature spec it was trained with."""
+def load_model_spec(store: ArtifactStore, reference: str,
+                    user_module: str | None = None) -> ModelSpec:
+    """The registry entry `reference` names, with the feature spec it was trained with; its user
+    feature code found at `user_module` (the config's `features.module`)."""
     model, ref = parse_reference(reference)
     entry = resolve(store, model, ref)
     name = f"model {model} {entry['version']}"
-    features = FeaturizeParams.model_validate(_params(store, entry, "featurize", name))
+    features = _with_user_code(
+        FeaturizeParams.model_validate(_params(store, entry, "featurize", name)), user_module, name)
     validate = ValidateParams.model_validate(_params(store, entry, "validate", name))
     model_dir = posixpath.join(entry["uri"], "model")
     _check_layout(store, model_dir, features, name)
@@ -67,6 +73,23 @@ def _params(store: ArtifactStore, entry: dict[str, Any], stage: str, name: str) 
         raise ValueError(f"{name} was trained on {stage} output {upstream['uri']}, whose "
                          f"{MANIFEST} is gone: its feature spec cannot be read")
     return store.read_json(path)["params"]
+
+
+def _with_user_code(features: FeaturizeParams, user_module: str | None,
+                    name: str) -> FeaturizeParams:
+    """The feature spec with the place of its user code, which must be the code it was trained
+    with: a feature is served only by the code that computed it for training."""
+    if features.user_code is None:
+        return features
+    if user_module is None:
+        raise ValueError(f"{name} computes features with user code (version "
+                         f"{features.user_code}): set features.module in the config")
+    now = user_code_version(user_module)
+    if now != features.user_code:
+        raise ValueError(f"{name} was trained on features of user code version "
+                         f"{features.user_code}, but features.module ({user_module}) is version "
+                         f"{now}: predict with the code it was trained with")
+    return features.model_copy(update={"user_module": user_module})
 
 
 def _check_layout(store: ArtifactStore, model_dir: str, features: FeaturizeParams,

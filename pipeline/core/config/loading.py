@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from pipeline.core.config.models import PipelineConfig
 from pipeline.core.config.rules import Problem, cross_check_problems
+from pipeline.core.user_code import location
 
 DEFAULT_CONFIG = "configs/local.yaml"
 
@@ -94,6 +95,9 @@ def load_config(path: str | Path = DEFAULT_CONFIG, overrides: list[str] = ()) ->
                           "mapping of sections, so there is no key to set")
     for assignment in overrides:
         apply_override(data, assignment)
+    features = data.get("features") if isinstance(data, dict) else None
+    if isinstance(features, dict) and isinstance(features.get("module"), str):
+        features["module"] = location(features["module"], path.parent)  # relative to the config
     return parse_config(data, source=str(path))
 
 

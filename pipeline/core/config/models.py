@@ -78,15 +78,17 @@ class DatasetConfig(_Strict):
                                            "reads, with its validation rules")
 
 
-Aggregation = Literal["count", "sum", "mean", "min", "max", "std", "last", "time_since_last"]
+BUILT_IN_AGGREGATIONS = ("count", "sum", "mean", "min", "max", "std", "last", "time_since_last")
 
 
 class WindowFeature(_Strict):
     entity: list[str] = Field(description="the column (or columns) whose value groups the "
                               "window: a row's window holds its own entity's earlier rows")
     column: str | None = Field(None, description="source column; omit to count rows")
-    agg: Aggregation = Field(description="what the window computes; with no value in the "
-                             "window, count gives 0 and the others null (std: below two values)")
+    agg: str = Field(description="what the window computes: one of " + ", ".join(
+        BUILT_IN_AGGREGATIONS) + " (with no value in the window, count gives 0 and the others "
+        "null; std: below two values), or <module>:<function>, a @window_aggregation of "
+        "features.module")
     window: PositiveDuration = Field(description="W: the window holds values available in "
                                      "[t - W, t) for a row at event time t")
     available_at: Literal["event", "label"] | None = Field(
@@ -100,18 +102,35 @@ class WindowFeature(_Strict):
     def _entity_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
+    @field_validator("agg")
+    @classmethod
+    def _known_aggregation(cls, value: str) -> str:
+        module, _, function = value.partition(":")
+        if value in BUILT_IN_AGGREGATIONS or (module and function.isidentifier()):
+            return value
+        raise ValueError(f"{value!r} is neither one of {', '.join(BUILT_IN_AGGREGATIONS)} nor "
+                         "<module>:<function>")
+
     @property
     def feature_name(self) -> str:
         if self.name:
             return self.name
         what = self.column or "rows"
-        return f"{'_'.join(self.entity)}__{what}__{self.agg}__{format_duration(self.window)}"
+        agg = self.agg.rpartition(":")[2]
+        return f"{'_'.join(self.entity)}__{what}__{agg}__{format_duration(self.window)}"
 
 
 class FeaturesConfig(_Strict):
     numeric: list[str] = Field([], description="event-time numeric columns fed to the model as is")
     categorical: list[str] = Field([], description="event-time columns embedded by the model")
     windows: list[WindowFeature] = Field([], description="point-in-time window features")
+    module: str | None = Field(None, description="the team's own feature code: a Python file "
+                               "(relative to the config) or an importable module name, whose "
+                               "@row_feature and @window_aggregation functions the config names "
+                               "(see docs/user-code.md)")
+    row: list[str] = Field([], description="row features: names of @row_feature functions of "
+                           "features.module, each a model input computed from the row's own "
+                           "event-time columns")
     chunk: PositiveDuration = Field(
         parse_duration("7d"), description="time span of one featurize task; each task also reads "
         "a lookback halo of the longest window, so chunks much shorter than it repeat work"

@@ -14,6 +14,7 @@ from pipeline.core.config.models import (
     WindowFeature,
 )
 from pipeline.core.packed import PACKED
+from pipeline.core.user_code import UserCodeError, is_user_aggregation, load
 
 
 class Problem(NamedTuple):
@@ -29,9 +30,11 @@ def cross_check_problems(sections: dict[str, Any]) -> list[Problem]:
     if dataset is not None:
         problems += _dataset_problems(dataset)
         if features is not None:
+            row_inputs, code_problems = _user_code_problems(dataset.columns, features)
             problems += _input_problems(dataset.columns, features)
             problems += _window_problems(dataset.columns, features.windows)
-            problems += _leakage_problems(dataset.columns, features)
+            problems += code_problems
+            problems += _leakage_problems(dataset.columns, features, row_inputs)
         if split is not None:
             problems += _split_problems(dataset, split)
     if telemetry is not None and telemetry.exporter == "otlp" and not telemetry.endpoint:
@@ -68,22 +71,27 @@ def _input_problems(columns: dict[str, ColumnSpec], features: FeaturesConfig) ->
             for i, name in enumerate(getattr(features, section)) if name not in columns]
 
 
-def _leakage_problems(columns: dict[str, ColumnSpec], features: FeaturesConfig) -> list[Problem]:
+def _leakage_problems(columns: dict[str, ColumnSpec], features: FeaturesConfig,
+                      row_inputs: dict[str, tuple[str, ...]]) -> list[Problem]:
     """The one leakage rule: no column known only at label time may be read at event time, in
     whatever role (`_event_time_reads` lists them all)."""
     return [Problem(key, f"column {name!r} is known only at label time, but {role} reads it at "
                     "event time: refused (label leakage)")
-            for key, name, role in _event_time_reads(features)
+            for key, name, role in _event_time_reads(features, row_inputs)
             if name in columns and columns[name].known_at == "label"]
 
 
-def _event_time_reads(features: FeaturesConfig) -> list[tuple[str, str, str]]:
+def _event_time_reads(features: FeaturesConfig,
+                      row_inputs: dict[str, tuple[str, ...]]) -> list[tuple[str, str, str]]:
     """Every column the features read at a row's event time, as (key, column, role): the model's
-    inputs, every window's entity (the row's own value picks its group) and a window value
-    declared available at the event. A new role that reads a column at event time goes here."""
+    inputs, a row feature's declared inputs, every window's entity (the row's own value picks its
+    group) and a window value declared available at the event. A new role that reads a column at
+    event time goes here."""
     reads = [(f"features.{section}.{i}", name, f"features.{section} (a model input)")
              for section in ("numeric", "categorical")
              for i, name in enumerate(getattr(features, section))]
+    reads += [(f"features.row.{i}", column, f"the row feature {name}")
+              for i, name in enumerate(features.row) for column in row_inputs.get(name, ())]
     for i, feature in enumerate(features.windows):
         where = f"features.windows.{i}"
         reads += [(f"{where}.entity", name, f"the window's entity ({feature.feature_name})")
@@ -106,6 +114,9 @@ def _window_problems(columns: dict[str, ColumnSpec],
             problems += missing
             continue
         spec = columns[feature.column] if feature.column else None
+        if is_user_aggregation(feature.agg) and not feature.column:
+            problems.append(Problem(f"{where}.column", f"{feature.agg} needs a column to "
+                                    "aggregate"))
         if spec and feature.agg not in ("count", "time_since_last") \
                 and spec.type in ("string", "timestamp", "bool"):
             problems.append(Problem(f"{where}.agg", f"{feature.agg} needs a numeric column, "
@@ -118,6 +129,45 @@ def _window_problems(columns: dict[str, ColumnSpec],
             problems.append(Problem(f"{where}.name", f"duplicate feature name {name!r}"))
         seen.add(name)
     return problems
+
+
+def _user_code_problems(columns: dict[str, ColumnSpec], features: FeaturesConfig,
+                        ) -> tuple[dict[str, tuple[str, ...]], list[Problem]]:
+    """The row features' declared inputs, and what is wrong with the user code the features
+    name: a module that does not load, a function that is not there or not declared, an input
+    not in the schema, a name that clashes."""
+    named = [(f"features.windows.{i}.agg", w.agg) for i, w in enumerate(features.windows)
+             if is_user_aggregation(w.agg)]
+    if features.module is None:
+        return {}, [Problem(key, f"{value} names user code: set features.module") for key, value
+                    in [*named, *((f"features.row.{i}", r) for i, r in enumerate(features.row))]]
+    try:
+        code = load(features.module)
+    except UserCodeError as exc:
+        return {}, [Problem("features.module", str(exc))]
+    inputs, problems = {}, []
+    for i, name in enumerate(features.row):
+        try:
+            inputs[name] = code.row_feature(name)[1].inputs
+        except UserCodeError as exc:
+            problems.append(Problem(f"features.row.{i}", str(exc)))
+            continue
+        problems += [Problem(f"features.row.{i}", f"row feature {name} reads {column!r}, which "
+                             "is not in the schema") for column in inputs[name]
+                     if column not in columns]
+        if name in columns or name == PACKED or name in features.row[:i]:
+            problems.append(Problem(f"features.row.{i}", f"feature name {name!r} clashes with a "
+                                    "column or another row feature"))
+    for key, value in named:
+        module, _, function = value.partition(":")
+        if module != code.name:
+            problems.append(Problem(key, f"{value}: features.module is {code.name}, not {module}"))
+            continue
+        try:
+            code.aggregation(function)
+        except UserCodeError as exc:
+            problems.append(Problem(key, str(exc)))
+    return inputs, problems
 
 
 def _split_problems(ds: DatasetConfig, split: SplitConfig) -> list[Problem]:

@@ -82,10 +82,11 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
     decision = decision.model_copy(update={  # drift over its threshold vetoes a promotion
         "passed": decision.passed and not drift.blocks_promotion,
         "reasons": [*decision.reasons, drift.summary]})
-    found = {**lineage(store, trained.artifact), **lineage(store, featurized.artifact)}
-    upstream = {stage: found[stage] for stage in _dag_order(STAGE) if stage in found}
-    report = _report_content(ctx, decision, scored, drift, upstream, rows_in)
-    store.write_bytes(ctx.files.report, report.model_dump_json().encode())
+    with ctx.telemetry.span("evaluate.report"):  # its content: register draws it
+        found = {**lineage(store, trained.artifact), **lineage(store, featurized.artifact)}
+        upstream = {stage: found[stage] for stage in _dag_order(STAGE) if stage in found}
+        report = _report_content(ctx, decision, scored, drift, upstream, rows_in)
+        store.write_bytes(ctx.files.report, report.model_dump_json().encode())
     return StageResult(
         rows_in=rows_in, rows_out=rows_in,
         schema={f.name: str(f.type) for f in pads.dataset(

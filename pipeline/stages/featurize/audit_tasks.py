@@ -13,6 +13,7 @@ import ray
 from pipeline.engine.stage import StageContext
 from pipeline.features.audit import (
     PERTURBATION,
+    ROW_ALONE,
     TIME_TRAVEL,
     AuditFailed,
     BatchAudit,
@@ -37,7 +38,7 @@ def run_audit(job: Job, ctx: StageContext) -> dict[str, Any]:
     seed = int(ctx.cache_key[:8], 16)
     batches = plan_sample(job.filesystem, job.output, params.audit_sample, seed,
                           params.roles.event_time, AUDIT_BATCH_SPAN, AUDIT_BATCH_ROWS)
-    if not params.windows:
+    if not params.windows and not params.row_features:
         batches = []
     task = ctx.task(_audit_task, "featurize.audit")
     results: list[BatchAudit] = ray.get([task.remote(job, batch) for batch in batches])
@@ -53,11 +54,14 @@ def run_audit(job: Job, ctx: StageContext) -> dict[str, Any]:
 
 
 def _audit_failure(mismatches: list, compared: dict[str, int]) -> str:
-    by_check = {check: [m for m in mismatches if m.check == check] for check in compared}
+    by_check = {check: [m for m in mismatches if m.check == check]
+                for check in (TIME_TRAVEL, ROW_ALONE, PERTURBATION)}
     found = {check: len(found) for check, found in by_check.items()}
     shown = "\n  ".join(str(m) for found in by_check.values() for m in found[:MISMATCHES_SHOWN])
-    return (f"time-travel audit failed: {found[TIME_TRAVEL]} of {compared[TIME_TRAVEL]} feature "
-            "values recomputed from only the data that existed at each row's event time differ "
+    travelled = found[TIME_TRAVEL] + found[ROW_ALONE]
+    return (f"time-travel audit failed: {travelled} of {compared[TIME_TRAVEL]} feature values "
+            "recomputed from only the data that existed at each row's event time (a row "
+            "feature: from the row alone) differ "
             f"from the stage's output, and {found[PERTURBATION]} of {compared[PERTURBATION]} "
             "changed when the row's own label-time values were nulled and every row not yet "
             f"available at its event time dropped (perturbation check):\n  {shown}")
@@ -65,8 +69,10 @@ def _audit_failure(mismatches: list, compared: dict[str, int]) -> str:
 
 def _audit_task(job: Job, files: list[SampledFile]) -> BatchAudit:
     params = job.params
-    columns = [params.roles.row_key, params.roles.event_time, *(s.name for s in params.windows)]
+    columns = [params.roles.row_key, params.roles.event_time,
+               *(s.name for s in (*params.row_features, *params.windows))]
     sample = read_sample(job.filesystem, files, columns)
     current_span().set_attributes({"files": len(files), "rows": sample.num_rows})
     return audit_batch(job.clean, sample, params.windows, params.roles,
-                       set(params.label_time_columns), params.max_label_delay, job.kernel)
+                       set(params.label_time_columns), params.max_label_delay, job.kernel,
+                       params.user_features())

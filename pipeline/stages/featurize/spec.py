@@ -11,9 +11,12 @@ from pydantic import Field
 
 from pipeline.core.config import Duration, PipelineConfig
 from pipeline.core.schema import Roles
+from pipeline.core.user_code import is_user_aggregation, load
+from pipeline.engine.code_version import user_code_version
 from pipeline.engine.stage import Facts, Files, Folder, Params
-from pipeline.features.audit import Kernel
+from pipeline.features.audit import Kernel, UserFeatures
 from pipeline.features.partitions import DayPartitions
+from pipeline.features.row_features import RowFeatureSpec, row_feature_specs
 from pipeline.features.windows import WindowSpec, window_specs
 
 
@@ -21,6 +24,13 @@ class FeaturizeParams(Params):
     roles: Roles
     windows: tuple[WindowSpec, ...]
     """The window features, resolved: entity, source column, aggregation, window, available-at."""
+    row_features: tuple[RowFeatureSpec, ...] = ()
+    """The team's row features (`features.row`), with the inputs each declared."""
+    user_code: str | None = None
+    """The code version of `features.module` (`user_code_version`): an edit reruns the stage."""
+    user_module: str | None = Field(None, exclude=True)
+    """Where `features.module` is, for every process that runs it; its code, not its place, is
+    in the key."""
     numeric: list[str]
     categorical: list[str]
     label_time_columns: list[str]
@@ -32,17 +42,31 @@ class FeaturizeParams(Params):
     @classmethod
     def from_config(cls, config: PipelineConfig) -> FeaturizeParams:
         dataset, features = config.dataset, config.features
+        code = load(features.module) if features.module else None
         return cls(roles=Roles.of(dataset), windows=tuple(window_specs(config)),
+                   row_features=row_feature_specs(code, features.row),
+                   user_code=user_code_version(features.module) if features.module else None,
+                   user_module=features.module,
                    numeric=features.numeric, categorical=features.categorical,
                    label_time_columns=[name for name, spec in dataset.columns.items()
                                        if spec.known_at == "label"],
                    chunk=features.chunk, audit_sample=features.audit_sample,
                    max_label_delay=config.validate_.max_label_delay)
 
+    def user_features(self) -> UserFeatures:
+        """The team's features as the kernel and the audit run them (module loaded once per
+        process)."""
+        code = load(self.user_module) if self.user_module else None
+        aggregations = {spec.agg: code.aggregation(spec.agg.partition(":")[2])
+                        for spec in self.windows if is_user_aggregation(spec.agg)}
+        return UserFeatures(self.row_features, code, aggregations)
+
     @property
     def feature_columns(self) -> list[str]:
-        """The packed column's layout: numeric passthrough columns, then window features."""
-        return [*self.numeric, *(spec.name for spec in self.windows)]
+        """The packed column's layout: numeric passthrough columns, row features, then window
+        features."""
+        return [*self.numeric, *(spec.name for spec in self.row_features),
+                *(spec.name for spec in self.windows)]
 
     @property
     def source_columns(self) -> list[str]:
@@ -71,7 +95,8 @@ class FeaturizeParams(Params):
     def row_columns(self) -> list[str]:
         """Columns of the rows whose features are computed: what the output carries plus what
         the kernel reads."""
-        return list(dict.fromkeys([*self.passthrough_columns, *self.source_columns]))
+        return list(dict.fromkeys([*self.passthrough_columns, *self.source_columns,
+                                   *(c for spec in self.row_features for c in spec.inputs)]))
 
 
 class FeaturizeFiles(Files):

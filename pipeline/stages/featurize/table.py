@@ -8,6 +8,7 @@ import pyarrow as pa
 from pipeline.core.packed import PACKED, pack
 from pipeline.core.schema import Roles
 from pipeline.features.audit import Kernel
+from pipeline.features.row_features import compute_row_features
 from pipeline.features.windows import WindowResult, compute_windows
 from pipeline.stages.featurize.spec import FeaturizeParams
 
@@ -25,9 +26,11 @@ def features_table(rows: pa.Table, sources: pa.Table, params: FeaturizeParams,
                    kernel: Kernel = compute_windows) -> tuple[pa.Table, WindowResult]:
     """`rows` with their point-in-time features over `sources` (both in `sort_rows` order): the
     passthrough columns, one column per feature and the packed tensor."""
+    user = params.user_features()
     result = kernel(sources, rows, params.windows, event_time=params.roles.event_time,
-                    row_key=params.roles.row_key)
+                    row_key=params.roles.row_key, aggregations=user.aggregations)
     columns = {name: rows[name] for name in params.passthrough_columns}
+    columns.update(compute_row_features(rows, params.row_features, user.code))
     columns.update(result.columns)
     packed = pack([columns[name] for name in params.feature_columns], rows.num_rows)
     return pa.table({**columns, PACKED: packed}), result

@@ -1,0 +1,213 @@
+"""A team's own feature code under the time contract, through the CLI: the example module
+(`examples/rideshare_features.py`) passes the audit and predict serves its features bit for bit;
+planted leaks in user code fail featurize naming the feature and a row; an edit of the code
+reruns featurize and a comment edit does not; bad user code is one line, and nothing is
+published for the stage that failed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import REPO, copy_of_smoke_run, run_cli
+
+EXAMPLE = REPO / "examples" / "rideshare.yaml"
+MODULE = REPO / "examples" / "rideshare_features.py"
+USER_FEATURES = ["log_distance", "hour_of_day", "driver_id__pace_min_per_km__slow_share__7d"]
+
+HEADER = "import numpy as np\nfrom pipeline import Rows, Window, row_feature, window_aggregation\n"
+HONEST_ROW = '''
+@row_feature(inputs=["distance_km"])
+def log_distance(rows):
+    return np.log1p(rows["distance_km"])
+'''
+HONEST_HOUR = '''
+@row_feature(inputs=["requested_at"])
+def hour_of_day(rows):
+    return (rows["requested_at"].astype("datetime64[m]").astype(np.int64) % 1440) / 60.0
+'''
+HONEST_AGG = '''
+@window_aggregation
+def slow_share(window):
+    n = window.count()
+    return np.where(n > 0, window.sum(window.values > 3.5) / np.maximum(n, 1), np.nan)
+'''
+
+
+def _stage(summary: dict, name: str) -> dict:
+    return next(s for s in summary["stages"] if s["name"] == name)
+
+
+def _manifest(root: Path, stage: str, key: str) -> dict:
+    return json.loads((root / "stages" / stage / key / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def example_run(smoke_run, tmp_path_factory):
+    """The example config on a copy of the smoke run: the same dataset, so ingest and validate
+    are reused and featurize onwards run with the user's features."""
+    root, overrides = copy_of_smoke_run(smoke_run, tmp_path_factory.mktemp("user-code"))
+    code, output, summary = run_cli("run", "-c", str(EXAMPLE), *overrides, "--json")
+    assert code == 0, output
+    return root, overrides, summary
+
+
+def _module(folder: Path, *parts: str) -> Path:
+    path = folder / "rideshare_features.py"
+    path.write_text(HEADER + "".join(parts))
+    return path
+
+
+def _featurize(overrides: list[str], module: Path, *sets: str) -> tuple[int, str, dict | None]:
+    """`pipeline stage featurize` of the example config with `module` as its feature code."""
+    return run_cli("stage", "featurize", "-c", str(EXAMPLE), *overrides,
+                   "--set", f"features.module={module}", *sets, "--json")
+
+
+def _published(root: Path, stage: str) -> set[str]:
+    return {path.parent.name for path in (root / "stages" / stage).glob("*/manifest.json")}
+
+
+def test_the_example_features_pass_the_audit_and_predict_serves_them_bit_for_bit(
+        example_run, tmp_path, capsys):
+    root, overrides, summary = example_run
+    assert [s["status"] for s in summary["stages"]][:2] == ["cached", "cached"]
+    details = _manifest(root, "featurize", _stage(summary, "featurize")["cache_key"])["details"]
+    assert set(USER_FEATURES) <= set(details["feature_columns"])
+    audit, windows = details["audit"], 8  # the smoke config's seven and the user's one
+    assert audit["mismatches"] == 0
+    assert audit["compared"] == audit["sampled"] * (windows + 2)  # row features too
+    assert audit["perturbed"] == audit["sampled"] * windows
+
+    featurized = _stage(summary, "featurize")["artifact"]
+    source = next(arg.split("=", 1)[1] for arg in overrides if arg.startswith("dataset.source="))
+    day = sorted(Path(source).glob("day=*"))[-2]
+    output = tmp_path / "scored.parquet"
+    code, printed, _ = run_cli("predict", "-c", str(EXAMPLE), *overrides, "--model",
+                               "trip-duration@champion", "--input", str(day), "--output",
+                               str(output))
+    assert code == 0, printed
+    scored = pq.read_table(output).sort_by("trip_id")
+    stored = pads.dataset(f"{featurized}/data", format="parquet").to_table(
+        filter=pc.field("trip_id").isin(scored["trip_id"])).sort_by("trip_id")
+    scored = scored.filter(pc.field("trip_id").isin(stored["trip_id"]))  # validate's kept rows
+    assert stored.num_rows > 1000 and scored["trip_id"].equals(stored["trip_id"])
+    for name in USER_FEATURES:
+        assert scored[name].equals(stored[name]), name
+
+    edited = tmp_path / "rideshare_features.py"
+    edited.write_text(MODULE.read_text().replace("SLOW_PACE_MIN_PER_KM = 3.5",
+                                                 "SLOW_PACE_MIN_PER_KM = 4.0"))
+    code, printed, _ = run_cli("predict", "-c", str(EXAMPLE), *overrides, "--set",
+                               f"features.module={edited}", "--model", "trip-duration@champion",
+                               "--input", str(day), "--output", str(tmp_path / "other.parquet"))
+    assert code == 1 and "predict with the code it was trained with" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("planted, feature", [
+    ('''
+@row_feature(inputs=["distance_km"])
+def log_distance(rows):  # normalised by the whole chunk, future rows included
+    d = rows["distance_km"]
+    return d / np.nanmean(d)
+''', "log_distance"),
+    ('''
+@window_aggregation
+def slow_share(window):  # reads one value past its window: the row's own or a later one
+    if not len(window.values):
+        return np.full(len(window), np.nan)
+    last = np.minimum(window.end, len(window.values) - 1)
+    return np.where(window.end > 0, window.values[last], np.nan)
+''', "driver_id__pace_min_per_km__slow_share__7d"),
+    ('''
+@window_aggregation
+def slow_share(window):  # divided by a statistic of every value handed, not its window
+    n = window.count()
+    return np.where(n > 0, window.sum(window.values) / np.maximum(n, 1), np.nan) \\
+        / np.nanmean(window.values)
+''', "driver_id__pace_min_per_km__slow_share__7d"),
+])
+def test_planted_leaks_in_user_code_fail_featurize_naming_the_feature_and_a_row(
+        example_run, tmp_path, capsys, planted, feature):
+    root, overrides, _ = example_run
+    honest = [HONEST_ROW, HONEST_HOUR, HONEST_AGG]
+    name = planted.split("def ")[1].split("(")[0]
+    parts = [planted if f"def {name}(" in part else part for part in honest]
+    before = _published(root, "featurize")
+    code, output, _ = _featurize(overrides, _module(tmp_path, *parts))
+    error = capsys.readouterr().err
+    assert code == 1, output
+    assert error.startswith("error: stage featurize failed: time-travel audit failed"), error
+    assert f"feature {feature}, row " in error
+    assert _published(root, "featurize") == before
+
+
+def test_user_code_versions_the_stages_that_run_it(example_run, tmp_path):
+    root, overrides, _ = example_run
+    module = _module(tmp_path, HONEST_ROW, HONEST_HOUR, HONEST_AGG)
+    code, output, first = run_cli("run", "-c", str(EXAMPLE), *overrides,
+                                  "--set", f"features.module={module}", "--json")
+    assert code in (0, 3), output
+
+    module.write_text(module.read_text().replace("def slow_share(window):",
+                                                 "def slow_share(window):\n    # a comment\n"
+                                                 '    """A docstring."""'))
+    code, output, commented = run_cli("run", "-c", str(EXAMPLE), *overrides,
+                                      "--set", f"features.module={module}", "--json")
+    assert code in (0, 3), output
+    assert all(s["status"] == "cached" for s in commented["stages"])
+
+    module.write_text(module.read_text().replace("> 3.5", "> 3.0"))
+    code, output, edited = run_cli("run", "-c", str(EXAMPLE), *overrides,
+                                   "--set", f"features.module={module}", "--json")
+    assert code in (0, 3), output
+    assert [s["status"] for s in edited["stages"]] == ["cached"] * 2 + ["ran"] * 4
+    assert _stage(edited, "featurize")["cache_key"] != _stage(first, "featurize")["cache_key"]
+
+
+@pytest.mark.parametrize("module, key, expected", [
+    ("import not_a_module_anywhere\n", "features.module", "does not import: "
+     "ModuleNotFoundError: No module named 'not_a_module_anywhere'"),
+    (HONEST_HOUR + HONEST_AGG, "features.row.0", "has no function 'log_distance'"),
+    (HONEST_ROW.replace("@row_feature", "@window_aggregation\n#").replace(
+        '(inputs=["distance_km"])', "") + HONEST_HOUR + HONEST_AGG, "features.row.0",
+     "log_distance is not declared as a @row_feature"),
+    (HONEST_ROW.replace('"distance_km"]', '"fare"]') + HONEST_HOUR + HONEST_AGG,
+     "features.row.0", "column 'fare' is known only at label time, but the row feature "
+     "log_distance reads it at event time: refused (label leakage)"),
+])
+def test_user_code_that_cannot_run_is_a_config_error_naming_the_key(example_run, tmp_path,
+                                                                     capsys, module, key,
+                                                                     expected):
+    _, overrides, _ = example_run
+    path = tmp_path / "rideshare_features.py"
+    path.write_text(HEADER + module)
+    code, _, _ = _featurize(overrides, path)
+    error = capsys.readouterr().err
+    assert code == 2, error
+    assert f"  {key}: " in error and expected in error, error
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("return 1 / 0", "row feature log_distance raised ZeroDivisionError: division by zero"),
+    ('return rows["distance_km"][:-1]', "row feature log_distance returned shape"),
+    ('return rows["distance_km"] / 0.0', "row feature log_distance returned an infinite value"),
+    ('return rows["fare"]', "row feature log_distance read column 'fare', which it did not "
+     "declare (inputs: distance_km)"),
+])
+def test_a_user_function_that_breaks_its_contract_is_one_line_and_publishes_nothing(
+        example_run, tmp_path, capsys, body, expected):
+    root, overrides, _ = example_run
+    row = HONEST_ROW.replace('return np.log1p(rows["distance_km"])', body)
+    before = _published(root, "featurize")
+    code, _, _ = _featurize(overrides, _module(tmp_path, row, HONEST_HOUR, HONEST_AGG))
+    error = capsys.readouterr().err
+    assert code == 1, error
+    assert error.startswith("error: stage featurize failed: ") and expected in error, error
+    assert len(error.splitlines()) == 1 and "\x1b[" not in error
+    assert _published(root, "featurize") == before
