@@ -14,7 +14,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO, copy_of_smoke_run, run_cli
+from tests.conftest import REPO, SMOKE, copy_of_smoke_run, run_cli
 
 EXAMPLE = REPO / "examples" / "rideshare.yaml"
 MODULE = REPO / "examples" / "rideshare_features.py"
@@ -65,8 +65,20 @@ def _module(folder: Path, *parts: str) -> Path:
 
 def _featurize(overrides: list[str], module: Path, *sets: str) -> tuple[int, str, dict | None]:
     """`pipeline stage featurize` of the example config with `module` as its feature code."""
-    return run_cli("stage", "featurize", "-c", str(EXAMPLE), *overrides,
-                   "--set", f"features.module={module}", *sets, "--json")
+    return run_cli("stage", "featurize", "-c", str(EXAMPLE), *overrides, *_with(module), *sets,
+                   "--json")
+
+
+def _with(module: Path) -> list[str]:
+    """The `--set`s that make `module` the example's user code, with the built-in network."""
+    return ["--set", f"features.module={module}", "--set", "train.model=null"]
+
+
+def _error_line(stderr: str) -> str:
+    """The one `error:` line of a failed command (the session's Ray workers may log beside it,
+    which a CLI run sends to ray.log)."""
+    (line,) = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    return line
 
 
 def _published(root: Path, stage: str) -> set[str]:
@@ -84,6 +96,9 @@ def test_the_example_features_pass_the_audit_and_predict_serves_them_bit_for_bit
     assert audit["compared"] == audit["sampled"] * (windows + 2)  # row features too
     assert audit["perturbed"] == audit["sampled"] * windows
 
+    network = json.loads((root / "registry" / "trip-duration" / summary["model_version"] /
+                          "model" / "model.json").read_text())["network"]
+    assert network["factory"] == "rideshare_features:residual_mlp"  # the team's network
     featurized = _stage(summary, "featurize")["artifact"]
     source = next(arg.split("=", 1)[1] for arg in overrides if arg.startswith("dataset.source="))
     day = sorted(Path(source).glob("day=*"))[-2]
@@ -151,20 +166,20 @@ def test_user_code_versions_the_stages_that_run_it(example_run, tmp_path):
     root, overrides, _ = example_run
     module = _module(tmp_path, HONEST_ROW, HONEST_HOUR, HONEST_AGG)
     code, output, first = run_cli("run", "-c", str(EXAMPLE), *overrides,
-                                  "--set", f"features.module={module}", "--json")
+                                  *_with(module), "--json")
     assert code in (0, 3), output
 
     module.write_text(module.read_text().replace("def slow_share(window):",
                                                  "def slow_share(window):\n    # a comment\n"
                                                  '    """A docstring."""'))
     code, output, commented = run_cli("run", "-c", str(EXAMPLE), *overrides,
-                                      "--set", f"features.module={module}", "--json")
+                                      *_with(module), "--json")
     assert code in (0, 3), output
     assert all(s["status"] == "cached" for s in commented["stages"])
 
     module.write_text(module.read_text().replace("> 3.5", "> 3.0"))
     code, output, edited = run_cli("run", "-c", str(EXAMPLE), *overrides,
-                                   "--set", f"features.module={module}", "--json")
+                                   *_with(module), "--json")
     assert code in (0, 3), output
     assert [s["status"] for s in edited["stages"]] == ["cached"] * 2 + ["ran"] * 4
     assert _stage(edited, "featurize")["cache_key"] != _stage(first, "featurize")["cache_key"]
@@ -206,8 +221,81 @@ def test_a_user_function_that_breaks_its_contract_is_one_line_and_publishes_noth
     row = HONEST_ROW.replace('return np.log1p(rows["distance_km"])', body)
     before = _published(root, "featurize")
     code, _, _ = _featurize(overrides, _module(tmp_path, row, HONEST_HOUR, HONEST_AGG))
-    error = capsys.readouterr().err
+    error = _error_line(capsys.readouterr().err)
     assert code == 1, error
     assert error.startswith("error: stage featurize failed: ") and expected in error, error
-    assert len(error.splitlines()) == 1 and "\x1b[" not in error
+    assert "\x1b[" not in error
     assert _published(root, "featurize") == before
+
+
+FACTORY = '''
+@model_factory
+def linear(inputs: ModelInputs):
+    import torch
+    from torch import nn
+
+    class Linear(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(inputs.num_features, 1)
+
+        def forward(self, features, categorical):
+            return self.layer(features).squeeze(-1)
+
+    return Linear()
+'''
+
+
+def test_a_team_network_trains_and_outlives_its_module(smoke_copy, tmp_path, capsys):
+    """A model factory's module is stored with the model: after the module is gone, the gate
+    scores that champion and predict serves it, with the built-in features and no user code."""
+    root, overrides = smoke_copy
+    module = tmp_path / "team.py"
+    module.write_text(HEADER + "from pipeline import ModelInputs, model_factory\n" + FACTORY)
+    team = ["--set", f"features.module={module}", "--set", "train.model=team:linear"]
+    code, output, summary = run_cli("run", "-c", str(SMOKE), *overrides, *team, "--json")
+    assert code in (0, 3), output
+    assert [s["status"] for s in summary["stages"]] == ["cached"] * 3 + ["ran"] * 3
+    version = summary["model_version"]
+    saved = json.loads((root / "registry" / "trip-duration" / version / "model" /
+                        "model.json").read_text())["network"]
+    assert saved["factory"] == "team:linear" and "class Linear" in saved["source"]
+    assert run_cli("models", "alias", "trip-duration", "champion", version, "-c", str(SMOKE),
+                   *overrides)[0] == 0
+    module.unlink()
+
+    code, output, judged = run_cli("run", "-c", str(SMOKE), *overrides, "--set",
+                                   "train.epochs=2", "--json")
+    assert code in (0, 3), output
+    decision = json.loads((root / "registry" / "trip-duration" / judged["model_version"] /
+                           "decision.json").read_text())
+    assert decision["champion"]["version"] == version and decision["champion"]["metrics"]
+
+    source = next(arg.split("=", 1)[1] for arg in overrides if arg.startswith("dataset.source="))
+    day = sorted(Path(source).glob("day=*"))[-2]
+    code, printed, _ = run_cli("predict", "-c", str(SMOKE), *overrides, "--model",
+                               f"trip-duration@{version}", "--input", str(day), "--output",
+                               str(tmp_path / "scored.parquet"))
+    assert code == 0, capsys.readouterr().err
+    assert pq.read_table(tmp_path / "scored.parquet").num_rows > 1000
+
+
+@pytest.mark.parametrize("body, expected", [
+    ("return 42", "model factory team:linear returned int, not a torch.nn.Module"),
+    ("return torch.nn.Linear(3, 1)", "model factory team:linear: forward(features"),
+    ("return type('M', (torch.nn.Module,), {'forward': lambda self, f, c: f[:, :5]})()",
+     "model factory team:linear: forward gives (2, 5) for 2 rows; expected (2,)"),
+])
+def test_a_model_factory_that_breaks_its_contract_is_one_line_and_publishes_nothing(
+        smoke_copy, tmp_path, capsys, body, expected):
+    root, overrides = smoke_copy
+    module = tmp_path / "team.py"
+    module.write_text(HEADER + "import torch\nfrom pipeline import model_factory\n\n"
+                      f"@model_factory\ndef linear(inputs):\n    {body}\n")
+    before = _published(root, "train")
+    code, _, _ = run_cli("stage", "train", "-c", str(SMOKE), *overrides, "--set",
+                         f"features.module={module}", "--set", "train.model=team:linear")
+    error = _error_line(capsys.readouterr().err)
+    assert code == 1, error
+    assert error.startswith("error: stage train failed: ") and expected in error, error
+    assert _published(root, "train") == before

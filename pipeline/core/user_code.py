@@ -47,6 +47,29 @@ class AggregationDeclaration:
     pass
 
 
+@dataclass(frozen=True)
+class ModelDeclaration:
+    pass
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What a model factory builds for: the rows' inputs as the pipeline's loop hands them to
+    the module's `forward(features, categorical)`, and the task.
+
+    `features` is (rows, num_features) float32, standardised on the training split (NaN → 0);
+    `categorical` is (rows, len(cardinalities)) int64 codes, 0 for a value unseen in training.
+    `forward` returns (rows,) float outputs: the standardised label for regression, a logit for
+    binary (the loss is MSE or BCE-with-logits)."""
+
+    num_features: int
+    cardinalities: tuple[int, ...]
+    """Per categorical column: its vocabulary size + 1 (code 0 = unknown)."""
+    embedding_dim: int
+    """`train.embedding_dim`: the embedding width the config asks for."""
+    task: str
+
+
 def row_feature(inputs: Sequence[str]) -> Callable[[Callable], Callable]:
     """Declare a row feature and the columns it reads: `fn(rows: Rows) -> array of len(rows)`."""
     if isinstance(inputs, str):
@@ -62,6 +85,13 @@ def row_feature(inputs: Sequence[str]) -> Callable[[Callable], Callable]:
 def window_aggregation(function: Callable) -> Callable:
     """Declare a window aggregation: `fn(window: Window) -> array of one value per row`."""
     setattr(function, _DECLARED, AggregationDeclaration())
+    return function
+
+
+def model_factory(function: Callable) -> Callable:
+    """Declare a model factory: `fn(inputs: ModelInputs) -> torch.nn.Module`. The module it is in
+    is stored with every model it builds, so a registered model is rebuilt by its own code."""
+    setattr(function, _DECLARED, ModelDeclaration())
     return function
 
 
@@ -134,6 +164,13 @@ class UserCode:
     def aggregation(self, name: str) -> Callable:
         return self._declared(name, AggregationDeclaration, "a @window_aggregation")[0]
 
+    def model_factory(self, name: str) -> Callable:
+        return self._declared(name, ModelDeclaration, "a @model_factory")[0]
+
+    def source(self) -> str:
+        """The module's text, stored with a model it builds."""
+        return Path(self.module.__file__).read_text()
+
     def _declared(self, name: str, kind: type, what: str) -> tuple[Callable, object]:
         function = getattr(self.module, name, None)
         if function is None:
@@ -173,6 +210,18 @@ def checked(what: str, result: object, rows: int) -> pa.Array:
         raise UserCodeError(f"{what} returned an infinite value (row {at} of {rows:,}): "
                             "return NaN for no value")
     return pa.array(values, pa.float64(), from_pandas=True)
+
+
+def module_from_source(name: str, source: str) -> ModuleType:
+    """A module rebuilt from the text stored with a model: the model's own code, whatever the
+    team's module says today."""
+    module = ModuleType(f"raypipe_model_{name}")
+    try:
+        exec(compile(source, f"<{name}, stored with the model>", "exec"), module.__dict__)
+    except Exception as exc:  # the stored code may need a package this machine lacks
+        raise UserCodeError(f"the model code stored with the model ({name}) does not run: "
+                            f"{type(exc).__name__}: {exc}") from exc
+    return module
 
 
 def is_user_aggregation(agg: str) -> bool:

@@ -36,7 +36,7 @@ from pipeline.model.checkpoints import (
     save_checkpoint,
 )
 from pipeline.model.metrics import RunningMetrics
-from pipeline.model.network import NetworkSpec, TabularNet
+from pipeline.model.network import NetworkSpec, build_network
 
 BATCH_COLUMNS = ("features", "categorical", "label")
 """The encoded split's columns (`Preprocessor.encode`), in the order the loop uses them."""
@@ -123,7 +123,7 @@ def train_loop_per_worker(train_loop_config: dict[str, Any]) -> dict[str, Any]:
     deterministic_torch(device)
 
     _seed(config.seed, 0, 0)  # identical initial weights on every rank
-    network = TabularNet(config.network)
+    network = build_network(config.network)
     optimizer_state, best_weights, state = None, None, TrainingState()
     checkpoint = ray.train.get_checkpoint() or latest_kept_checkpoint(config.checkpoint_dir)
     if checkpoint is not None:
@@ -231,7 +231,7 @@ def _train_epoch(model, optimizer, loss_fn, shard, config: LoopConfig, epoch: in
     return float(loss_sum.item()), rows, time.perf_counter() - started, first_batch_at
 
 
-def _evaluate(network: TabularNet, shard, config: LoopConfig, device) -> dict[str, float]:
+def _evaluate(network: nn.Module, shard, config: LoopConfig, device) -> dict[str, float]:
     """Validation loss (the training objective) and task metrics in label units.
 
     Batch by batch into sums: in local mode this runs in the driver, and holding every batch's

@@ -23,6 +23,11 @@ class NetworkSpec:
     embedding_dim: int = 8
     hidden: list[int] = field(default_factory=lambda: [64, 32])
     dropout: float = 0.0
+    task: str = "regression"
+    factory: str | None = None
+    """A team's `<module>:<function>` that builds the module instead of `TabularNet`."""
+    source: str | None = None
+    """That module's text, kept with the model: the model is rebuilt by its own code."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,6 +59,48 @@ class TabularNet(nn.Module):
         parts = [features]
         parts += [embedding(categorical[:, i]) for i, embedding in enumerate(self.embeddings)]
         return self.mlp(torch.cat(parts, dim=1)).squeeze(-1)
+
+
+def build_network(spec: NetworkSpec) -> nn.Module:
+    """The module of `spec`: the built-in MLP, or the team's factory's, rebuilt from the code
+    stored with it and checked to take the loop's inputs and give one output per row."""
+    if spec.factory is None:
+        return TabularNet(spec)
+    from pipeline.core.user_code import ModelInputs, UserCodeError, module_from_source
+
+    module_name, _, function = spec.factory.partition(":")
+    factory = getattr(module_from_source(module_name, spec.source or ""), function, None)
+    if factory is None:
+        raise UserCodeError(f"model factory {spec.factory} is not in the code stored with it")
+    inputs = ModelInputs(spec.num_features, tuple(spec.cardinalities), spec.embedding_dim,
+                         spec.task)
+    try:
+        network = factory(inputs)
+    except Exception as exc:  # the user's factory may raise anything
+        raise UserCodeError(f"model factory {spec.factory} raised {type(exc).__name__}: "
+                            f"{exc}") from exc
+    if not isinstance(network, nn.Module):
+        raise UserCodeError(f"model factory {spec.factory} returned "
+                            f"{type(network).__name__}, not a torch.nn.Module")
+    _check_shape(network, spec)
+    return network
+
+
+def _check_shape(network: nn.Module, spec: NetworkSpec) -> None:
+    """Two rows of zeros through `forward`: the loop needs (2,) outputs back."""
+    features = torch.zeros(2, spec.num_features)
+    categorical = torch.zeros(2, len(spec.cardinalities), dtype=torch.int64)
+    try:
+        with torch.no_grad():
+            output = network(features, categorical)
+    except Exception as exc:  # the user's forward may raise anything
+        raise ValueError(f"model factory {spec.factory}: forward(features {tuple(features.shape)}, "
+                         f"categorical {tuple(categorical.shape)}) raised "
+                         f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(output, torch.Tensor) or tuple(output.shape) != (2,):
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise ValueError(f"model factory {spec.factory}: forward gives {shape} for 2 rows; "
+                         "expected (2,): one output per row")
 
 
 def weights_checksum(state_dict: dict[str, torch.Tensor]) -> str:

@@ -25,7 +25,7 @@ import pyarrow as pa
 import torch
 
 from pipeline.engine.artifacts import MODEL_JSON
-from pipeline.model.network import NetworkSpec, TabularNet
+from pipeline.model.network import NetworkSpec, build_network
 from pipeline.model.preprocessing import Preprocessor
 
 WEIGHTS = "weights.pt"
@@ -40,7 +40,7 @@ split over more threads sum in another order, and the same model must give the s
 
 @dataclass
 class Predictor:
-    network: TabularNet
+    network: torch.nn.Module
     preprocessor: Preprocessor
     metadata: dict[str, Any]
 
@@ -101,7 +101,7 @@ def load_predictor(fs, model_dir: str) -> Predictor:
         raise ValueError(f"{model_dir}: model format {model.get('format_version')!r} is not "
                          f"{FORMAT_VERSION}")
     preprocessor = Preprocessor.from_json(_read_json(fs, posixpath.join(model_dir, PREPROCESSING)))
-    network = TabularNet(NetworkSpec.from_json(model["network"]))
+    network = build_network(NetworkSpec.from_json(model["network"]))
     state = torch.load(io.BytesIO(fs.cat_file(posixpath.join(model_dir, WEIGHTS))),
                        map_location="cpu", weights_only=True)
     network.load_state_dict(state)

@@ -118,7 +118,7 @@ def parse_config(data: Any, source: str = "config") -> PipelineConfig:
     return config
 
 
-_CROSS_CHECKED = ("dataset", "features", "split", "telemetry")  # the sections cross checks read
+_CROSS_CHECKED = ("dataset", "features", "split", "train", "telemetry")  # the sections cross checks read
 
 
 def _valid_sections(data: dict[str, Any], failed: set) -> dict[str, Any]:

@@ -172,6 +172,9 @@ class TrainConfig(_Strict):
     use_gpu: bool = Field(False, description="one GPU per worker")
     resources_per_worker: dict[str, float] = Field({}, description=(
         "Ray resources of each worker, e.g. {CPU: 4}; its CPUs are its torch threads"))
+    model: str | None = Field(None, description="the team's own network: <module>:<function>, a "
+                              "@model_factory of features.module; null: the built-in MLP "
+                              "(hidden, dropout)")
     hidden: list[Annotated[int, Field(ge=1)]] = Field([64, 32], description=(
         "the MLP's hidden layer widths"))
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each hidden layer")

@@ -27,6 +27,9 @@ def cross_check_problems(sections: dict[str, Any]) -> list[Problem]:
     dataset, features = sections.get("dataset"), sections.get("features")
     split, telemetry = sections.get("split"), sections.get("telemetry")
     problems = []
+    train = sections.get("train")
+    if train is not None and train.model is not None and features is not None:
+        problems += _model_problems(features, train.model)
     if dataset is not None:
         problems += _dataset_problems(dataset)
         if features is not None:
@@ -168,6 +171,25 @@ def _user_code_problems(columns: dict[str, ColumnSpec], features: FeaturesConfig
         except UserCodeError as exc:
             problems.append(Problem(key, str(exc)))
     return inputs, problems
+
+
+def _model_problems(features: FeaturesConfig, model: str) -> list[Problem]:
+    """`train.model` must name a @model_factory of features.module."""
+    module, _, function = model.partition(":")
+    if features.module is None:
+        return [Problem("train.model", f"{model} names user code: set features.module")]
+    try:
+        code = load(features.module)
+    except UserCodeError:
+        return []  # features.module's own problem says why
+    if module != code.name or not function:
+        return [Problem("train.model", f"{model}: expected {code.name}:<function>, a "
+                        "@model_factory of features.module")]
+    try:
+        code.model_factory(function)
+    except UserCodeError as exc:
+        return [Problem("train.model", str(exc))]
+    return []
 
 
 def _split_problems(ds: DatasetConfig, split: SplitConfig) -> list[Problem]:

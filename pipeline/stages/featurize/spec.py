@@ -42,11 +42,13 @@ class FeaturizeParams(Params):
     @classmethod
     def from_config(cls, config: PipelineConfig) -> FeaturizeParams:
         dataset, features = config.dataset, config.features
-        code = load(features.module) if features.module else None
+        uses = features.row or any(is_user_aggregation(w.agg) for w in features.windows)
+        module = features.module if uses else None  # a module of a network alone: not here
+        code = load(module) if module else None
         return cls(roles=Roles.of(dataset), windows=tuple(window_specs(config)),
                    row_features=row_feature_specs(code, features.row),
-                   user_code=user_code_version(features.module) if features.module else None,
-                   user_module=features.module,
+                   user_code=user_code_version(module) if module else None,
+                   user_module=module,
                    numeric=features.numeric, categorical=features.categorical,
                    label_time_columns=[name for name, spec in dataset.columns.items()
                                        if spec.known_at == "label"],

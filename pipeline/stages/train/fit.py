@@ -49,13 +49,15 @@ def fit_model(ctx: StageContext[TrainParams, TrainFiles], train: ray.data.Datase
 
     from pipeline.model.checkpoints import CHECKPOINT_FILE, latest_kept_checkpoint
     from pipeline.model.loop import train_loop_per_worker
+    from pipeline.model.network import build_network
 
     settings = ctx.params.train
     local_mode = settings.num_workers == 0
     with ctx.telemetry.span("train.fit", {"train.workers": settings.num_workers}), \
             local_mode_checkpoints(ctx.store, ctx.cache_key, local_mode) as checkpoint_dir, \
             worker_threads(torch, settings, local_mode):
-        loop = loop_config(settings, preprocessor, checkpoint_dir)
+        loop = loop_config(settings, preprocessor, checkpoint_dir, ctx.params.model_source())
+        build_network(loop.network)  # a team's factory fails here, in one line, before Ray Train
         started = time.time()
         result = fit(ctx.traced(train_loop_per_worker, span=None), loop, train, validation,
                      settings, ctx.store, ctx.cache_key)
@@ -70,9 +72,11 @@ def fit_model(ctx: StageContext[TrainParams, TrainFiles], train: ray.data.Datase
                   result.path)
 
 
-def loop_config(train: TrainConfig, preprocessor: Preprocessor, checkpoint_dir: str | None = None):
+def loop_config(train: TrainConfig, preprocessor: Preprocessor, checkpoint_dir: str | None = None,
+                model_source: str | None = None):
     """The loop's LoopConfig: architecture from the fitted preprocessing, the rest from config;
-    `checkpoint_dir` only in local mode, where Ray Train keeps no checkpoint files itself."""
+    `checkpoint_dir` only in local mode, where Ray Train keeps no checkpoint files itself;
+    `model_source`, the text of the module of `train.model` when the team brings a network."""
     from pipeline.model.loop import KILL_ENV, LoopConfig
     from pipeline.model.network import NetworkSpec
 
@@ -84,7 +88,8 @@ def loop_config(train: TrainConfig, preprocessor: Preprocessor, checkpoint_dir: 
         network=NetworkSpec(num_features=len(preprocessor.feature_columns),
                             cardinalities=preprocessor.cardinalities,
                             embedding_dim=train.embedding_dim, hidden=list(train.hidden),
-                            dropout=train.dropout),
+                            dropout=train.dropout, task=train.task, factory=train.model,
+                            source=model_source),
         task=train.task, lr=train.lr, weight_decay=train.weight_decay,
         batch_size=train.batch_size, epochs=train.epochs, patience=train.patience,
         seed=train.seed, label_mean=preprocessor.label_mean, label_std=preprocessor.label_std,

@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from pipeline.core.config import PipelineConfig, SplitConfig, TrainConfig
 from pipeline.core.schema import Roles
+from pipeline.core.user_code import load
+from pipeline.engine.code_version import user_code_version
 from pipeline.engine.stage import Facts, Files, Folder, Params, top_reasons
 from pipeline.monitoring.drift import Histogram
 
@@ -13,10 +17,21 @@ class TrainParams(Params):
     roles: Roles
     split: SplitConfig
     train: TrainConfig
+    model_code: str | None = None
+    """The code version of the module of `train.model` (a team's network): an edit retrains."""
+    model_module: str | None = Field(None, exclude=True)
+    """Where that module is: its text is stored with the model; its place is not in the key."""
 
     @classmethod
     def from_config(cls, config: PipelineConfig) -> TrainParams:
-        return cls(roles=Roles.of(config.dataset), split=config.split, train=config.train)
+        module = config.features.module if config.train.model else None
+        return cls(roles=Roles.of(config.dataset), split=config.split, train=config.train,
+                   model_code=user_code_version(module) if module else None,
+                   model_module=module)
+
+    def model_source(self) -> str | None:
+        """The text of the team's model module, stored with the model; None: the built-in MLP."""
+        return load(self.model_module).source() if self.model_module else None
 
 
 class TrainFiles(Files):
