@@ -183,3 +183,30 @@ def test_nothing_listening_is_one_quick_line(smoke_source, tmp_path):
     assert done.returncode == 1
     line = _error_line(done)
     assert address in line and "nothing answers" in line and "token auth" in line, line
+
+
+def test_a_team_module_reaches_every_node_with_the_keys_of_one_machine(cluster, two_node_run,
+                                                                        s3, tmp_path):  # noqa: F811
+    """The example's user code from a folder of its own, shipped with the job (runtime_env
+    py_modules) to both nodes; the same config on one machine gets the same cache keys."""
+    endpoint, fs = s3
+    folder = tmp_path / "teamcode"
+    folder.mkdir()
+    shutil.copy(REPO / "examples" / "rideshare_features.py", folder)
+    team = ["--set", f"features.module={folder / 'rideshare_features.py'}"]
+
+    def run(artifacts: str, *extra: str) -> dict:
+        args = _s3_args(endpoint, artifacts)
+        args[args.index(str(SMOKE))] = str(REPO / "examples" / "rideshare.yaml")
+        done = _pipeline(_driver_env(cluster if extra else None), "run", *args, *team, *extra,
+                         "--json")
+        assert done.returncode == 0, done.stderr[-3000:]
+        return _summary(done.stdout)
+
+    on_cluster = run(f"{PREFIX}/artifacts", "--set", f"cluster.address={cluster.address}")
+    spans = _spans(fs, on_cluster["run_id"])
+    assert len({s["node"] for s in spans if s["name"] == "featurize.chunk" and s["node"]}) == 2
+    one_machine = run(f"{PREFIX}/one-machine")
+    data_stages = ("ingest", "validate", "featurize", "train")  # evaluate's key names a champion
+    assert {s["name"]: s["cache_key"] for s in on_cluster["stages"] if s["name"] in data_stages} \
+        == {s["name"]: s["cache_key"] for s in one_machine["stages"] if s["name"] in data_stages}

@@ -14,6 +14,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.core.formatting import fmt
 from tests.conftest import REPO, SMOKE, copy_of_smoke_run, run_cli
 
 EXAMPLE = REPO / "examples" / "rideshare.yaml"
@@ -122,6 +123,20 @@ def test_the_example_features_pass_the_audit_and_predict_serves_them_bit_for_bit
                                f"features.module={edited}", "--model", "trip-duration@champion",
                                "--input", str(day), "--output", str(tmp_path / "other.parquet"))
     assert code == 1 and "predict with the code it was trained with" in capsys.readouterr().err
+
+
+def test_trace_shows_a_row_feature_with_the_values_it_read(example_run):
+    root, overrides, summary = example_run
+    featurized = _stage(summary, "featurize")["artifact"]
+    row = pq.read_table(next(Path(featurized, "data").glob("*.parquet"))).slice(500, 1)
+    key, distance = row["trip_id"][0].as_py(), row["distance_km"][0].as_py()
+    code, output, _ = run_cli("trace", str(key), "-c", str(EXAMPLE), *overrides)
+    assert code == 0, output
+    assert any(line.startswith("[featurize") and "log_distance = " in line
+               and f"row feature of the row's own distance_km = {fmt(distance)}" in line
+               for line in output.splitlines()), output
+    assert any("driver_id__pace_min_per_km__slow_share__7d = " in line
+               for line in output.splitlines())
 
 
 @pytest.mark.parametrize("planted, feature", [

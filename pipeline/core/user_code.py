@@ -212,6 +212,23 @@ def checked(what: str, result: object, rows: int) -> pa.Array:
     return pa.array(values, pa.float64(), from_pandas=True)
 
 
+def shipped_folders(module: str | None) -> list[str]:
+    """The folder of a file module, for a job's runtime_env `py_modules`: Ray ships it to every
+    node, where `load` imports the module from it when the file's own path is not there."""
+    return [str(Path(module).parent)] if module and module.endswith(".py") else []
+
+
+def _shipped(where: str) -> str | None:
+    """The name a shipped file module imports as on a node without its path (`folder.stem`),
+    or None when no such package is on the path."""
+    path = Path(where)
+    name = f"{path.parent.name}.{path.stem}"
+    try:
+        return name if importlib.util.find_spec(path.parent.name) else None
+    except (ImportError, ValueError):
+        return None
+
+
 def module_from_source(name: str, source: str) -> ModuleType:
     """A module rebuilt from the text stored with a model: the model's own code, whatever the
     team's module says today."""
@@ -247,6 +264,9 @@ def load(where: str) -> UserCode:
 @cache
 def _load(where: str, text_digest: str) -> UserCode:
     try:
+        if where.endswith(".py") and not Path(where).is_file() and _shipped(where):
+            module = importlib.import_module(_shipped(where))
+            return UserCode(Path(where).stem, module, where)
         if where.endswith(".py"):
             path = Path(where)
             if not path.is_file():

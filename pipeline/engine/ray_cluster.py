@@ -6,7 +6,7 @@ import contextlib
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from pipeline.core.config import ClusterConfig
@@ -27,8 +27,10 @@ class ClusterUnreachable(ConnectionError):
     """`cluster.address` names no Ray cluster this process can join; the message says why."""
 
 
-def ensure_ray(cluster: ClusterConfig) -> None:
-    """Join the configured Ray cluster, or start a local one; only called when a stage really runs."""
+def ensure_ray(cluster: ClusterConfig, ship: Sequence[str] = ()) -> None:
+    """Join the configured Ray cluster, or start a local one; only called when a stage really
+    runs. Joining a cluster, the folders in `ship` (a team's code) go to every node with the
+    job's runtime_env (`py_modules`); a local Ray's workers read them where they are."""
     import ray
 
     if ray.is_initialized():
@@ -38,6 +40,8 @@ def ensure_ray(cluster: ClusterConfig) -> None:
     if cluster.address or cluster.runtime_env:
         runtime_env = dict(cluster.runtime_env)
         runtime_env["env_vars"] = {**ARROW_ENV, **runtime_env.get("env_vars", {})}
+        if cluster.address and ship:
+            runtime_env["py_modules"] = [*runtime_env.get("py_modules", []), *ship]
         options["runtime_env"] = runtime_env
     if cluster.address:
         _join(cluster.address, options)

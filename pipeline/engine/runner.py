@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.config import PipelineConfig
+from pipeline.core.user_code import shipped_folders
 from pipeline.engine.artifacts import Artifact, ArtifactStore
 from pipeline.engine.dag import check_order, stage_by_name
 from pipeline.engine.keys import StageKey, published_outputs, stage_key
@@ -145,7 +146,7 @@ class Runner:
             with telemetry.span("ray.start", {"cluster.address": self.config.cluster.address
                                               or "local"}):
                 started = time.perf_counter()
-                ensure_ray(self.config.cluster)
+                ensure_ray(self.config.cluster, shipped_folders(self.config.features.module))
                 self._ray_start_seconds = round(time.perf_counter() - started, 3)
                 check_storage_is_shared(self.config)
 

@@ -39,6 +39,7 @@ from pydantic import TypeAdapter, ValidationError
 from pipeline.core.config import PipelineConfig, Timestamp
 from pipeline.core.schema import TableSchema
 from pipeline.core.timestamps import from_us, to_us
+from pipeline.core.user_code import shipped_folders
 from pipeline.engine.artifacts import ArtifactStore
 from pipeline.engine.exchange import exchange, returned, runs
 from pipeline.engine.ray_cluster import ensure_ray
@@ -86,7 +87,7 @@ def predict(config: PipelineConfig, reference: str, input_uri: str, output_uri: 
     cutoff = _parse_as_of(as_of)
 
     import_in_background(["pipeline.model.predictor"])  # torch, while Ray starts and reads
-    ensure_ray(config.cluster)
+    ensure_ray(config.cluster, shipped_folders(config.features.module))
     checked = _checked_input(input_uri, options, spec, config.dataset.partition)
     # both files name the attempt; the predictions, written last, are its commit point
     about = {"model": spec.model, "version": spec.version, "input": input_uri,

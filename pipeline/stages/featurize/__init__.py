@@ -168,6 +168,12 @@ def explain(question: RowQuestion) -> list[str]:
              f"{fmt(values[roles.label_available_at])}" if label is not None else
              f"event time t = {fmt(t)}; label {roles.label} = null (unlabeled: history only)"]
     clean = question.input(VALIDATE).files.clean
+    if params.row_features:
+        own = question.rows(clean, "hive").slice(0, 1).to_pylist()[0]
+        for spec in params.row_features:
+            inputs = ", ".join(f"{name} = {fmt(own[name])}" for name in spec.inputs)
+            lines.append(f"{spec.name} = {fmt(values[spec.name])}: row feature of the row's own "
+                         f"{inputs}")
     for spec in params.windows:
         lines.append(_window_line(store, clean, roles, spec, values, t))
     return lines
