@@ -85,10 +85,11 @@ class RegisterFacts(Facts):
 def run(ctx: StageContext[RegisterParams, RegisterFiles]) -> StageResult[RegisterFacts]:
     store, model, evaluated = ctx.store, ctx.params.model_name, ctx.input(EVALUATE)
     judged: EvaluateFacts = evaluated.facts
-    report = ReportContent.model_validate(store.read_json(evaluated.files.report))
     evaluate_key = evaluated.artifact.manifest["cache_key"]
     gate = {"passed": judged.decision.passed, "reasons": judged.decision.reasons}
-    champion, twin = _champion_of(store, model, report.lineage)
+    with ctx.telemetry.span("register.read"):  # the judgement's report, where champion points
+        report = ReportContent.model_validate(store.read_json(evaluated.files.report))
+        champion, twin = _champion_of(store, model, report.lineage)
     if twin is not None and twin["evaluate_cache_key"] != evaluate_key:
         # evaluate's code or settings changed, the model did not: one version
         facts = RegisterFacts(

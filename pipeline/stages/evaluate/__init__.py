@@ -59,9 +59,11 @@ def run(ctx: StageContext[EvaluateParams, EvaluateFiles]) -> StageResult[Evaluat
     params, store, roles = ctx.params, ctx.store, ctx.params.roles
     trained, featurized = ctx.input(TRAIN), ctx.input(FEATURIZE)
     train_facts: TrainFacts = trained.facts
-    champion = _judged_champion(ctx)
-    columns = Columns.of(featurized.facts, roles)
-    reference = drift_reference(store, params.model_name, train_facts.feature_histograms, columns)
+    with ctx.telemetry.span("evaluate.champion"):  # who is judged against, and drift's reference
+        champion = _judged_champion(ctx)
+        columns = Columns.of(featurized.facts, roles)
+        reference = drift_reference(store, params.model_name, train_facts.feature_histograms,
+                                    columns)
     with ctx.telemetry.span("evaluate.score", {"champion": champion or "none"}):
         champion_plan = plan(
             store, params.model_name, champion,
