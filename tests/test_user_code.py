@@ -295,8 +295,31 @@ def test_a_team_network_trains_and_outlives_its_module(smoke_copy, tmp_path, cap
     assert pq.read_table(tmp_path / "scored.parquet").num_rows > 1000
 
 
+def test_a_team_network_may_bring_its_own_loss(smoke_copy, tmp_path):
+    """A module with `loss(output, target)` trains and early-stops on it: an L1 loss on the
+    standardised label is the validation MAE over the label's standard deviation."""
+    root, overrides = smoke_copy
+    module = tmp_path / "team.py"
+    module.write_text(HEADER + "from pipeline import ModelInputs, model_factory\n" + FACTORY.replace(
+        "            return self.layer(features).squeeze(-1)\n",
+        "            return self.layer(features).squeeze(-1)\n\n"
+        "        def loss(self, output, target):\n"
+        "            return (output - target).abs().mean()\n"))
+    code, output, summary = run_cli("stage", "train", "-c", str(SMOKE), *overrides, "--set",
+                                    f"features.module={module}", "--set", "train.model=team:linear",
+                                    "--json")
+    assert code == 0, output
+    train = _stage(summary, "train")["artifact"]
+    metrics = _manifest(root, "train", _stage(summary, "train")["cache_key"])["details"]["metrics"]
+    label_std = json.loads(Path(train, "model", "preprocessing.json").read_text())["label_std"]
+    assert metrics["loss"] * label_std == pytest.approx(metrics["mae"], rel=1e-6)
+
+
 @pytest.mark.parametrize("body, expected", [
     ("return 42", "model factory team:linear returned int, not a torch.nn.Module"),
+    ("return type('M', (torch.nn.Linear,), {'forward': lambda self, f, c: torch.nn.Linear.forward("
+     "self, f).squeeze(-1), 'loss': lambda self, o, t: (o - t).abs()})(inputs.num_features, 1)",
+     "model factory team:linear: loss(output, target) must give one number"),
     ("return torch.nn.Linear(3, 1)", "model factory team:linear: forward(features"),
     ("return type('M', (torch.nn.Module,), {'forward': lambda self, f, c: f[:, :5]})()",
      "model factory team:linear: forward gives (2, 5) for 2 rows; expected (2,)"),

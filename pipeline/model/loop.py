@@ -36,7 +36,7 @@ from pipeline.model.checkpoints import (
     save_checkpoint,
 )
 from pipeline.model.metrics import RunningMetrics
-from pipeline.model.network import NetworkSpec, build_network
+from pipeline.model.network import NetworkSpec, build_network, losses
 
 BATCH_COLUMNS = ("features", "categorical", "label")
 """The encoded split's columns (`Preprocessor.encode`), in the order the loop uses them."""
@@ -139,7 +139,7 @@ def train_loop_per_worker(train_loop_config: dict[str, Any]) -> dict[str, Any]:
                                   weight_decay=config.weight_decay)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
-    loss_fn = nn.MSELoss() if config.task == "regression" else nn.BCEWithLogitsLoss()
+    loss_fn, _ = losses(network, config.task)
     batch_seconds = worker_meter().create_histogram(
         "train.batch_seconds", unit="s", description="wall time per training batch, data included")
 
@@ -239,8 +239,7 @@ def _evaluate(network: nn.Module, shard, config: LoopConfig, device) -> dict[str
     """
     network.eval()
     loss_sum, metrics = 0.0, RunningMetrics(config.task)
-    loss_fn = nn.MSELoss(reduction="sum") if config.task == "regression" \
-        else nn.BCEWithLogitsLoss(reduction="sum")
+    _, loss_fn = losses(network, config.task)
     with torch.no_grad():
         for batch in shard.iter_torch_batches(batch_size=config.validation_batch_size,
                                               prefetch_batches=config.prefetch_batches,

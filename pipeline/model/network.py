@@ -8,6 +8,7 @@ the weights.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -101,6 +102,24 @@ def _check_shape(network: nn.Module, spec: NetworkSpec) -> None:
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise ValueError(f"model factory {spec.factory}: forward gives {shape} for 2 rows; "
                          "expected (2,): one output per row")
+    own = getattr(network, "loss", None)
+    if callable(own):
+        loss = own(output, torch.zeros(2))
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise ValueError(f"model factory {spec.factory}: loss(output, target) must give one "
+                             "number (a 0-dim tensor: the batch's mean loss)")
+
+
+def losses(network: nn.Module, task: str) -> tuple[Callable, Callable]:
+    """(a batch's mean loss, its summed loss): the network's own `loss(output, target)` when a
+    team's module defines one (a batch mean), else MSE for regression, BCE-with-logits for
+    binary."""
+    own = getattr(network, "loss", None)
+    if callable(own):
+        return own, lambda output, target: own(output, target) * len(target)
+    if task == "regression":
+        return nn.MSELoss(), nn.MSELoss(reduction="sum")
+    return nn.BCEWithLogitsLoss(), nn.BCEWithLogitsLoss(reduction="sum")
 
 
 def weights_checksum(state_dict: dict[str, torch.Tensor]) -> str:
