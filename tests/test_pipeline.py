@@ -79,6 +79,23 @@ def test_validate_recomputed_in_a_copied_root_keeps_its_fingerprint(smoke_run, s
             == _manifest(smoke_run.root, "validate", validate["cache_key"])["fingerprint"])
 
 
+def test_a_snapshot_does_not_depend_on_how_many_cpus_were_free(smoke_run, tmp_path):
+    """Ingest on a one-CPU Ray (a process of its own) writes the snapshot the shared two-CPU run
+    wrote, byte for byte: the same fingerprint, so validate's key and everything after match."""
+    overrides = list(smoke_run.overrides)
+    overrides[overrides.index(f"artifact_root={smoke_run.root}")] = f"artifact_root={tmp_path}"
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "stage", "ingest", "-c", str(SMOKE), *overrides,
+         "--set", "cluster.num_cpus=1", "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (ingest,) = json.loads(done.stdout.splitlines()[-1])["stages"]
+    shared = next(s for s in smoke_run.summary["stages"] if s["name"] == "ingest")
+    assert ingest["cache_key"] == shared["cache_key"]
+    assert (_manifest(tmp_path, "ingest", ingest["cache_key"])["fingerprint"]
+            == _manifest(smoke_run.root, "ingest", shared["cache_key"])["fingerprint"])
+
+
 def test_second_run_is_fully_cached_and_starts_no_ray(smoke_run):
     overrides, first = smoke_run.overrides, smoke_run.summary
     # a separate process: if any stage launched Ray work, it would have to start a Ray instance

@@ -67,8 +67,8 @@ class IngestFacts(Facts):
     time_range: list[str]
 
 
-GROUP_BYTES = 256 * 2**20
-"""Source bytes per copy task, at most (about; a file is never split)."""
+GROUP_BYTES = 32 * 2**20
+"""Uncompressed source bytes per copy task and snapshot part (about: a file is never split)."""
 _FOOTER_READERS = 16
 _BATCH_ROWS = 131_072
 
@@ -188,13 +188,14 @@ def _check_columns(fs: fsspec.AbstractFileSystem, files: list[str],
     return rows, pa.schema([(name, seen.get(name, (pa.null(),))[0]) for name in declared]), sizes
 
 
-def file_groups(sizes: list[int], workers: int) -> list[slice]:
-    """Consecutive runs of the (sorted) file list, one Ray task each: at least one per worker
-    CPU while there are files, and none much over GROUP_BYTES of uncompressed data, so a task's
-    start-up is paid per hundred megabytes rather than per file, and the snapshot's part files
-    keep source order."""
+def file_groups(sizes: list[int]) -> list[slice]:
+    """Consecutive runs of the (sorted) file list, one Ray task and one snapshot part each, of
+    about GROUP_BYTES of uncompressed data: a task's start-up is paid per tens of megabytes
+    rather than per file, the parts keep source order, and the snapshot is the same bytes
+    however many CPUs were free when it was taken (its fingerprint, and every key after it,
+    with it)."""
     total = sum(sizes)
-    count = max(1, min(len(sizes), max(workers, -(-total // GROUP_BYTES))))
+    count = max(1, min(len(sizes), -(-total // GROUP_BYTES)))
     share, groups, start, filled = total / count, [], 0, 0
     for index, size in enumerate(sizes):
         filled += size
@@ -213,8 +214,7 @@ def run(ctx: StageContext[IngestParams, IngestFiles]) -> StageResult[IngestFacts
     with ctx.telemetry.span("ingest.check_footers", {"files": len(files)}):
         rows_in, schema, sizes = _check_columns(fs, files, params.columns)
     store.fs.makedirs(ctx.files.data, exist_ok=True)
-    workers = max(1, int(ray.available_resources().get("CPU", 1)))
-    groups = file_groups(sizes, workers)
+    groups = file_groups(sizes)
     with ctx.telemetry.span("ingest.copy", {"tasks": len(groups)}):  # waits for workers too
         copy = ctx.task(_copy_files, "ingest.copy_files")
         written = ray.get([copy.remote(fs, files[group], schema, store, ctx.files.data, index)

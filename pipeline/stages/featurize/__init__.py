@@ -33,6 +33,7 @@ from pipeline.core.formatting import fmt
 from pipeline.core.packed import PACKED
 from pipeline.core.schema import Roles
 from pipeline.core.timestamps import from_us, to_us
+from pipeline.core.user_code import UserCodeError
 from pipeline.engine.stage import RowQuestion, Stage, StageContext, StageResult
 from pipeline.features.chunks import Chunk, event_time_filter, halo_us, plan_chunks
 from pipeline.features.partitions import DayPartitions
@@ -109,7 +110,11 @@ def featurize_chunk(chunk: dict[str, int], job: Job) -> dict[str, Any]:
                                  chunk.start_us),
     ), roles)
     sources = pa.concat_tables([halo, rows.select(params.source_columns)])
-    table, result = features_table(rows, sources, params, job.kernel)
+    try:
+        table, result = features_table(rows, sources, params, job.kernel)
+    except UserCodeError as exc:  # which rows the team's function had
+        raise UserCodeError(f"{exc} in featurize chunk {chunk.index} (events from "
+                            f"{from_us(chunk.start_us).date()})") from exc
     if table.num_rows:  # dictionary pages only where values repeat: faster writes
         pq.write_table(table, posixpath.join(job.output, f"part-{chunk.index:05d}.parquet"),
                        filesystem=job.filesystem, use_dictionary=params.repeating_columns)
