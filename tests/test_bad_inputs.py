@@ -299,3 +299,18 @@ def test_bad_rows_are_quarantined_with_their_reason(ray_session, tmp_path, smoke
 
     assert run_cli("stage", "validate", *args)[0] == 0
     assert _validate_reasons(env.artifacts) == BAD_ROWS
+
+
+def test_a_damaged_manifest_is_named_with_the_way_forward(smoke_run, smoke_copy, capsys):
+    """A published validate whose manifest.json was cut short (a disk, a hand): one line naming
+    the file and what to do, and nothing recomputed on top of it."""
+    root, overrides = smoke_copy
+    validate = next(s for s in smoke_run.summary["stages"] if s["name"] == "validate")
+    manifest = root / "stages" / "validate" / validate["cache_key"] / "manifest.json"
+    manifest.write_text(manifest.read_text()[:97])
+    code, _, _ = run_cli("run", "-c", str(SMOKE), *overrides)
+    error = capsys.readouterr().err
+    assert code == 1
+    assert error.startswith(f"error: {manifest} is damaged (") and len(error.splitlines()) == 1
+    assert "Move its folder away to have the stage recompute it" in error
+    assert len(manifest.read_text()) == 97  # left as found

@@ -62,6 +62,10 @@ def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem:
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
+class DamagedArtifact(ValueError):
+    """A file of a published artifact that no longer reads as it was written."""
+
+
 class ArtifactStore:
     def __init__(self, root: str, storage_options: dict[str, Any] | None = None):
         self.fs, self.root = fsspec.core.url_to_fs(root, **(storage_options or {}))
@@ -235,5 +239,15 @@ class ArtifactStore:
             self.fs.pipe_file(path, data)
 
     def read_json(self, path: str) -> Any:
+        """A JSON file the pipeline wrote whole; one that no longer parses (a disk or a hand
+        damaged it since) is named, with the way forward."""
         with self.fs.open(path, "rb") as handle:
-            return json.loads(handle.read())
+            text = handle.read()
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            where = f" at line {exc.lineno}, column {exc.colno}" if hasattr(exc, "lineno") else ""
+            raise DamagedArtifact(
+                f"{self.uri(path)} is damaged ({getattr(exc, 'msg', exc)}{where}): it was whole "
+                "when the pipeline wrote it. Move its folder away to have the stage recompute "
+                "it, or restore it from a backup") from None
