@@ -227,3 +227,41 @@ def test_config_reference_is_generated_from_the_models():
 
     assert (REPO / "docs" / "config.md").read_text() == reference(), \
         "docs/config.md is not current: python -m pipeline.core.config_reference > docs/config.md"
+
+
+RELATIVE = ["dataset.start=null", "dataset.lookback=14d", "split.train_until=null",
+            "split.validation=3d", "split.validation_until=null", "split.test=3d"]
+
+
+def test_relative_dates_resolve_to_the_absolute_ones_and_their_keys():
+    """The smoke config's dates counted back from its end: the same dates, and the same
+    parameters (so the same cache keys) for every stage."""
+    from pipeline.stages.dag import STAGES
+
+    absolute, relative = load_config(SMOKE), load_config(SMOKE, RELATIVE)
+    for section in ("dataset", "split"):  # the relative keys themselves are not recorded
+        assert getattr(relative, section).model_dump() == getattr(absolute, section).model_dump()
+    for stage in STAGES:
+        assert (stage.params.from_config(relative).key_payload()
+                == stage.params.from_config(absolute).key_payload()), stage.name
+    later = load_config(SMOKE, [*RELATIVE, "dataset.end=2026-01-20"])
+    assert (later.dataset.start.isoformat(), later.split.train_until.isoformat(),
+            later.split.validation_until.isoformat()) == (
+        "2026-01-06T00:00:00+00:00", "2026-01-14T00:00:00+00:00", "2026-01-17T00:00:00+00:00")
+
+
+@pytest.mark.parametrize("sets, key, message", [
+    (["split.test=-3d"], "split.test", "is not a duration"),
+    (["split.test=0s"], "split.test", "longer than zero"),
+    (["dataset.lookback=14d"], "dataset.start", "not both"),
+    (["dataset.start=null"], "dataset.start", "neither is set"),
+    (["split.test=3d"], "split.validation_until", "not both"),
+    (["split.validation=20d"], "split.validation", "leave no training period"),
+])
+def test_bad_relative_dates_are_named(sets, key, message):
+    base = RELATIVE if sets[0].startswith(("split.test=-", "split.test=0", "split.validation=")) \
+        else []
+    with pytest.raises(ConfigError) as refused:
+        load_config(SMOKE, [*base, *sets])
+    lines = [line for line in str(refused.value).splitlines() if line.startswith(f"  {key}: ")]
+    assert lines and message in lines[0], str(refused.value)

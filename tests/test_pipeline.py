@@ -184,3 +184,24 @@ def test_trace_of_an_unknown_row_names_it(smoke_run, capsys):
     code, _, _ = run_cli("trace", "999999999", "-c", str(SMOKE), *smoke_run.overrides)
     assert code == 1
     assert "trip_id=999999999 is not in the snapshot of" in capsys.readouterr().err
+
+
+def test_as_of_with_relative_dates_is_the_same_run_and_says_its_dates(smoke_copy):
+    """`--as-of` the smoke config's end with every date relative: the dates an absolute config
+    gives, printed first and recorded in the run record; every stage cached."""
+    root, overrides = smoke_copy
+    relative = [arg for assignment in (
+        "dataset.start=null", "dataset.lookback=14d", "split.train_until=null",
+        "split.validation=3d", "split.validation_until=null", "split.test=3d")
+        for arg in ("--set", assignment)]
+    code, output, summary = run_cli("run", "-c", str(SMOKE), *overrides, *relative,
+                                    "--as-of", "2026-01-15", "--json")
+    assert code == 0, output
+    assert output.splitlines()[0] == (
+        "as of 2026-01-15T00:00:00+00:00: data from 2026-01-01T00:00:00+00:00, train until "
+        "2026-01-09T00:00:00+00:00, validation until 2026-01-12T00:00:00+00:00, test from "
+        "2026-01-12T01:00:00+00:00")
+    assert all(s["status"] == "cached" for s in summary["stages"])
+    record = json.loads((root / "runs" / summary["run_id"] / "run.json").read_text())
+    assert record["config"]["dataset"]["start"].startswith("2026-01-01")
+    assert record["config"]["split"]["train_until"].startswith("2026-01-09")

@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     running = argparse.ArgumentParser(add_help=False)
     running.add_argument("--json", action="store_true", help="end with a JSON summary line")
+    running.add_argument("--as-of", metavar="TIME", help="the range's end (dataset.end), from "
+                         "which lookback, test and validation count back (default: the config's)")
     running.add_argument("--verbose", action="store_true",
                          help="show Ray's own log lines (default: runs/<run_id>/ray.log)")
     commands.add_parser("run", parents=[common, running], help="run the whole DAG")
@@ -170,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
+    as_of = getattr(args, "as_of", None) if args.command in ("run", "stage") else None
+    config = load_config(args.config, [*args.overrides, *([f"dataset.end={as_of}"] if as_of
+                                                          else [])])
     if args.command in ("run", "stage"):
         return _run(config, args)
     if args.command == "runs":
@@ -196,7 +200,7 @@ def _run(config: PipelineConfig, args: argparse.Namespace) -> int:
     """The DAG or one stage. Ray's own output goes to the run's `ray.log` (unless --verbose):
     the terminal shows the stages, live at a terminal and as plain lines otherwise, then the
     gate's verdict. Returns the exit code (3: ran fine, the model is not the champion)."""
-    from pipeline.commands.display import display_for
+    from pipeline.commands.display import dates_line, display_for
     from pipeline.commands.ray_output import RayOutputToFile
     from pipeline.datasets import prepare_source
     from pipeline.engine.dag import stage_by_name
@@ -206,6 +210,7 @@ def _run(config: PipelineConfig, args: argparse.Namespace) -> int:
 
     _check_artifact_root(config)
     display = display_for(sys.stdout, args.json, args.verbose)
+    display.note(dates_line(config))
     runner = Runner(config, STAGES, display=display)
     only = args.name if args.command == "stage" else None
     if only is None or not stage_by_name(only, STAGES).inputs:

@@ -22,6 +22,7 @@ from pipeline.engine.observer import RunObserver
 from pipeline.engine.progress import ProgressPoller
 
 if TYPE_CHECKING:
+    from pipeline.core.config import PipelineConfig
     from pipeline.engine.summary import RunSummary, StageOutcome
 
 PLAIN_PROGRESS_SECONDS = 10.0
@@ -111,6 +112,15 @@ def _shown_path(path: str) -> str:
     """A local path below the working directory, relative to it: the line stays short."""
     here = os.getcwd() + os.sep
     return path[len(here):] if path.startswith(here) else path
+
+
+def dates_line(config: PipelineConfig) -> str:
+    """The run's first line: the dates it resolved to (relative ones counted back from the end)."""
+    dataset, split = config.dataset, config.split
+    return (f"as of {dataset.end.isoformat()}: data from {dataset.start.isoformat()}, train until "
+            f"{split.train_until.isoformat()}, validation until "
+            f"{split.validation_until.isoformat()}, test from "
+            f"{(split.validation_until + split.embargo).isoformat()}")
 
 
 def summary_lines(summary: RunSummary, ray_log: str | None) -> list[str]:

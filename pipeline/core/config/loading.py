@@ -10,6 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from pipeline.core.config.models import PipelineConfig
+from pipeline.core.config.relative import resolve_relative_time
 from pipeline.core.config.rules import Problem, cross_check_problems
 from pipeline.core.user_code import location
 
@@ -112,10 +113,12 @@ def parse_config(data: Any, source: str = "config") -> PipelineConfig:
     except ValidationError as exc:
         problems = [_problem(error) for error in exc.errors()]
         failed = {error["loc"][0] for error in exc.errors() if error["loc"]}
-        problems += cross_check_problems(_valid_sections(data, failed))
-        _refuse(source, problems)
-    _refuse(source, cross_check_problems({name: getattr(config, name) for name in _CROSS_CHECKED}))
-    return config
+        sections, dated = resolve_relative_time(_valid_sections(data, failed))
+        _refuse(source, problems + dated + cross_check_problems(sections))
+    sections, dated = resolve_relative_time({name: getattr(config, name)
+                                             for name in _CROSS_CHECKED})
+    _refuse(source, dated + cross_check_problems(sections))
+    return config.model_copy(update={"dataset": sections["dataset"], "split": sections["split"]})
 
 
 _CROSS_CHECKED = ("dataset", "features", "split", "train", "telemetry")  # the sections cross checks read

@@ -59,9 +59,14 @@ class DatasetConfig(_Strict):
         "create is never written over (the run fails instead)"))
     partition: str = Field("day", description="the hive partition column (the day a row was "
                            "ingested); ingest prunes partitions to the range")
-    start: Timestamp = Field(description="the range [start, end) to snapshot and train on; "
-                             "ISO 8601, UTC unless it says otherwise")
-    end: Timestamp = Field(description="the end of the range, excluded")
+    start: Timestamp | None = Field(None, description="the range [start, end) to snapshot and "
+                                    "train on; ISO 8601, UTC unless it says otherwise. Give it "
+                                    "or dataset.lookback")
+    end: Timestamp = Field(description="the end of the range, excluded; `pipeline run --as-of "
+                           "TIME` sets it, and every relative date counts back from it")
+    lookback: PositiveDuration | None = Field(None, exclude=True, description=(
+        "instead of dataset.start: the range is the lookback before dataset.end (e.g. 60d). "
+        "Only the dates it resolves to are recorded and keyed"))
     row_key: str = Field(description="the column that identifies a row (unique)")
     event_time: str = Field(description="when a prediction is made for the row")
     label: str = Field(description="what the model predicts")
@@ -153,11 +158,17 @@ class ValidateConfig(_Strict):
 
 
 class SplitConfig(_Strict):
-    train_until: Timestamp = Field(description="training rows have their event and their label "
-                                   "before this")
-    validation_until: Timestamp = Field(description="validation rows have their event from "
-                                        "train_until + embargo and their label before this; the "
-                                        "test period starts at validation_until + embargo")
+    train_until: Timestamp | None = Field(None, description="training rows have their event and "
+                                          "their label before this; give it or split.validation")
+    validation_until: Timestamp | None = Field(None, description=(
+        "validation rows have their event from train_until + embargo and their label before "
+        "this; the test period starts at validation_until + embargo; give it or split.test"))
+    test: PositiveDuration | None = Field(None, exclude=True, description=(
+        "instead of split.validation_until: the test period is this long before dataset.end "
+        "(e.g. 14d)"))
+    validation: PositiveDuration | None = Field(None, exclude=True, description=(
+        "instead of split.train_until: the validation period is this long before the test "
+        "period (e.g. 10d)"))
     embargo: NonNegativeDuration = Field(timedelta(0), description="a gap left out after each "
                                          "cutoff, so that no window straddles two splits")
 
