@@ -153,10 +153,13 @@ class StageContext(Generic[P, F]):
     def task(self, work: Callable, span: str | None) -> Any:
         """`work` as a one-CPU Ray task run inside a span of this stage. Stages use plain tasks
         over their part files rather than Ray Data where a pass is one map: a Ray Data
-        execution pays for planning and start-up that a plain task does not."""
+        execution pays for planning and start-up that a plain task does not. The tasks spread
+        over the nodes: each reads its own files from shared storage, so no node holds their
+        data, and a warm worker on one node must not take every short task while another
+        node's CPUs wait."""
         import ray
 
-        return ray.remote(num_cpus=1)(self.traced(work, span))
+        return ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(self.traced(work, span))
 
 
 @dataclass(frozen=True)
