@@ -314,3 +314,26 @@ def test_a_damaged_manifest_is_named_with_the_way_forward(smoke_run, smoke_copy,
     assert error.startswith(f"error: {manifest} is damaged (") and len(error.splitlines()) == 1
     assert "Move its folder away to have the stage recompute it" in error
     assert len(manifest.read_text()) == 97  # left as found
+
+
+def test_verify_names_each_output_that_lost_a_file_or_its_manifest(smoke_run, smoke_copy):
+    """`pipeline verify` on a root where a featurize file was deleted and a validate manifest
+    cut short: each named, everything else ok, exit 1; and it only read."""
+    root, overrides = smoke_copy
+    stages = {s["name"]: s["cache_key"] for s in smoke_run.summary["stages"]}
+    code, output, _ = run_cli("verify", "-c", str(SMOKE), *overrides)
+    assert code == 0 and output.strip().endswith(" 0 damaged"), output
+    featurized = root / "stages" / "featurize" / stages["featurize"]
+    lost = sorted((featurized / "data").glob("*.parquet"))[0]
+    lost.unlink()
+    manifest = root / "stages" / "validate" / stages["validate"] / "manifest.json"
+    manifest.write_text(manifest.read_text()[:97])
+    code, output, _ = run_cli("verify", "-c", str(SMOKE), *overrides)
+    assert code == 1, output
+    damaged = [line for line in output.splitlines() if line.startswith("damaged: ")]
+    assert len(damaged) == 2, output
+    assert any(f"{featurized}: its files no longer match its manifest" in line for line in damaged)
+    assert any(f"{manifest.parent}: manifest.json is damaged (" in line for line in damaged)
+    assert output.strip().splitlines()[-1].endswith(
+        " 2 damaged; move a damaged folder away to have the next run recompute it")
+    assert not lost.exists() and len(manifest.read_text()) == 97

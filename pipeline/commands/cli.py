@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--as-of", metavar="TIME",
                          help="use only what was known before TIME (ISO 8601, UTC by default); "
                               "default: the latest event time of the input")
+    commands.add_parser("verify", parents=[common], help="check that every published output "
+                        "still holds what its manifest says (reads every file)")
     _add_models_parser(commands, common)
     return parser
 
@@ -193,6 +195,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(_predict(config, args))
     elif args.command == "models":
         _models(config, args)
+    elif args.command == "verify":
+        from pipeline.commands.verify import render_findings, verify_root
+        from pipeline.engine.artifacts import ArtifactStore
+
+        report, whole = render_findings(verify_root(
+            ArtifactStore(config.artifact_root, config.storage_options)))
+        print(report)
+        return 0 if whole else 1
     return 0
 
 
