@@ -337,3 +337,29 @@ def test_a_model_factory_that_breaks_its_contract_is_one_line_and_publishes_noth
     assert code == 1, error
     assert error.startswith("error: stage train failed: ") and expected in error, error
     assert _published(root, "train") == before
+
+
+def test_a_network_module_versions_train_and_not_featurize(smoke_copy, tmp_path):
+    """A module holding only a network is train's code: an edit retrains, a comment edit reruns
+    nothing, and featurize, which does not run it, never reruns for it."""
+    root, overrides = smoke_copy
+    module = tmp_path / "team.py"
+    module.write_text(HEADER + "from pipeline import ModelInputs, model_factory\n" + FACTORY)
+    team = ["-c", str(SMOKE), *overrides, "--set", f"features.module={module}",
+            "--set", "train.model=team:linear", "--json"]
+    code, output, first = run_cli("run", *team)
+    assert code in (0, 3), output
+    assert [s["status"] for s in first["stages"]][:4] == ["cached"] * 3 + ["ran"]
+
+    module.write_text(module.read_text().replace("    class Linear(nn.Module):",
+                                                 "    # a comment\n    class Linear(nn.Module):"))
+    code, output, commented = run_cli("run", *team)
+    assert code in (0, 3), output
+    assert all(s["status"] == "cached" for s in commented["stages"])
+
+    module.write_text(module.read_text().replace("nn.Linear(inputs.num_features, 1)",
+                                                 "nn.Linear(inputs.num_features, 1, bias=False)"))
+    code, output, edited = run_cli("run", *team)
+    assert code in (0, 3), output
+    assert [s["status"] for s in edited["stages"]][:4] == ["cached"] * 3 + ["ran"]
+    assert _stage(edited, "train")["cache_key"] != _stage(first, "train")["cache_key"]
