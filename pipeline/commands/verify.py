@@ -45,7 +45,7 @@ def _stage_output(store: ArtifactStore, folder: str) -> Finding:
     try:
         manifest = store.read_json(posixpath.join(folder, MANIFEST))
     except DamagedArtifact as exc:
-        return Finding(where, str(exc).split(": it was whole")[0].removeprefix(where + "/"))
+        return Finding(where, f"{MANIFEST} is damaged ({exc.damage})")
     fingerprint, size = store.fingerprint(folder)
     if fingerprint == manifest["fingerprint"]:
         return Finding(where, None)

@@ -263,12 +263,12 @@ def load(where: str) -> UserCode:
 
 @cache
 def _load(where: str, text_digest: str) -> UserCode:
+    path = Path(where)
+    shipped = _shipped(where) if where.endswith(".py") and not path.is_file() else None
     try:
-        if where.endswith(".py") and not Path(where).is_file() and _shipped(where):
-            module = importlib.import_module(_shipped(where))
-            return UserCode(Path(where).stem, module, where)
+        if shipped:
+            return UserCode(path.stem, importlib.import_module(shipped), where)
         if where.endswith(".py"):
-            path = Path(where)
             if not path.is_file():
                 raise UserCodeError(f"feature module {where} does not exist")
             name = path.stem

@@ -65,6 +65,12 @@ def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem:
 class DamagedArtifact(ValueError):
     """A file of a published artifact that no longer reads as it was written."""
 
+    def __init__(self, uri: str, damage: str) -> None:
+        self.uri, self.damage = uri, damage
+        super().__init__(f"{uri} is damaged ({damage}): it was whole when the pipeline wrote it. "
+                         "Move its folder away to have the stage recompute it, or restore it "
+                         "from a backup")
+
 
 class ArtifactStore:
     def __init__(self, root: str, storage_options: dict[str, Any] | None = None):
@@ -247,7 +253,4 @@ class ArtifactStore:
             return json.loads(text)
         except ValueError as exc:
             where = f" at line {exc.lineno}, column {exc.colno}" if hasattr(exc, "lineno") else ""
-            raise DamagedArtifact(
-                f"{self.uri(path)} is damaged ({getattr(exc, 'msg', exc)}{where}): it was whole "
-                "when the pipeline wrote it. Move its folder away to have the stage recompute "
-                "it, or restore it from a backup") from None
+            raise DamagedArtifact(self.uri(path), f"{getattr(exc, 'msg', exc)}{where}") from None

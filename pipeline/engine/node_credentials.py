@@ -1,20 +1,26 @@
-"""A Ray worker that finds no object-storage credentials, named in one sentence.
+"""A failure in a Ray worker, named with its node; first of all a worker that finds no
+object-storage credentials, in one sentence.
 
 Credentials that only the driver's environment holds do not travel with the work: s3fs in a
 worker looks for its own (its node's environment, an instance role). Without them, botocore's
 `NoCredentialsError` surfaces as a remote traceback a hundred lines long. Work wrapped by
 `naming_node` turns it into `NodeLacksCredentials`, whose message names the Ray node and says how
 to give every node credentials; `find_missing_credentials` finds either in a failure's chain.
+`remote_failure` finds any other worker's exception and where it ran.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 
 HOW = ("give every node credentials: the nodes' own environment or instance role (IRSA on "
        "Kubernetes), the job's runtime_env env_vars (`ray job submit --runtime-env-json`), or "
        "storage_options")
+
+
+_WORKER = re.compile(r"\(pid=(?P<pid>\d+), ip=(?P<ip>[^)]+)\)")  # Ray's first line of a task error
 
 
 class NodeLacksCredentials(RuntimeError):
@@ -60,14 +66,26 @@ def _named(call: Callable, *args, **kwargs):
 def find_missing_credentials(exc: BaseException) -> str | None:
     """The sentence for a failure caused by missing credentials (in a worker or the driver), or
     None. Ray wraps a worker's exception as the `cause` of a RayTaskError."""
-    where = "the driver"
+    remote = remote_failure(exc)
+    where = remote[1] if remote else "the driver"
     for link in exception_chain(exc):
         if type(link) is NodeLacksCredentials:  # not Ray's RayTaskError subclass of it
             return str(link)
-        if getattr(link, "ip", None) and getattr(link, "pid", None):  # a RayTaskError
-            where = f"a Ray worker on {link.ip} (pid {link.pid})"
         if type(link).__name__ == "NoCredentialsError":
             return f"{where} found no credentials for object storage; {HOW}"
+    return None
+
+
+def remote_failure(exc: BaseException) -> tuple[BaseException, str] | None:
+    """(the exception a Ray worker raised, "a Ray worker on IP, pid N") when `exc` came from
+    one, else None. Ray's RayTaskError holds the worker's exception as its `cause` and names the
+    worker only in its text."""
+    for link in exception_chain(exc):
+        cause = getattr(link, "cause", None)
+        if type(link).__name__.startswith("RayTaskError") and cause is not None:
+            found = _WORKER.search(str(link))
+            return cause, (f"a Ray worker on {found['ip']}, pid {found['pid']}" if found
+                           else "a Ray worker")
     return None
 
 

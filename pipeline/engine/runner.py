@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import time
 import uuid
@@ -16,7 +15,7 @@ from pipeline.core.user_code import shipped_folders
 from pipeline.engine.artifacts import Artifact, ArtifactStore
 from pipeline.engine.dag import check_order, stage_by_name
 from pipeline.engine.keys import StageKey, published_outputs, stage_key
-from pipeline.engine.node_credentials import exception_chain, find_missing_credentials
+from pipeline.engine.node_credentials import find_missing_credentials, remote_failure
 from pipeline.engine.observer import RunObserver
 from pipeline.engine.progress import progress_inbox
 from pipeline.engine.provenance import git_commit, versions
@@ -317,9 +316,6 @@ def _check_accounting(stage: str, result: StageResult) -> None:
 
 
 
-_WORKER = re.compile(r"\(pid=(?P<pid>\d+), ip=(?P<ip>[^)]+)\)")  # Ray's first line of a task error
-
-
 def _reason(exc: Exception) -> str:
     """Why a stage failed, as its root cause: a worker without storage credentials in one
     sentence that names its node; any other failure in a Ray worker as the worker's own
@@ -328,12 +324,9 @@ def _reason(exc: Exception) -> str:
     credentials = find_missing_credentials(exc)
     if credentials:
         return credentials
-    remote = next((link for link in exception_chain(exc)
-                   if type(link).__name__.startswith("RayTaskError")), None)
-    if remote is None or getattr(remote, "cause", None) is None:
+    remote = remote_failure(exc)
+    if remote is None:
         return str(exc)
-    cause = remote.cause
+    cause, where = remote
     ours = type(cause).__module__.startswith("pipeline.")  # its message says it all
-    said = str(cause) if ours else f"{type(cause).__name__}: {cause}"
-    where = _WORKER.search(str(remote))
-    return f"{said} (in a Ray worker on {where['ip']}, pid {where['pid']})" if where else said
+    return f"{cause if ours else f'{type(cause).__name__}: {cause}'} (in {where})"

@@ -193,10 +193,10 @@ def _row_alone(rows: pa.Table, stage: dict[Any, dict], user: UserFeatures,
     mismatches = []
     for index in range(rows.num_rows if user.row_features else 0):
         row = rows.slice(index, 1)
-        values = compute_row_features(row, user.row_features, user.code)
+        values, own = compute_row_features(row, user.row_features, user.code), row.to_pylist()[0]
         for feature in user.row_features:
-            mismatches += _differences(feature, row.to_pylist()[0], stage,
-                                       values[feature.name][0].as_py(), roles, ROW_ALONE)
+            mismatches += _differences(feature, own, stage, values[feature.name][0].as_py(),
+                                       roles, ROW_ALONE)
     return mismatches, rows.num_rows * len(user.row_features)
 
 

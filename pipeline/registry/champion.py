@@ -28,6 +28,19 @@ def feature_spec(featurize_params: dict[str, Any]) -> dict[str, Any]:
     return {name: featurize_params[name] for name in ("numeric", "categorical", "windows")}
 
 
+def champion_and_twin(store: ArtifactStore, model: str,
+                      candidate: dict[str, str]) -> tuple[str | None, dict[str, Any] | None]:
+    """(the champion's version, its entry if it is the model with these upstream fingerprints:
+    the same featurize and train outputs), or (None, None) while there is no champion."""
+    _, champion = alias_head(store, model, CHAMPION)
+    if champion is None:
+        return None, None
+    entry = version(store, model, champion)
+    lineage = entry.get("lineage", {})
+    same = all(lineage.get(stage, {}).get("fingerprint") == candidate[stage] for stage in IDENTITY)
+    return champion, entry if same else None
+
+
 def opponent(store: ArtifactStore, model: str, candidate: dict[str, str]) -> str | None:
     """The version the candidate with these upstream fingerprints is judged against.
 
@@ -35,11 +48,8 @@ def opponent(store: ArtifactStore, model: str, candidate: dict[str, str]) -> str
     then the version it was judged against when it was promoted, so a rerun finds its own
     evaluation again instead of comparing the model with itself.
     """
-    _, champion = alias_head(store, model, CHAMPION)
-    if champion is None:
-        return None
-    lineage = version(store, model, champion).get("lineage", {})
-    if all(lineage.get(stage, {}).get("fingerprint") == candidate[stage] for stage in IDENTITY):
+    champion, twin = champion_and_twin(store, model, candidate)
+    if twin is not None:
         judged = decision(store, model, champion)
         return judged["champion"]["version"] if judged else None
     return champion

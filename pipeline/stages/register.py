@@ -25,7 +25,7 @@ from pipeline.engine.stage import (
     StageContext,
     StageResult,
 )
-from pipeline.registry.champion import IDENTITY, feature_spec
+from pipeline.registry.champion import IDENTITY, champion_and_twin, feature_spec
 from pipeline.registry.gate import Decision
 from pipeline.registry.store import (
     CHAMPION,
@@ -35,7 +35,6 @@ from pipeline.registry.store import (
     move_alias,
     register,
 )
-from pipeline.registry.store import version as registry_version
 from pipeline.report.content import ReportContent, Run
 from pipeline.report.page import render
 from pipeline.stages.evaluate import STAGE as EVALUATE
@@ -173,16 +172,11 @@ def _moved(model: str, champion: str | None, decision: Decision) -> str:
 
 def _champion_of(store: ArtifactStore, model: str,
                  lineage: dict) -> tuple[str | None, dict | None]:
-    """(the champion's version, its entry if it is the model of `lineage`: the same featurize
-    and train outputs, as after a rerun whose evaluation ran again because evaluate's code or
-    settings changed, or a concurrent run that registered and promoted it)."""
-    _, champion = alias_head(store, model, CHAMPION)
-    if champion is None:
-        return None, None
-    entry = registry_version(store, model, champion)
-    same = all(entry["lineage"][stage]["fingerprint"] == lineage[stage]["fingerprint"]
-               for stage in IDENTITY)
-    return champion, entry if same else None
+    """(the champion's version, its entry if it is the model of `lineage`), as after a rerun
+    whose evaluation ran again because evaluate's code or settings changed, or a concurrent run
+    that registered and promoted it."""
+    return champion_and_twin(store, model, {stage: lineage[stage]["fingerprint"]
+                                            for stage in IDENTITY})
 
 
 def explain(question: RowQuestion) -> list[str]:
